@@ -93,8 +93,16 @@ def generate_cmd(
 
 
 # --------------------------------------------------------------------------------------------------
-# The remaining stages are filled in by their issues (score, select, release, publish, report,
-# evaluate, run); each command stays a thin call into its module.
+# score
+# (end score)
+
+# --------------------------------------------------------------------------------------------------
+# select / release / publish
+# (end select-release-publish)
+
+# --------------------------------------------------------------------------------------------------
+# report / evaluate / run
+# (end report-evaluate-run)
 
 
 def main() -> None:
