@@ -1,0 +1,115 @@
+"""The generation plan: which (class, index) pairs exist, their seeds, and how they fall into shards.
+
+Pure functions only; ``generate`` stores the plan's *segments* in ``RUN/run.yaml``:
+
+- the first segment holds indices ``0 .. images_per_class-1`` of every class;
+- raising ``images_per_class`` on a re-run appends an ``extend`` segment with the new indices only;
+- ``generate --top-up`` appends a ``top-up`` segment with new indices for the classes that
+  ``select`` found short of their quota.
+
+Within a segment items are ordered by (label, index) and cut into shards of ``shard_size``; a shard
+never spans two segments, so adding a segment never changes a finished shard. Shard numbers run on
+across segments. Shard ``s`` belongs to rank ``s % world_size`` (:mod:`imagenet_plus.distributed`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Seeds are 63-bit so that every library (torch, numpy, random) accepts them.
+SEED_MASK = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One planned image: its class label/id and its index within the class."""
+
+    label: int
+    class_id: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A block of planned indices: ``ranges`` = ((label, start, stop), ...) with stop exclusive."""
+
+    kind: str
+    ranges: tuple[tuple[int, int, int], ...]
+    based_on: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "ranges": [list(r) for r in self.ranges]}
+        if self.based_on:
+            out["based_on"] = self.based_on
+        return out
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Segment:
+        return Segment(
+            kind=str(data["kind"]),
+            ranges=tuple((int(a), int(b), int(c)) for a, b, c in data["ranges"]),
+            based_on=str(data.get("based_on", "")),
+        )
+
+    @property
+    def num_items(self) -> int:
+        return sum(stop - start for _, start, stop in self.ranges)
+
+
+def image_seed(global_seed: int, class_id: str, index: int) -> int:
+    """The seed of image ``index`` of class ``class_id``: a hash, stable on every machine and process."""
+    digest = hashlib.sha256(f"imagenet-plus/{global_seed}/{class_id}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & SEED_MASK
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The seed of a regeneration attempt: the next seed (attempt 0 is the image's own seed)."""
+    return (seed + attempt) & SEED_MASK
+
+
+def initial_segment(num_classes: int, images_per_class: int) -> Segment:
+    """Indices ``0 .. images_per_class-1`` of every class."""
+    return Segment("initial", tuple((label, 0, images_per_class) for label in range(num_classes)))
+
+
+def extend_segment(num_classes: int, old: int, new: int) -> Segment:
+    """Indices ``old .. new-1`` of every class (more images per class)."""
+    return Segment("extend", tuple((label, old, new) for label in range(num_classes)))
+
+
+def next_index_per_class(segments: Iterable[Segment]) -> dict[int, int]:
+    """The first unused index of each class (labels that appear in a segment)."""
+    nxt: dict[int, int] = {}
+    for seg in segments:
+        for label, _start, stop in seg.ranges:
+            nxt[label] = max(nxt.get(label, 0), stop)
+    return nxt
+
+
+def top_up_segment(segments: Sequence[Segment], new_counts: dict[int, int], based_on: str) -> Segment:
+    """New indices for some classes, after the highest index each already has."""
+    nxt = next_index_per_class(segments)
+    ranges = tuple(
+        (label, nxt.get(label, 0), nxt.get(label, 0) + n) for label, n in sorted(new_counts.items()) if n > 0
+    )
+    return Segment("top-up", ranges, based_on=based_on)
+
+
+def segment_items(segment: Segment, class_ids: Sequence[str]) -> list[PlanItem]:
+    """A segment's items ordered by (label, index)."""
+    items = []
+    for label, start, stop in sorted(segment.ranges):
+        items.extend(PlanItem(label, class_ids[label], i) for i in range(start, stop))
+    return items
+
+
+def plan_shards(segments: Sequence[Segment], class_ids: Sequence[str], shard_size: int) -> list[list[PlanItem]]:
+    """Cut each segment into shards of ``shard_size`` items; shard numbers run on across segments."""
+    shards: list[list[PlanItem]] = []
+    for seg in segments:
+        items = segment_items(seg, class_ids)
+        shards.extend(items[i : i + shard_size] for i in range(0, len(items), shard_size))
+    return shards
