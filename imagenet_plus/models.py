@@ -75,11 +75,19 @@ def load_pipeline(model: str, device: Any, dtype_name: str = "auto") -> Any:
 
     location = model_location(model)
     dtype = resolve_dtype(dtype_name, device)
+    if model == TINY_RANDOM:
+        # The tiny tokenizer is character-level: prompts are cut at 77 characters, and diffusers would
+        # warn on every batch. Real models keep their warnings.
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.get_logger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion").setLevel(40)
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load model {model!r} (not a local folder, not on the Hub or in its cache): {first}")
+        raise UserError(
+            f"cannot load model {model!r} (not a local folder, not on the Hub or in its cache): {first}"
+        ) from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -86,7 +86,8 @@ def write_fake_run(root: Path, per_class: int = 8, shard_size: int = 10, size: i
         name = shard_name(s // shard_size)
         with PartialTarWriter(root / "generated" / f"{name}.tar") as w:
             for c, i in plan[s:s + shard_size]:
-                colour = np.array([(c["label"] * 97) % 256, (c["label"] * 57 + 80) % 256, (c["label"] * 31 + 160) % 256])
+                lab = c["label"]
+                colour = np.array([(lab * 97) % 256, (lab * 57 + 80) % 256, (lab * 31 + 160) % 256])
                 img = np.clip(colour + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
                 buf = io.BytesIO()
                 Image.fromarray(img).save(buf, format="JPEG", quality=90)
