@@ -56,7 +56,7 @@ def generate_cmd(
     prompt_strategy: Annotated[
         Optional[str], typer.Option(help="Comma list of name,gloss,hypernym,diverse; one is picked per image.")
     ] = None,
-    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt for every image.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt for every image ('default' = a stock list).")] = None,
     image_format: Annotated[Optional[str], typer.Option(help="jpg, png or webp.")] = None,
     quality: Annotated[Optional[int], typer.Option(help="JPEG/WebP quality.")] = None,
     shard_size: Annotated[Optional[int], typer.Option(help="Images per shard.")] = None,
@@ -94,14 +94,176 @@ def generate_cmd(
 
 # --------------------------------------------------------------------------------------------------
 # score
+@app.command("score")
+def score_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory (generated).")],
+    reference: Annotated[
+        Optional[str], typer.Option(help="Real images: folder (wnid subfolders), .tar shards, or .npz statistics.")
+    ] = None,
+    clip_model: Annotated[Optional[str], typer.Option(help="CLIP: Hub id, local folder, or tiny-random.")] = None,
+    inception_weights: Annotated[
+        Optional[str], typer.Option(help="InceptionV3 .pth, or tiny-random (default: torch-fidelity's weights).")
+    ] = None,
+    classifier: Annotated[
+        Optional[str], typer.Option(help="timm ImageNet-1k classifier: name, hf-hub:ID, folder, or tiny-random.")
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per network batch.")] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Image decoding threads.")] = None,
+    skip_bad_shards: Annotated[
+        bool, typer.Option("--skip-bad-shards", help="Go on past corrupt shards (listed in summary.json).")
+    ] = False,
+) -> None:
+    """Score every image (CLIP, Inception, classifier, realism) and the set (FID/KID/IS/PR) into RUN/scores."""
+    from imagenet_plus.score import load_score_config, run_score
+
+    cfg = load_score_config(dict(reference=reference, clip_model=clip_model, inception_weights=inception_weights,
+                                 classifier=classifier, batch_size=batch_size, num_workers=num_workers,
+                                 skip_bad_shards=skip_bad_shards or None))
+    summary = run_score(run, cfg)
+    fid = summary.get("fid")
+    print(f"scored {summary['num_images']} images; FID {'n/a' if fid is None else f'{fid:.3f}'}, "
+          f"IS {summary['inception_score_mean']:.3f}, CLIP score {summary['clip_score_mean']:.2f}")
+
+
 # (end score)
 
 # --------------------------------------------------------------------------------------------------
 # select / release / publish
+@app.command("select")
+def select_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory (scored).")],
+    thresholds: Annotated[Optional[Path], typer.Option(help="Thresholds YAML (see docs/release.md).")] = None,
+    per_class: Annotated[
+        Optional[int], typer.Option(help="Images to keep per class (default: images-per-class).")
+    ] = None,
+) -> None:
+    """Filter by thresholds and keep the best diverse N per class: writes RUN/selection.parquet and selection.json."""
+    from imagenet_plus.configio import config_from_mapping
+    from imagenet_plus.select import SelectConfig, run_select
+
+    flags = dict(thresholds=str(thresholds) if thresholds else None, per_class=per_class)
+    summary = run_select(run, config_from_mapping(SelectConfig, flags, "command line"))
+    short = summary["short"]
+    print(f"kept {summary['num_kept']} of {summary['num_scored']} images; {len(short)} class(es) short of "
+          f"{summary['per_class_quota']}" + (" (top up with 'imagenet-plus generate --top-up')" if short else ""))
+
+
+@app.command("release")
+def release_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory (selected).")],
+    out: Annotated[Path, typer.Option("--out", help="Release folder to create.")],
+    val_per_class: Annotated[Optional[int], typer.Option(help="Validation images per class.")] = None,
+    shard_size: Annotated[Optional[int], typer.Option(help="Largest number of samples per tar shard.")] = None,
+    imagefolder: Annotated[
+        Optional[Path], typer.Option(help="Also write train/{wnid}/*.JPEG and val/{wnid}/*.JPEG here.")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the shuffle.")] = None,
+) -> None:
+    """Write the release: REL/README.md (card), REL/_info.json, REL/data/{train,validation}-NNNNN.tar."""
+    from imagenet_plus.configio import config_from_mapping
+    from imagenet_plus.release import ReleaseConfig, run_release
+
+    flags = dict(val_per_class=val_per_class, shard_size=shard_size,
+                 imagefolder=str(imagefolder) if imagefolder else None, seed=seed)
+    print(run_release(run, out, config_from_mapping(ReleaseConfig, flags, "command line")))
+
+
+@app.command("publish")
+def publish_cmd(
+    rel: Annotated[Path, typer.Argument(help="Release folder.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, USER/NAME.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list what would go up, with sizes.")] = False,
+) -> None:
+    """Validate the release, then push it to the Hub (token from HF_TOKEN or 'hf auth login'; resumable)."""
+    from imagenet_plus.configio import config_from_mapping
+    from imagenet_plus.publish import PublishConfig, run_publish
+
+    flags = dict(repo_id=repo_id, private=private, revision=revision, dry_run=dry_run)
+    print(run_publish(rel, config_from_mapping(PublishConfig, flags, "command line")))
 # (end select-release-publish)
 
 # --------------------------------------------------------------------------------------------------
 # report / evaluate / run
+@app.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory (scored; selection optional).")],
+    sample_classes: Annotated[Optional[int], typer.Option(help="Classes shown in the contact sheets.")] = None,
+    sheet_images: Annotated[Optional[int], typer.Option(help="Best and worst images per class in a sheet.")] = None,
+    thumb_size: Annotated[Optional[int], typer.Option(help="Contact-sheet thumbnail side in pixels.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the class sample.")] = None,
+) -> None:
+    """Write RUN/report/index.html with score histograms, per-class and per-group rates, a class map, contact sheets."""
+    from imagenet_plus.configio import config_from_mapping
+    from imagenet_plus.report import ReportConfig, run_report
+
+    flags = dict(sample_classes=sample_classes, sheet_images=sheet_images, thumb_size=thumb_size, seed=seed)
+    cfg = config_from_mapping(ReportConfig, flags, "command line")
+    index = run_report(run, cfg)
+    print(index)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    train: Annotated[str, typer.Option(help="Synthetic training set: a release folder (or class-id image folder).")],
+    test: Annotated[str, typer.Option(help="Real test images in class-id subfolders (e.g. ImageNet val by wnid).")],
+    out: Annotated[str, typer.Option(help="Output folder for eval.json, plots and weights.")],
+    finetune: Annotated[
+        Optional[str], typer.Option(help="Real training images (class-id subfolders): adds fine-tune and real-only.")
+    ] = None,
+    model: Annotated[Optional[str], typer.Option(help="small-cnn (default), resnet18 or any timm model name.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Local checkpoint to start from (no downloads).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs on the synthetic set.")] = None,
+    finetune_epochs: Annotated[Optional[int], typer.Option(help="Epochs on real images (default: --epochs).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (aspect kept, letterboxed).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, one-cycle).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
+    min_crop: Annotated[Optional[float], typer.Option(help="Smallest random crop area (training).")] = None,
+    max_margin: Annotated[Optional[float], typer.Option(help="Largest random margin fraction (training).")] = None,
+) -> None:
+    """Train on synthetic images and test on real ones (accuracy, macro P/R/F1, ROC-AUC, top-5); writes eval.json."""
+    from imagenet_plus.configio import config_from_mapping
+    from imagenet_plus.evaluate import EvaluateConfig, run_evaluate
+
+    flags = dict(
+        train=train,
+        test=test,
+        out=out,
+        finetune=finetune,
+        model=model,
+        weights=weights,
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        image_size=image_size,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        workers=workers,
+        seed=seed,
+        min_crop=min_crop,
+        max_margin=max_margin,
+    )
+    cfg = config_from_mapping(EvaluateConfig, flags, "command line")
+    report = run_evaluate(cfg)
+    for phase, m in report["results"].items():
+        print(f"{phase}: accuracy={m['accuracy']:.4f} f1_macro={m['f1_macro']:.4f} roc_auc={m['roc_auc_macro']:.4f}")
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Option("--config", help="YAML: generate keys + score/select/release/... sections.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (created if missing).")],
+) -> None:
+    """Run every stage: generate, score, select, release, report (+ evaluate, publish); done stages are skipped."""
+    from imagenet_plus.runall import run_all
+
+    run_all(config, out)
+
+
 # (end report-evaluate-run)
 
 

@@ -308,15 +308,15 @@ class ShardWriterThread:
 # The stage
 
 
-def _sample_meta(cfg: GenerateConfig, cls: Any, item: PlanItem, prompt: str, strategy: str, seed: int,
-                 attempt: int, nsfw: bool, scheduler: str) -> dict[str, Any]:
+def _sample_meta(cfg: GenerateConfig, cls: Any, item: PlanItem, prompt: str, negative: str, strategy: str,
+                 seed: int, attempt: int, nsfw: bool, scheduler: str) -> dict[str, Any]:
     return {
         "class_id": cls.id,
         "class_name": cls.name,
         "label": cls.label,
         "index": item.index,
         "prompt": prompt,
-        "negative_prompt": cfg.negative_prompt,
+        "negative_prompt": negative,
         "strategy": strategy,
         "seed": seed,
         "model": cfg.model,
@@ -344,9 +344,10 @@ def generate_shard(
 
     Returns the stats dict written beside the shard.
     """
-    from imagenet_plus.prompts import build_prompt, choose_strategy
+    from imagenet_plus.prompts import build_negative_prompt, build_prompt, choose_strategy
 
     start = time.perf_counter()
+    negative = build_negative_prompt(cfg.negative_prompt)
     writer.begin(path)
     prepared = []
     for item in items:
@@ -361,7 +362,7 @@ def generate_shard(
         batch = [pending.popleft() for _ in range(min(cfg.batch_size, len(pending)))]
         seeds = [attempt_seed(prepared[pos][2], attempt) for pos, attempt in batch]
         prompts = [prepared[pos][4] for pos, _ in batch]
-        images, nsfw = source(prompts, [cfg.negative_prompt] * len(batch), seeds)
+        images, nsfw = source(prompts, [negative] * len(batch), seeds)
         finished = 0
         for (pos, attempt), image, flagged, seed in zip(batch, images, nsfw, seeds):
             item, cls, _, strategy, prompt = prepared[pos]
@@ -373,7 +374,9 @@ def generate_shard(
             key = make_key(cls.id, item.index)
             if flagged or black:
                 failed.append(key)
-            meta = _sample_meta(cfg, cls, item, prompt, strategy, seed, attempt, bool(flagged), source.scheduler_name)
+            meta = _sample_meta(
+                cfg, cls, item, prompt, negative, strategy, seed, attempt, bool(flagged), source.scheduler_name
+            )
             writer.put(pos, key, image, meta)
             finished += 1
         on_images(finished)

@@ -343,3 +343,20 @@ def test_load_generate_config_from_cli_names(tmp_path, class_file):
     f.write_text(f"classes: {class_file}\nmodel: tiny-random\nimages-per-class: 2\n")
     cfg = load_generate_config(f, {"batch_size": 5})
     assert cfg.images_per_class == 2 and cfg.batch_size == 5
+
+
+def test_negative_prompt_reaches_the_model_and_the_json(tmp_path, class_file):
+    from imagenet_plus.prompts import DEFAULT_NEGATIVE_PROMPT
+
+    seen = []
+
+    class Recording(FakeSource):
+        def __call__(self, prompts, negatives, seeds):
+            seen.extend(negatives)
+            return super().__call__(prompts, negatives, seeds)
+
+    run = tmp_path / "run"
+    run_generate(make_cfg(class_file, images_per_class=1, negative_prompt="default"), run,
+                 source_factory=fake_factory(Recording()))
+    assert seen == [DEFAULT_NEGATIVE_PROMPT] * 3
+    assert {json.loads(s["json"])["negative_prompt"] for s in read_run(run).values()} == {DEFAULT_NEGATIVE_PROMPT}
