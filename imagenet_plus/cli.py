@@ -56,7 +56,9 @@ def generate_cmd(
     prompt_strategy: Annotated[
         Optional[str], typer.Option(help="Comma list of name,gloss,hypernym,diverse; one is picked per image.")
     ] = None,
-    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt for every image ('default' = a stock list).")] = None,
+    negative_prompt: Annotated[
+        Optional[str], typer.Option(help="Negative prompt for every image ('default' = a stock list).")
+    ] = None,
     image_format: Annotated[Optional[str], typer.Option(help="jpg, png or webp.")] = None,
     quality: Annotated[Optional[int], typer.Option(help="JPEG/WebP quality.")] = None,
     shard_size: Annotated[Optional[int], typer.Option(help="Images per shard.")] = None,

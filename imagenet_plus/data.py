@@ -1,0 +1,306 @@
+"""Training data loader over a release (a local ``REL`` folder or a Hub dataset repo ``USER/NAME``).
+
+Input: a release (``REL/_info.json`` + ``REL/data/{split}-NNNNN.tar``, locally or on the Hub). Output: an
+iterable of ``(images, labels)`` batches (``images``: the transform's output stacked, by default uint8
+``N×3×H×W``; ``labels``: int64 ``N``) for training loops, on one of two backends:
+
+- ``webdataset`` (default, fastest): this rank's shards (``shards[rank::world_size]``, after a shuffle of
+  the shard list that is the same on every rank), split again over DataLoader workers, samples shuffled in
+  a buffer, decoded, batched inside the workers. Hub shards are streamed through
+  ``huggingface_hub.HfFileSystem`` (token from HF_TOKEN / the login, never on a command line).
+- ``datasets``: ``load_dataset(source, streaming=True)`` (the card's YAML drives the packaged webdataset
+  builder) + ``split_dataset_by_node`` + ``shuffle(buffer_size=…)``; the same batches.
+
+Each rank gets whole shards when the shard count is a multiple of ``world_size`` (releases use shard
+counts with many divisors); otherwise some ranks get one shard more. Call ``set_epoch(e)`` before each
+epoch to reshuffle shards and buffers differently.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from imagenet_plus.errors import UserError
+from imagenet_plus.shards import IMAGE_EXTENSIONS
+
+BACKENDS = ("webdataset", "datasets")
+_REPO_ID = re.compile(r"^[\w\-.]+/[\w\-.]+$")
+
+
+def pil_to_uint8_tensor(image: Any) -> Any:
+    """The default transform: a PIL image → uint8 tensor ``3×H×W`` (RGB), no resizing."""
+    import numpy as np
+    import torch
+
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def _endpoint() -> str | None:
+    """``$HF_ENDPOINT`` read now (huggingface_hub reads it only at import time)."""
+    import os
+
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _is_local(source: str | Path) -> bool:
+    return Path(source).exists()
+
+
+def read_release_info(source: str | Path, revision: str | None = None) -> dict[str, Any]:
+    """``_info.json`` of a local release folder or a Hub dataset repo.
+
+    Raises:
+        UserError: the folder has no ``_info.json``, or ``source`` is neither a folder nor a repo id.
+    """
+    if _is_local(source):
+        p = Path(source) / "_info.json"
+        if not p.is_file():
+            raise UserError(f"{p} not found: {source} is not a release folder")
+        text = p.read_text(encoding="utf-8")
+    elif _REPO_ID.match(str(source)):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            text = Path(hf_hub_download(str(source), "_info.json", repo_type="dataset", revision=revision,
+                                        endpoint=_endpoint())).read_text(encoding="utf-8")
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+            raise UserError(f"cannot read _info.json of Hub dataset {source}: {str(exc).splitlines()[0]}") from None
+    else:
+        raise UserError(f"release not found: {source} is neither a folder nor a Hub repo id USER/NAME")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"_info.json of {source} is not valid JSON: {exc}") from None
+
+
+def shard_urls(source: str | Path, split: str, info: dict[str, Any], revision: str | None = None) -> list[str]:
+    """The shard paths (local) or ``hf://`` URLs (Hub) of one split."""
+    splits = info.get("splits", {})
+    if split not in splits:
+        raise UserError(f"split {split!r} not in release {source} (has {', '.join(sorted(splits)) or 'none'})")
+    files = list(splits[split]["filenames"])
+    if _is_local(source):
+        return [str(Path(source) / f) for f in files]
+    rev = f"@{revision}" if revision else ""
+    return [f"hf://datasets/{source}{rev}/{f}" for f in files]
+
+
+def _open_shards(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """webdataset stage: ``{"url"}`` → ``{"url", "stream"}`` (local files, or hf:// through HfFileSystem)."""
+    for item in urls:
+        url = item["url"]
+        if url.startswith("hf://"):
+            from huggingface_hub import HfFileSystem
+
+            stream = HfFileSystem(endpoint=_endpoint()).open(url, "rb", block_size=1 << 22)
+        else:
+            stream = open(url, "rb", buffering=1 << 20)
+        try:
+            yield {"url": url, "stream": stream}
+        finally:
+            stream.close()
+
+
+def _samples(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """webdataset stage: opened shards → samples grouped by key; a broken shard is a UserError naming it."""
+    import tarfile
+
+    import webdataset as wds
+
+    try:
+        files = wds.tariterators.tar_file_expander(_open_shards(urls))
+        yield from wds.tariterators.group_by_keys(files)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserError(f"corrupt or truncated shard: {exc}") from None
+
+
+class _Decode:
+    """Picklable sample → (tensor, label) step."""
+
+    def __init__(self, transform: Callable[[Any], Any] | None) -> None:
+        self.transform = transform or pil_to_uint8_tensor
+
+    def __call__(self, sample: dict[str, Any]) -> tuple[Any, int]:
+        import io
+
+        from PIL import Image
+
+        for ext in IMAGE_EXTENSIONS:
+            if ext in sample:
+                image = Image.open(io.BytesIO(sample[ext]))
+                return self.transform(image), int(sample["cls"])
+        raise UserError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image member")
+
+
+class _Collate:
+    """Picklable batch collation: (list of tensors, list of labels) → (stacked tensor, int64 tensor)."""
+
+    def __call__(self, samples: list[tuple[Any, int]]) -> tuple[Any, Any]:
+        import torch
+        from torch.utils.data import default_collate
+
+        images = [s[0] for s in samples]
+        labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
+        return default_collate(images), labels
+
+
+class ReleaseLoader:
+    """Batches ``(images, labels)`` of one split for this rank; see :func:`make_loader`."""
+
+    def __init__(self, loader_factory: Callable[[int], Any], num_samples: int, batch_size: int) -> None:
+        self._factory = loader_factory
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle shards and buffers differently for epoch ``epoch`` (same on every rank)."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        return iter(self._factory(self.epoch))
+
+    def __len__(self) -> int:
+        """Batches per epoch, approximately (exact when shards divide evenly over ranks)."""
+        return max(1, -(-self.num_samples // self.batch_size))
+
+
+def make_loader(
+    source: str | Path,
+    split: str = "train",
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    shuffle_buffer: int = 1000,
+    transform: Callable[[Any], Any] | None = None,
+    backend: str = "webdataset",
+    seed: int = 0,
+    revision: str | None = None,
+) -> ReleaseLoader:
+    """A training loader over a release.
+
+    Args:
+        source: a local release folder or a Hub dataset repo id ``USER/NAME``.
+        split: ``train`` or ``validation``.
+        rank: this process's rank.
+        world_size: number of processes.
+        batch_size: samples per batch (the last batch may be smaller).
+        num_workers: DataLoader worker processes (each reads its own shards).
+        shuffle_buffer: sample shuffle buffer size; 0 disables shuffling (shards and samples in order).
+        transform: PIL image → tensor (same size for every image); default uint8 ``3×H×W``.
+        backend: ``webdataset`` or ``datasets`` (streaming).
+        seed: seed of the shard shuffle and the buffers (combined with the epoch).
+        revision: Hub branch/revision (Hub sources only).
+
+    Returns:
+        A :class:`ReleaseLoader` (iterable of batches, ``set_epoch``, ``len``).
+
+    Raises:
+        UserError: bad arguments, an unknown split, a missing release.
+    """
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is not within world size {world_size}")
+    if batch_size < 1 or num_workers < 0 or shuffle_buffer < 0:
+        raise UserError("batch_size must be positive; num_workers and shuffle_buffer must be >= 0")
+    info = read_release_info(source, revision)
+    urls = shard_urls(source, split, info, revision)
+    lengths = list(info["splits"][split].get("shard_lengths", []))
+    if len(urls) < world_size:
+        raise UserError(f"split {split!r} of {source} has {len(urls)} shard(s), fewer than world size {world_size}")
+    mine = range(rank, len(urls), world_size)
+    num_samples = sum(lengths[i] for i in mine) if lengths else int(info["splits"][split]["num_samples"]) // world_size
+    decode, collate = _Decode(transform), _Collate()
+    if backend == "webdataset":
+        factory = _webdataset_factory(urls, rank, world_size, batch_size, num_workers, shuffle_buffer, decode,
+                                      collate, seed)
+    else:
+        factory = _datasets_factory(source, split, rank, world_size, batch_size, num_workers, shuffle_buffer,
+                                    decode, collate, seed, revision)
+    return ReleaseLoader(factory, num_samples, batch_size)
+
+
+def _webdataset_factory(urls: list[str], rank: int, world_size: int, batch_size: int, num_workers: int,
+                        shuffle_buffer: int, decode: _Decode, collate: _Collate, seed: int) -> Callable[[int], Any]:
+    import webdataset as wds
+    from torch.utils.data import DataLoader
+
+    def build(epoch: int) -> Any:
+        order = list(urls)
+        if shuffle_buffer:
+            random.Random(seed * 1_000_003 + epoch).shuffle(order)  # same permutation on every rank
+        mine = order[rank::world_size]
+        stages = [wds.SimpleShardList(mine), wds.split_by_worker, _samples]
+        if shuffle_buffer:
+            stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100),
+                                      rng=random.Random(seed * 7919 + epoch * 31 + rank)))
+        stages += [wds.map(decode), wds.batched(batch_size, collation_fn=collate, partial=True)]
+        pipeline = wds.DataPipeline(*stages)
+        if num_workers == 0:
+            return pipeline
+        return DataLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False)
+
+    return build
+
+
+class _DatasetsStreamMixin:
+    """Iterates a streaming datasets split as (tensor, label); sharding over workers is datasets' own."""
+
+    def __init__(self, ds: Any, decode: _Decode, image_col: str) -> None:
+        self.ds, self.decode, self.image_col = ds, decode, image_col
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        for ex in self.ds:
+            yield self.decode.transform(ex[self.image_col]), int(ex["cls"])
+
+
+_LAZY_CLASSES: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """Module attribute ``_DatasetsStream``: a torch ``IterableDataset`` class built on first use (PEP 562),
+    so that torch is imported lazily and worker processes can still unpickle it by name."""
+    if name == "_DatasetsStream":
+        if name not in _LAZY_CLASSES:
+            import torch.utils.data
+
+            cls = type(name, (_DatasetsStreamMixin, torch.utils.data.IterableDataset), {"__module__": __name__})
+            _LAZY_CLASSES[name] = cls
+        return _LAZY_CLASSES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _datasets_factory(source: str | Path, split: str, rank: int, world_size: int, batch_size: int, num_workers: int,
+                      shuffle_buffer: int, decode: _Decode, collate: _Collate, seed: int,
+                      revision: str | None) -> Callable[[int], Any]:
+    import datasets
+    import torch.utils.data
+    from datasets.distributed import split_dataset_by_node
+
+    ds = datasets.load_dataset(str(source), split=split, streaming=True, revision=revision)
+    image_col = next((c for c in IMAGE_EXTENSIONS if c in (ds.features or {})), None)
+    if image_col is None:
+        raise UserError(f"{source}: the card declares no image column ({', '.join(IMAGE_EXTENSIONS)})")
+    ds = ds.select_columns([image_col, "cls"])
+    ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+    if shuffle_buffer:
+        ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
+
+    stream_cls = __getattr__("_DatasetsStream")
+
+    def build(epoch: int) -> Any:
+        ds.set_epoch(epoch)
+        return torch.utils.data.DataLoader(stream_cls(ds, decode, image_col), batch_size=batch_size,
+                                           num_workers=num_workers, collate_fn=collate)
+
+    return build

@@ -1,0 +1,124 @@
+"""Test helpers for select/release/publish/data: fake score files and a finished release, built in code.
+
+``write_fake_scores`` writes ``RUN/scores/{shard}.parquet`` + ``.clip.npy`` + ``summary.json`` following
+the scoring contract, for the samples that really are in ``RUN/generated``; ``make_release`` chains it
+with the real ``select`` and ``release`` stages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from imagenet_plus.shards import iter_shard
+
+
+def write_fake_scores(run: Path, seed: int = 0, dim: int = 16, dup_every: int = 0, nsfw_keys: tuple[str, ...] = (),
+                      class_fid: dict[str, float] | None = None, low_clip_keys: tuple[str, ...] = (),
+                      with_realism: bool = True) -> dict[str, list[str]]:
+    """Write fake score files for every sample of ``run``; returns {class_id: [keys]}.
+
+    Scores are deterministic functions of the sample index so tests can predict the composite:
+    a higher index gives a lower clip score.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    scores = run / "scores"
+    scores.mkdir(parents=True, exist_ok=True)
+    per_class: dict[str, list[str]] = {}
+    for tar in sorted((run / "generated").glob("*.tar")):
+        rows, embs = [], []
+        for sample in iter_shard(tar):
+            meta = json.loads(sample["json"])
+            key, cid, i = sample["__key__"], meta["class_id"], meta["index"]
+            per_class.setdefault(cid, []).append(key)
+            dup = None
+            if dup_every and i % dup_every == dup_every - 1:
+                dup = f"{cid}_{i - 1:06d}"
+            rows.append({
+                "key": key, "label": meta["label"], "class_id": cid,
+                "clip_score": (10.0 if key in low_clip_keys else 30.0 - 0.5 * i),
+                "clip_class_score": 25.0, "clip_class_prob": 0.9 - 0.01 * i, "clip_class_rank": 1,
+                "isc_kl": 1.0 + 0.01 * i, "classifier_top1": None, "classifier_top5": None, "classifier_prob": None,
+                "realism": (1.2 if with_realism else None), "dup_of": dup, "nsfw": key in nsfw_keys,
+                "attempt": 0,
+            })
+            v = rng.normal(size=dim)
+            embs.append(v / np.linalg.norm(v))
+        df = pd.DataFrame(rows)
+        df["classifier_top1"] = df["classifier_top1"].astype("boolean")
+        df["classifier_top5"] = df["classifier_top5"].astype("boolean")
+        df["classifier_prob"] = df["classifier_prob"].astype("float64")
+        df["realism"] = df["realism"].astype("float64")
+        df.to_parquet(scores / f"{tar.stem}.parquet", index=False)
+        np.save(scores / f"{tar.stem}.clip.npy", np.asarray(embs, dtype=np.float16))
+    class_fid = class_fid or {}
+    summary = {
+        "fid": 123.4, "kid_mean": 0.05, "kid_std": 0.01, "inception_score_mean": 3.2, "inception_score_std": 0.1,
+        "clip_score_mean": 28.5, "precision": 0.6, "recall": 0.4, "num_images": sum(map(len, per_class.values())),
+        "per_class": {cid: {"fid": class_fid.get(cid, 50.0), "vendi": 3.0, "clip_score_mean": 28.0,
+                            "classifier_top1_rate": None, "classifier_top5_rate": None, "duplicates": 0,
+                            "count": len(keys)} for cid, keys in per_class.items()},
+        "models": {"clip": "tiny-random", "inception_weights": "tiny-random", "classifier": None},
+        "reference": None,
+    }
+    (scores / "summary.json").write_text(json.dumps(summary, indent=2))
+    return per_class
+
+
+def make_release(tmp: Path, per_class: int = 8, quota: int = 6, val_per_class: int = 2, shard_size: int = 4,
+                 imagefolder: Path | None = None, size: int = 32) -> Path:
+    """A fake run → fake scores → real select → real release; returns the release folder."""
+    from conftest import write_fake_run
+
+    from imagenet_plus.release import ReleaseConfig, run_release
+    from imagenet_plus.select import SelectConfig, run_select
+
+    run = write_fake_run(tmp / "run", per_class=per_class, shard_size=10, size=size)
+    write_fake_scores(run)
+    run_select(run, SelectConfig(per_class=quota))
+    cfg = ReleaseConfig(val_per_class=val_per_class, shard_size=shard_size,
+                        imagefolder=str(imagefolder) if imagefolder else None)
+    return run_release(run, tmp / "rel", cfg)
+
+
+def check_cli_error(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
+    """A CliRunner result failed with a one-line UserError naming every needle, no traceback printed."""
+    from imagenet_plus.errors import UserError
+
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    msg = result.exception.message
+    assert "\n" not in msg
+    for n in needles:
+        assert n in msg, msg
+
+
+def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float = 120):  # type: ignore[no-untyped-def]
+    """Run ``python -m imagenet_plus ARGS`` in a subprocess (``env`` values of None are removed)."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ)
+    for k, v in (env or {}).items():
+        if v is None:
+            full_env.pop(k, None)
+        else:
+            full_env[k] = v
+    return subprocess.run([sys.executable, "-m", "imagenet_plus", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def check_subprocess_error(proc, *needles: str) -> None:  # type: ignore[no-untyped-def]
+    """Exit status 2, one last stderr line ``error: …`` naming every needle, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr  # progress bars may come before it
+    for n in needles:
+        assert n in errors[0], errors[0]
