@@ -1,0 +1,279 @@
+"""The real reference for FID/KID/precision/recall/realism: InceptionV3 pool3 features of real images.
+
+A reference (``score --reference REAL``) is one of:
+
+- an image folder: images (png/jpg/jpeg/webp/bmp) at any depth; the first-level subfolder names the class
+  (``val/n01440764/*.JPEG`` as ImageNet's val set sorted into wnid folders), which gives per-class FID;
+- WebDataset shards: a ``.tar`` file, or a folder of ``.tar`` files (an imagenet-plus release works); the
+  image member is ``jpg``/``jpeg``/``png``/``webp`` and the class is ``json["class_id"]`` when present;
+- a statistics file ``.npz`` with ``mu`` (2048) and ``sigma`` (2048×2048) (pytorch-fid's format), and
+  optionally ``features`` (N×2048) and ``class_ids`` (N) as written by :func:`save_reference`; with
+  statistics only, FID is computed but KID, precision/recall and realism are not.
+
+Features of folders and shards are cached under ``cache_dir("reference")`` keyed by a hash of the image
+bytes and of the Inception weights, so a second run reads them instead of running the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagenet_plus.cache import cache_dir
+from imagenet_plus.errors import UserError
+
+#: Image file extensions read from a reference folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+#: Image members read from reference WebDataset shards.
+WDS_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+#: Feature size of a reference (torch-fidelity's pool3).
+FEATURE_DIM = 2048
+
+
+@dataclass
+class Reference:
+    """Real features (or only their statistics) and where they came from."""
+
+    path: str
+    kind: str  # "folder" | "webdataset" | "statistics"
+    content_hash: str
+    weights_id: str | None
+    features: np.ndarray | None  # M×2048 float32, None for a statistics-only file
+    class_ids: list[str | None] | None
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    _by_class: dict[str | None, list[int]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def num_images(self) -> int | None:
+        """Number of real images (``None`` for a statistics-only file)."""
+        return None if self.features is None else int(len(self.features))
+
+    def class_features(self, class_id: str) -> np.ndarray | None:
+        """Features of the real images of one class (``None`` when the reference has no class ids)."""
+        if self.features is None or self.class_ids is None:
+            return None
+        if self._by_class is None:
+            self._by_class = {}
+            for i, c in enumerate(self.class_ids):
+                self._by_class.setdefault(c, []).append(i)
+        idx = self._by_class.get(class_id)
+        return self.features[idx] if idx else None
+
+    def describe(self) -> dict[str, Any]:
+        """The summary.json entry: path, kind, hash, weights, image count."""
+        return {"path": self.path, "kind": self.kind, "hash": self.content_hash, "inception_weights": self.weights_id,
+                "num_images": self.num_images, "per_class": self.class_ids is not None
+                and any(c is not None for c in self.class_ids)}
+
+
+def _sha256_file(path: Path, h: Any = None) -> Any:
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+def _folder_images(root: Path) -> list[Path]:
+    files = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                files.append(Path(dirpath) / name)
+    return sorted(files)
+
+
+def _folder_tars(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.tar") if p.is_file())
+
+
+def detect_kind(path: Path) -> str:
+    """``folder``, ``webdataset`` or ``statistics`` for a ``--reference`` path.
+
+    Raises:
+        UserError: the path is missing, or is a folder with neither images nor tar shards.
+    """
+    if not path.exists():
+        raise UserError(f"reference not found: {path}")
+    if path.is_file():
+        if path.suffix == ".npz":
+            return "statistics"
+        if path.suffix == ".tar":
+            return "webdataset"
+        raise UserError(f"reference {path}: expected an image folder, a .tar shard or a .npz statistics file")
+    if _folder_images(path):
+        return "folder"
+    if _folder_tars(path):
+        return "webdataset"
+    raise UserError(f"reference folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no .tar shards")
+
+
+def _iter_folder(root: Path, files: list[Path]) -> Iterator[tuple[bytes, str, str | None]]:
+    for p in files:
+        rel = p.relative_to(root)
+        class_id = rel.parts[0] if len(rel.parts) > 1 else None
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise UserError(f"unreadable image in reference: {p}: {exc}") from None
+        yield data, str(p), class_id
+
+
+def _iter_tars(tars: list[Path]) -> Iterator[tuple[bytes, str, str | None]]:
+    import json
+
+    from imagenet_plus.shards import iter_shard
+
+    for tar in tars:
+        for sample in iter_shard(tar):
+            member = next((m for m in WDS_IMAGE_MEMBERS if m in sample), None)
+            if member is None:
+                raise UserError(f"reference shard {tar}: sample {sample.get('__key__')} has no image member "
+                                f"({'/'.join(WDS_IMAGE_MEMBERS)})")
+            class_id = None
+            if "json" in sample:
+                try:
+                    class_id = json.loads(sample["json"]).get("class_id")
+                except (ValueError, AttributeError):
+                    raise UserError(f"reference shard {tar}: sample {sample['__key__']} has malformed json") from None
+            yield sample[member], f"{tar}:{sample['__key__']}", class_id
+
+
+def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, inception: Any, batch_size: int,
+             show_progress: bool) -> tuple[np.ndarray, list[str | None]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imagenet_plus.progress import progress_bar
+    from imagenet_plus.scorers import decode_image
+
+    feats: list[np.ndarray] = []
+    class_ids: list[str | None] = []
+    bar = progress_bar(total, "reference features", enabled=show_progress)
+    with bar, ThreadPoolExecutor(max_workers=2) as pool:
+        batch: list[tuple[bytes, str, str | None]] = []
+
+        def flush() -> None:
+            images = list(pool.map(lambda s: decode_image(s[0], f"in reference: {s[1]}"), batch))
+            pool_feats, _ = inception.features(images)
+            feats.append(pool_feats.numpy().astype(np.float32))
+            class_ids.extend(s[2] for s in batch)
+            bar.update(len(batch))
+            batch.clear()
+
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    if not feats:
+        raise UserError("the reference holds no images")
+    return np.concatenate(feats), class_ids
+
+
+def _write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_reference(reference: Reference, path: str | Path) -> None:
+    """Write a reference as a ``.npz`` (``mu``, ``sigma``, and ``features``/``class_ids`` when known).
+
+    The file is itself a valid ``--reference``: it skips the image reading and the network altogether.
+    """
+    arrays: dict[str, np.ndarray] = {"mu": reference.stats["mu"], "sigma": reference.stats["sigma"]}
+    if reference.features is not None:
+        arrays["features"] = reference.features
+    if reference.class_ids is not None:
+        arrays["class_ids"] = np.array(["" if c is None else c for c in reference.class_ids], dtype=str)
+    _write_npz_atomic(Path(path), **arrays)
+
+
+def _load_statistics(path: Path) -> Reference:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"reference statistics file {path} is not a readable .npz: {exc}") from None
+    for key in ("mu", "sigma"):
+        if key not in arrays:
+            raise UserError(f"reference statistics file {path} has no '{key}' array (expected mu and sigma)")
+    mu, sigma = arrays["mu"], arrays["sigma"]
+    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+        raise UserError(f"reference statistics file {path}: mu must be ({FEATURE_DIM},) and sigma "
+                        f"({FEATURE_DIM}, {FEATURE_DIM}), got {mu.shape} and {sigma.shape}")
+    features = arrays.get("features")
+    if features is not None and (features.ndim != 2 or features.shape[1] != FEATURE_DIM):
+        raise UserError(f"reference statistics file {path}: features must be N×{FEATURE_DIM}, got {features.shape}")
+    class_ids = None
+    if "class_ids" in arrays and features is not None:
+        class_ids = [str(c) or None for c in arrays["class_ids"].tolist()]
+    return Reference(path=str(path), kind="statistics", content_hash=_sha256_file(path).hexdigest()[:16],
+                     weights_id=None, features=None if features is None else features.astype(np.float32),
+                     class_ids=class_ids, stats={"mu": mu, "sigma": sigma})
+
+
+def load_reference(spec: str | Path, inception: Any, batch_size: int = 32, show_progress: bool = True) -> Reference:
+    """Real features of ``spec`` (from the cache when the same images and weights were seen before).
+
+    Args:
+        spec: an image folder, a ``.tar`` or folder of ``.tar`` shards, or a ``.npz`` statistics file.
+        inception: a loaded :class:`~imagenet_plus.scorers.inception.InceptionScorer` (``weights_id`` keys
+            the cache); may be ``None`` for a statistics file.
+        batch_size: images per network batch.
+        show_progress: show a progress bar while extracting.
+
+    Raises:
+        UserError: missing path, no images, an unreadable image or corrupt shard (named), a malformed
+            statistics file.
+    """
+    from imagenet_plus.metrics import fid_statistics
+
+    path = Path(spec)
+    kind = detect_kind(path)
+    if kind == "statistics":
+        return _load_statistics(path)
+    if kind == "folder":
+        files = _folder_images(path)
+        h = hashlib.sha256(b"folder")
+        for p in files:
+            h.update(str(p.relative_to(path)).encode())
+            _sha256_file(p, h)
+        samples: Iterator[tuple[bytes, str, str | None]] = _iter_folder(path, files)
+        total = len(files)
+    else:
+        tars = [path] if path.is_file() else _folder_tars(path)
+        h = hashlib.sha256(b"webdataset")
+        for p in tars:
+            h.update(p.name.encode())
+            _sha256_file(p, h)
+        samples = _iter_tars(tars)
+        total = 0
+    content_hash = h.hexdigest()[:16]
+    cache_file = cache_dir("reference") / f"{content_hash}-{inception.weights_id}.npz"
+    features: np.ndarray | None = None
+    if cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as data:
+                features = data["features"].astype(np.float32)
+                class_ids = [str(c) or None for c in data["class_ids"].tolist()]
+        except (OSError, ValueError, KeyError):
+            features = None  # a damaged cache entry is recomputed
+    if features is None:
+        features, class_ids = _extract(samples, total, inception, batch_size, show_progress)
+        if len(features) < 2:
+            raise UserError(f"reference {path} holds {len(features)} image; FID needs at least 2")
+        _write_npz_atomic(cache_file, features=features,
+                          class_ids=np.array(["" if c is None else c for c in class_ids], dtype=str))
+    return Reference(path=str(path), kind=kind, content_hash=content_hash, weights_id=inception.weights_id,
+                     features=features, class_ids=class_ids, stats=fid_statistics(features))

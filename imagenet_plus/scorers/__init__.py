@@ -1,0 +1,35 @@
+"""Scorers used by the score stage: CLIP (transformers), InceptionV3 (torch-fidelity), an ImageNet classifier (timm).
+
+Each module has the real loader (a Hub id or a local path; a missing model is a one-line
+:class:`~imagenet_plus.errors.UserError`, never a fallback) and a builder of the ``tiny-random`` model of
+the same architecture, saved once under the cache folder and loaded back through the real loader.
+All scorers take the same input: a list of decoded images as ``uint8`` tensors of shape ``3×H×W``.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from imagenet_plus.errors import UserError
+
+
+def decode_image(data: bytes, name: str) -> Any:
+    """Decode image bytes once into the input every scorer takes: a ``uint8`` ``3×H×W`` tensor (RGB).
+
+    PIL's ``convert("RGB")`` followed by the array's HWC→CHW permutation is exactly what torch-fidelity's
+    image-folder reader does (``pil_to_tensor``), so features match its own.
+
+    Raises:
+        UserError: the bytes are not an image PIL can read (``name`` says which one).
+    """
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            arr = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"unreadable image {name}: {exc}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
