@@ -116,7 +116,7 @@ def main() -> None:
     import torch
 
     from imagenet_plus.distributed import init_dist
-    from imagenet_plus.rundir import read_classes_json, run_paths
+    from imagenet_plus.rundir import read_class_records, run_paths
     from imagenet_plus.score import ScoreConfig, Scorers, run_score
     from imagenet_plus.scorers import decode_image
     from imagenet_plus.shards import iter_shard
@@ -128,7 +128,7 @@ def main() -> None:
         clip_dir, cls_dir = build_models(work)
         cfg = ScoreConfig(clip_model=clip_dir, inception_weights="tiny-random", classifier=cls_dir,
                           batch_size=args.batch_size)
-        classes = read_classes_json(run_paths(run))
+        classes = read_class_records(run_paths(run))
         device = init_dist().device
         scorers = Scorers(cfg, device, [c["name"] for c in classes], [c["id"] for c in classes])
         scorers.load_all()

@@ -17,6 +17,7 @@ from typing import Any
 
 from imagenet_plus.configio import config_from_mapping, config_to_dict, load_yaml_mapping, merge_config, stable_hash
 from imagenet_plus.errors import UserError
+from imagenet_plus.shards import IMAGE_EXTENSIONS
 
 #: Keys of a config file that hold the settings of later stages (read by ``imagenet-plus run``).
 STAGE_SECTIONS = ("score", "select", "release", "report", "evaluate", "publish")
@@ -84,7 +85,7 @@ class GenerateConfig:
                 raise UserError(
                     f"{src}: 'prompt-strategy' has unknown strategy {s!r} (choose from {', '.join(PROMPT_STRATEGIES)})"
                 )
-        if self.image_format not in ("jpg", "png", "webp"):
+        if self.image_format not in IMAGE_EXTENSIONS:
             raise UserError(f"{src}: 'image-format' must be jpg, png or webp, got {self.image_format!r}")
         if not 1 <= self.quality <= 100:
             raise UserError(f"{src}: 'quality' must be within 1..100, got {self.quality}")

@@ -27,6 +27,7 @@ import numpy as np
 
 from imagenet_plus.cache import cache_dir
 from imagenet_plus.errors import UserError
+from imagenet_plus.shards import atomic_file
 
 #: Image file extensions read from a reference folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -178,12 +179,8 @@ def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, incep
 
 
 def _write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_reference(reference: Reference, path: str | Path) -> None:

@@ -54,7 +54,7 @@ from imagenet_plus.card import (
 from imagenet_plus.configio import stable_hash
 from imagenet_plus.errors import UserError
 from imagenet_plus.progress import progress_bar
-from imagenet_plus.rundir import RunPaths, read_classes_json, read_run_yaml, run_paths
+from imagenet_plus.rundir import RunPaths, read_class_records, read_run_yaml, run_paths
 from imagenet_plus.shards import IMAGE_EXTENSIONS, PartialTarWriter, write_json_atomic
 
 INFO_NAME = "_info.json"
@@ -353,7 +353,7 @@ def run_release(run: str | Path, out: str | Path, cfg: ReleaseConfig) -> Path:
         sel = pd.read_parquet(paths.selection_parquet)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise UserError(f"unreadable {paths.selection_parquet}: {exc}") from None
-    classes = read_classes_json(paths)
+    classes = read_class_records(paths)
     class_ids = [c["id"] for c in classes]
     kept_rows = sel[sel["kept"].astype(bool)]
     if kept_rows.empty:

@@ -33,7 +33,7 @@ from typing import Any
 
 from imagenet_plus.configio import stable_hash
 from imagenet_plus.errors import UserError
-from imagenet_plus.rundir import RunPaths, read_classes_json, read_run_yaml, run_paths
+from imagenet_plus.rundir import RunPaths, read_class_records, read_run_yaml, run_paths
 
 #: Score columns drawn as histograms, with a readable title.
 SCORE_COLUMNS = {
@@ -566,7 +566,7 @@ def run_report(run: str | Path, cfg: ReportConfig) -> Path:
     paths = run_paths(run)
     df = load_frame(paths)
     summary = _read_json(paths.summary_json)
-    classes = read_classes_json(paths)
+    classes = read_class_records(paths)
     run_yaml = read_run_yaml(paths)
     selection = _read_json(paths.selection_json) if paths.selection_json.is_file() else None
     has_selection = "kept" in df.columns

@@ -125,8 +125,8 @@ def write_run_yaml(paths: RunPaths, data: dict[str, Any]) -> None:
     write_bytes_atomic(paths.run_yaml, text.encode("utf-8"))
 
 
-def read_classes_json(paths: RunPaths) -> list[dict[str, Any]]:
-    """The run's class set as a list of dicts, in label order."""
+def read_class_records(paths: RunPaths) -> list[dict[str, Any]]:
+    """The run's class set as plain dicts, in label order (see classes.read_classes_json for ClassInfo)."""
     try:
         return json.loads(paths.classes_json.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

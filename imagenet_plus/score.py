@@ -23,7 +23,6 @@ score against the reference, then FID/KID/IS/precision/recall/Vendi; parquets ar
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -37,9 +36,10 @@ import numpy as np
 
 from imagenet_plus.configio import config_from_mapping, config_to_dict, require_positive
 from imagenet_plus.errors import UserError
-from imagenet_plus.rundir import RunPaths, read_classes_json, run_paths
+from imagenet_plus.rundir import RunPaths, read_class_records, run_paths
 from imagenet_plus.scorers.classifier import DEFAULT_CLASSIFIER
 from imagenet_plus.scorers.clip import DEFAULT_CLIP
+from imagenet_plus.shards import IMAGE_EXTENSIONS, atomic_file
 
 #: Parquet columns of ``RUN/scores/{shard}.parquet``, in order (the contract other stages read).
 SCORE_COLUMNS = (
@@ -47,7 +47,7 @@ SCORE_COLUMNS = (
     "classifier_top1", "classifier_top5", "classifier_prob", "realism", "dup_of", "nsfw", "attempt", "strategy",
 )
 #: Image members a generated sample may carry.
-IMAGE_MEMBERS = ("jpg", "png", "webp")
+IMAGE_MEMBERS = IMAGE_EXTENSIONS
 #: Summary keys of the dataset metrics (null when they cannot be computed).
 SUMMARY_METRICS = ("fid", "kid_mean", "kid_std", "inception_score_mean", "inception_score_std", "clip_score_mean",
                    "precision", "recall")
@@ -138,12 +138,8 @@ class ShardFiles:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _arrow_schema() -> Any:
@@ -164,9 +160,8 @@ def _write_parquet_atomic(path: Path, columns: dict[str, Any]) -> None:
 
     schema = _arrow_schema()
     table = pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        pq.write_table(table, f)
 
 
 def read_scores(run: str | Path) -> Any:
@@ -561,7 +556,7 @@ def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None)
 
     paths = run_paths(run)
     stems = _generated_stems(paths)
-    classes = read_classes_json(paths)
+    classes = read_class_records(paths)
     models_rec = _models_record(cfg)
     previous = _read_json(paths.summary_json)
     if (previous is not None and previous.get("shards") == stems and not previous.get("bad_shards")

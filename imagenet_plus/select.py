@@ -40,7 +40,7 @@ from typing import Any
 
 from imagenet_plus.configio import config_from_mapping, load_yaml_mapping
 from imagenet_plus.errors import UserError
-from imagenet_plus.rundir import RunPaths, read_classes_json, read_run_yaml, run_paths
+from imagenet_plus.rundir import RunPaths, read_class_records, read_run_yaml, run_paths
 from imagenet_plus.shards import write_bytes_atomic, write_json_atomic
 
 #: Columns every scores parquet must have.
@@ -343,7 +343,7 @@ def run_select(run: str | Path, cfg: SelectConfig) -> dict[str, Any]:
     if quota is None:
         raise UserError(f"{paths.run_yaml} has no images_per_class: pass --per-class")
     df, emb = _read_scores(paths)
-    class_ids = [c["id"] for c in read_classes_json(paths)]
+    class_ids = [c["id"] for c in read_class_records(paths)]
     unknown = sorted(set(df["class_id"]) - set(class_ids))
     if unknown:
         raise UserError(f"scores in {paths.scores} name class id {unknown[0]!r}, not in {paths.classes_json}")

@@ -9,6 +9,7 @@ tar becomes a :class:`~imagenet_plus.errors.UserError` naming the shard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,25 +41,38 @@ def make_key(class_id: str, index: int) -> str:
     return key
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open ``path.partial`` for writing; on success flush, fsync and rename it to ``path``.
+
+    On an exception the partial file is deleted and ``path`` is left as it was, so readers never see
+    half a file (a kill leaves only a ``.partial``, which the next run removes).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    encoding = None if "b" in mode else "utf-8"
+    try:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write bytes to ``path`` via a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class PartialTarWriter:

@@ -50,7 +50,7 @@ def tiny_clip_tokenizer():
     return tok
 
 
-def _write_once(target: Path, build) -> Path:  # type: ignore[no-untyped-def]
+def write_once(target: Path, build) -> Path:  # type: ignore[no-untyped-def]
     """Build into a temp folder and rename, so concurrent processes never see half a model."""
     if (target / ".complete").exists():
         return target
@@ -137,4 +137,4 @@ def tiny_text_to_image_dir(sample_size: int = 8) -> Path:
         )
         pipe.save_pretrained(folder, safe_serialization=True)
 
-    return _write_once(cache_dir("tiny-random", f"sd-pipeline-{sample_size}"), build)
+    return write_once(cache_dir("tiny-random", f"sd-pipeline-{sample_size}"), build)

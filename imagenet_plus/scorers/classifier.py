@@ -17,7 +17,7 @@ from typing import Any
 
 from imagenet_plus.cache import cache_dir
 from imagenet_plus.errors import UserError
-from imagenet_plus.tiny import TINY_RANDOM, _write_once
+from imagenet_plus.tiny import TINY_RANDOM, write_once
 
 #: Default classifier (timm name with pretrained tag).
 DEFAULT_CLASSIFIER = "convnext_base.fb_in22k_ft_in1k"
@@ -45,7 +45,7 @@ def tiny_classifier_dir() -> Path:
                     data_config={k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
                                                             "crop_pct", "crop_mode")})
 
-    return _write_once(cache_dir("tiny-random", "classifier-test-convnext"), build)
+    return write_once(cache_dir("tiny-random", "classifier-test-convnext"), build)
 
 
 def _timm_name(name: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from imagenet_plus.cache import cache_dir
 from imagenet_plus.errors import UserError
-from imagenet_plus.tiny import TINY_RANDOM, _write_once, tiny_clip_tokenizer
+from imagenet_plus.tiny import TINY_RANDOM, tiny_clip_tokenizer, write_once
 
 #: Default CLIP model (a Hub id; must be in the local Hugging Face cache when offline).
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -57,7 +57,7 @@ def tiny_clip_dir(image_size: int = 32) -> Path:
         model.save_pretrained(folder, safe_serialization=True)
         processor.save_pretrained(folder)
 
-    return _write_once(cache_dir("tiny-random", f"clip-v2-{image_size}"), build)
+    return write_once(cache_dir("tiny-random", f"clip-v2-{image_size}"), build)
 
 
 class ClipScorer:

@@ -17,7 +17,7 @@ from typing import Any
 
 from imagenet_plus.cache import cache_dir
 from imagenet_plus.errors import UserError
-from imagenet_plus.tiny import TINY_RANDOM, _write_once
+from imagenet_plus.tiny import TINY_RANDOM, write_once
 
 #: Feature layers the score stage asks for.
 FEATURES = ("2048", "logits_unbiased")
@@ -107,7 +107,7 @@ def tiny_inception_weights() -> Path:
             model.fc.bias.zero_()
         torch.save(model.state_dict(), folder / "inception.pth")
 
-    return _write_once(cache_dir("tiny-random", "inception-v3"), build) / "inception.pth"
+    return write_once(cache_dir("tiny-random", "inception-v3"), build) / "inception.pth"
 
 
 def resolve_inception_weights(weights: str | None) -> tuple[str | None, str]:
