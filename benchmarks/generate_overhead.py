@@ -12,7 +12,7 @@ Then the peak RSS of a fresh
 ``generate`` process is measured for N and 4N images. The last line is
 ``generate_overhead_ratio=<bare seconds / generate seconds>`` (goal ≥ 0.90).
 
-Usage: ``python benchmarks/generate_overhead.py [--images 32] [--batch-size 4] [--resolution 256]``
+Usage: ``python benchmarks/generate_overhead.py [--images 128] [--batch-size 4] [--resolution 256]``
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ def rss_of_run(images_per_class: int, args, class_file: Path, workdir: Path) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=32, help="images in the timed runs (N)")
+    ap.add_argument("--images", type=int, default=128, help="images in the timed runs (N)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--shard-size", type=int, default=16)
+    ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="alternating timed repeats; the best of each is kept")
     args = ap.parse_args()
 
