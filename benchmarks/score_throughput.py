@@ -40,7 +40,8 @@ def write_run(root: Path, images: int, resolution: int, shard_size: int) -> Path
     import yaml
     from PIL import Image
 
-    from imagenet_plus.shards import PartialTarWriter, make_key, shard_name, write_json_atomic
+    from imagenet_plus.contract import make_key, shard_name
+    from imagenet_plus.shards import PartialTarWriter, write_json_atomic
 
     (root / "generated").mkdir(parents=True)
     classes = [{"label": i, "id": wnid, "name": name, "lemmas": [name], "definition": "", "hypernym": "",
@@ -115,8 +116,8 @@ def main() -> None:
     os.environ.setdefault("IMAGENET_PLUS_CACHE", str(work / "cache"))
     import torch
 
+    from imagenet_plus.contract import read_class_records, run_paths
     from imagenet_plus.distributed import init_dist
-    from imagenet_plus.rundir import read_class_records, run_paths
     from imagenet_plus.score import ScoreConfig, Scorers, run_score
     from imagenet_plus.scorers import decode_image
     from imagenet_plus.shards import iter_shard

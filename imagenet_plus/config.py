@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_plus.configio import config_from_mapping, config_to_dict, load_yaml_mapping, merge_config, stable_hash
+from imagenet_plus.contract import IMAGE_EXTENSIONS
 from imagenet_plus.errors import UserError
-from imagenet_plus.shards import IMAGE_EXTENSIONS
 
 #: Keys of a config file that hold the settings of later stages (read by ``imagenet-plus run``).
 STAGE_SECTIONS = ("score", "select", "release", "report", "evaluate", "publish")

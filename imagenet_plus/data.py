@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from imagenet_plus.contract import IMAGE_EXTENSIONS
 from imagenet_plus.errors import UserError
-from imagenet_plus.shards import IMAGE_EXTENSIONS
 
 BACKENDS = ("webdataset", "datasets")
 _REPO_ID = re.compile(r"^[\w\-.]+/[\w\-.]+$")

@@ -31,6 +31,15 @@ from typing import Any
 
 from imagenet_plus.config import GenerateConfig
 from imagenet_plus.configio import config_to_dict, stable_hash
+from imagenet_plus.contract import (
+    RunPaths,
+    clean_partials,
+    library_versions,
+    make_key,
+    read_run_yaml,
+    shard_name,
+    write_run_yaml,
+)
 from imagenet_plus.errors import UserError
 from imagenet_plus.plan import (
     PlanItem,
@@ -42,8 +51,7 @@ from imagenet_plus.plan import (
     plan_shards,
     top_up_segment,
 )
-from imagenet_plus.rundir import RunPaths, library_versions, read_run_yaml, write_run_yaml
-from imagenet_plus.shards import PartialTarWriter, clean_partials, make_key, read_stats, shard_name, write_json_atomic
+from imagenet_plus.shards import PartialTarWriter, read_stats, write_json_atomic
 
 #: Format name for PIL per image extension.
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}

@@ -52,10 +52,10 @@ from imagenet_plus.card import (
     validate_card,
 )
 from imagenet_plus.configio import stable_hash
+from imagenet_plus.contract import IMAGE_EXTENSIONS, RunPaths, read_class_records, read_run_yaml, run_paths
 from imagenet_plus.errors import UserError
 from imagenet_plus.progress import progress_bar
-from imagenet_plus.rundir import RunPaths, read_class_records, read_run_yaml, run_paths
-from imagenet_plus.shards import IMAGE_EXTENSIONS, PartialTarWriter, write_json_atomic
+from imagenet_plus.shards import PartialTarWriter, write_json_atomic
 
 INFO_NAME = "_info.json"
 IMAGEFOLDER_MARKER = ".imagenet-plus-release.json"

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_plus.configio import stable_hash
+from imagenet_plus.contract import RunPaths, read_class_records, read_run_yaml, run_paths
 from imagenet_plus.errors import UserError
-from imagenet_plus.rundir import RunPaths, read_class_records, read_run_yaml, run_paths
 
 #: Score columns drawn as histograms, with a readable title.
 SCORE_COLUMNS = {
@@ -439,8 +439,9 @@ def pick_sheet_keys(df: Any, class_id: str, n: int) -> tuple[list[tuple[str, str
 
 def read_images(generated: Path, wanted: dict[str, set[str]]) -> dict[str, bytes]:
     """Image bytes of the wanted keys, ``{shard stem: {keys}}``, read through ``shards.iter_shard``."""
+    from imagenet_plus.contract import IMAGE_EXTENSIONS
     from imagenet_plus.progress import progress_bar
-    from imagenet_plus.shards import IMAGE_EXTENSIONS, iter_shard
+    from imagenet_plus.shards import iter_shard
 
     out: dict[str, bytes] = {}
     bar = progress_bar(len(wanted), "report: contact sheets", unit="shard")

@@ -221,8 +221,7 @@ class PipelineState:
 
 def outputs_present(plan: Plan, stage: str, entry: dict[str, Any]) -> bool:
     """Whether a finished stage's outputs are still there (a deleted output makes the stage run again)."""
-    from imagenet_plus.rundir import RunPaths
-    from imagenet_plus.shards import done_shards
+    from imagenet_plus.contract import RunPaths, done_shards
 
     paths = RunPaths(plan.run)
     if stage == "generate":

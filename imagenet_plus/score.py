@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 
 from imagenet_plus.configio import config_from_mapping, config_to_dict, require_positive
+from imagenet_plus.contract import IMAGE_EXTENSIONS, RunPaths, read_class_records, run_paths
 from imagenet_plus.errors import UserError
-from imagenet_plus.rundir import RunPaths, read_class_records, run_paths
 from imagenet_plus.scorers.classifier import DEFAULT_CLASSIFIER
 from imagenet_plus.scorers.clip import DEFAULT_CLIP
-from imagenet_plus.shards import IMAGE_EXTENSIONS, atomic_file
+from imagenet_plus.shards import atomic_file
 
 #: Parquet columns of ``RUN/scores/{shard}.parquet``, in order (the contract other stages read).
 SCORE_COLUMNS = (
@@ -503,7 +503,7 @@ def _dataset_pass(paths: RunPaths, stems: list[str], classes: list[dict[str, Any
 
 
 def _generated_stems(paths: RunPaths) -> list[str]:
-    from imagenet_plus.shards import done_shards
+    from imagenet_plus.contract import done_shards
 
     stems = [t.name[: -len(".tar")] for t in done_shards(paths.generated)]
     if not stems:
@@ -548,9 +548,9 @@ def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None)
         UserError: no shards, a corrupt shard (unless ``skip_bad_shards``), a missing model or weights file,
             an unknown classifier, an empty or unreadable reference, or scores made with other models.
     """
+    from imagenet_plus.contract import library_versions
     from imagenet_plus.distributed import init_dist
     from imagenet_plus.progress import progress_bar
-    from imagenet_plus.rundir import library_versions
     from imagenet_plus.scorers.inception import resolve_inception_weights
     from imagenet_plus.shards import write_json_atomic
 

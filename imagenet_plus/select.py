@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_plus.configio import config_from_mapping, load_yaml_mapping
+from imagenet_plus.contract import RunPaths, read_class_records, read_run_yaml, run_paths
 from imagenet_plus.errors import UserError
-from imagenet_plus.rundir import RunPaths, read_class_records, read_run_yaml, run_paths
 from imagenet_plus.shards import write_bytes_atomic, write_json_atomic
 
 #: Columns every scores parquet must have.

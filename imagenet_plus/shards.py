@@ -12,33 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from imagenet_plus.contract import PARTIAL_SUFFIX, TAR_MTIME
 from imagenet_plus.errors import UserError
-
-#: Fixed tar member mtime, so the same samples always give the same bytes.
-TAR_MTIME = 1_700_000_000.0
-#: Member extensions every generated sample carries (image extension chosen by config).
-IMAGE_EXTENSIONS = ("jpg", "png", "webp")
-#: Keys are ``{class_id}_{index:06d}``; no dots (datasets/webdataset split keys at the first dot).
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-def shard_name(index: int) -> str:
-    """``7`` → ``00007`` (the stem of a shard's files)."""
-    return f"{index:05d}"
-
-
-def make_key(class_id: str, index: int) -> str:
-    """The sample key ``{class_id}_{index:06d}``."""
-    key = f"{class_id}_{index:06d}"
-    if not KEY_PATTERN.match(key):
-        raise UserError(f"class id {class_id!r} gives an invalid sample key {key!r} (letters, digits, _ and - only)")
-    return key
 
 
 @contextlib.contextmanager
@@ -49,7 +29,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     half a file (a kill leaves only a ``.partial``, which the next run removes).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
     encoding = None if "b" in mode else "utf-8"
     try:
         with open(tmp, mode, encoding=encoding) as f:
@@ -86,7 +66,7 @@ class PartialTarWriter:
         import webdataset as wds
 
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self._file = open(self.partial, "wb")
         self._writer = wds.TarWriter(self._file, encoder=False, mtime=TAR_MTIME)
         self.count = 0
@@ -158,23 +138,3 @@ def read_stats(path: Path) -> dict[str, Any]:
         raise UserError(f"unreadable shard stats {path}: {exc}") from None
 
 
-def clean_partials(folder: Path) -> list[Path]:
-    """Delete leftovers of a killed writer: ``*.partial`` files and tars that have no stats JSON."""
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for p in sorted(folder.glob("*.partial")):
-        p.unlink(missing_ok=True)
-        removed.append(p)
-    for tar in sorted(folder.glob("*.tar")):
-        if not tar.with_suffix(".json").exists():
-            tar.unlink(missing_ok=True)
-            removed.append(tar)
-    return removed
-
-
-def done_shards(folder: Path) -> list[Path]:
-    """The finished shards of a folder (``.tar`` with its ``.json`` beside it), sorted by name."""
-    if not folder.is_dir():
-        return []
-    return [t for t in sorted(folder.glob("*.tar")) if t.with_suffix(".json").exists()]

@@ -17,8 +17,8 @@ from imagenet_plus.classes import (
     slugify,
     write_classes_json,
 )
+from imagenet_plus.contract import make_key
 from imagenet_plus.errors import UserError
-from imagenet_plus.shards import make_key
 
 
 def run_main(

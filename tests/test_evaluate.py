@@ -45,7 +45,8 @@ def _jpeg(img: Image.Image) -> bytes:
 def write_release(rel: Path, per_class: int, seed: int = 0, shuffle_labels: bool = False,
                   classes: list[str] = CLASSES) -> Path:
     """A release folder as design.md §4 describes: REL/data/train-*.tar (+ _info.json), square images."""
-    from imagenet_plus.shards import PartialTarWriter, make_key
+    from imagenet_plus.contract import make_key
+    from imagenet_plus.shards import PartialTarWriter
 
     rng = np.random.default_rng(seed)
     (rel / "data").mkdir(parents=True, exist_ok=True)

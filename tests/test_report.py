@@ -166,8 +166,8 @@ def test_rerun_replaces_report_and_sees_new_selection(scored_run: Path) -> None:
 def test_contact_sheet_picks_best_and_worst(scored_run: Path) -> None:
     import pandas as pd
 
+    from imagenet_plus.contract import RunPaths
     from imagenet_plus.report import load_frame, pick_sheet_keys
-    from imagenet_plus.rundir import RunPaths
 
     select(scored_run)
     df = load_frame(RunPaths(scored_run))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from imagenet_plus.contract import clean_partials, done_shards, make_key
 from imagenet_plus.errors import UserError
-from imagenet_plus.shards import PartialTarWriter, clean_partials, done_shards, iter_shard, make_key, write_json_atomic
+from imagenet_plus.shards import PartialTarWriter, iter_shard, write_json_atomic
 
 
 def sample(i: int) -> dict:
