@@ -1,7 +1,8 @@
 """How much does ``generate`` add around the model? And does its memory stay flat as runs grow?
 
-In one run, on the same batches (same prompts, seeds, sizes) of the tiny random SD pipeline making
-256 px images (so JPEG encoding costs what it will for real):
+In one run, on the same batches (same prompts, seeds, sizes) of a tiny random pipeline (``--model``:
+``tiny-random`` = SD, ``tiny-random-flux``, ``tiny-random-sd3``) making 256 px images (so JPEG encoding
+costs what it will for real):
 
 - bare: a loop calling the diffusers pipeline with one generator per image, nothing else;
 - generate: ``run_generate`` end to end (plan, prompts, black check, encoding, tar writing, stats),
@@ -12,7 +13,7 @@ Then the peak RSS of a fresh
 ``generate`` process is measured for N and 4N images. The last line is
 ``generate_overhead_ratio=<bare seconds / generate seconds>`` (goal ≥ 0.90).
 
-Usage: ``python benchmarks/generate_overhead.py [--images 128] [--batch-size 4] [--resolution 256]``
+Usage: ``python benchmarks/generate_overhead.py [--images 128] [--batch-size 4] [--resolution 256] [--model M]``
 """
 
 from __future__ import annotations
@@ -28,15 +29,14 @@ from pathlib import Path
 CLASSES = "name\ngoldfish\ntabby cat\nacoustic guitar\nespresso\n"
 
 
-def bare_loop(pipe, batches, steps, resolution) -> float:
+def bare_loop(pipe, batches, kwargs) -> float:
     import torch
 
     start = time.perf_counter()
     for prompts, seeds in batches:
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.inference_mode():
-            pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=2.0, generator=gens,
-                 height=resolution, width=resolution)
+            pipe(prompt=prompts, generator=gens, **kwargs)
     return time.perf_counter() - start
 
 
@@ -46,7 +46,7 @@ def rss_of_run(images_per_class: int, args, class_file: Path, workdir: Path) -> 
         "import resource, sys\n"
         "from imagenet_plus.config import GenerateConfig\n"
         "from imagenet_plus.generate import run_generate\n"
-        f"cfg = GenerateConfig(classes={str(class_file)!r}, images_per_class={images_per_class}, model='tiny-random',"
+        f"cfg = GenerateConfig(classes={str(class_file)!r}, images_per_class={images_per_class}, model={args.model!r},"
         f" steps={args.steps}, guidance=2.0, resolution={args.resolution}, batch_size={args.batch_size},"
         f" shard_size={args.shard_size})\n"
         f"run_generate(cfg, {str(workdir / f'rss{images_per_class}')!r})\n"
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=64)
+    ap.add_argument("--model", default="tiny-random", help="tiny-random, tiny-random-flux or tiny-random-sd3")
     ap.add_argument("--repeats", type=int, default=3, help="alternating timed repeats; the best of each is kept")
     args = ap.parse_args()
 
@@ -71,17 +72,19 @@ def main() -> None:
 
     from imagenet_plus.config import GenerateConfig
     from imagenet_plus.generate import run_generate
-    from imagenet_plus.models import DiffusersSource, load_pipeline
+    from imagenet_plus.models import DiffusersSource, load_pipeline, pipeline_kwargs
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     class_file = work / "classes.csv"
     class_file.write_text(CLASSES)
     per_class = max(1, args.images // 4)
-    cfg = GenerateConfig(classes=str(class_file), images_per_class=per_class, model="tiny-random", steps=args.steps,
+    cfg = GenerateConfig(classes=str(class_file), images_per_class=per_class, model=args.model, steps=args.steps,
                          guidance=2.0, resolution=args.resolution, batch_size=args.batch_size,
-                         shard_size=args.shard_size)
-    pipe = load_pipeline("tiny-random", torch.device("cpu"), "float32")
+                         shard_size=args.shard_size).resolved()
+    pipe = load_pipeline(args.model, torch.device("cpu"), "float32")
+    bare_kwargs = pipeline_kwargs(cfg.family, cfg.steps, cfg.guidance, cfg.resolution, cfg.resolution,
+                                  cfg.max_sequence_length, [])
     batches: list[tuple[list[str], list[int]]] = []
 
     class Recording(DiffusersSource):
@@ -90,7 +93,8 @@ def main() -> None:
             return super().__call__(prompts, negatives, seeds)
 
     def factory(c, device):
-        return Recording(pipe, steps=c.steps, guidance=c.guidance, width=c.resolution, height=c.resolution)
+        return Recording(pipe, steps=c.steps, guidance=c.guidance, width=c.resolution, height=c.resolution,
+                         family=c.family, max_sequence_length=c.max_sequence_length)
 
     # warm-up (first calls allocate and pick kernels), not timed
     run_generate(cfg, work / "warmup", source_factory=factory)
@@ -100,10 +104,10 @@ def main() -> None:
         t = time.perf_counter()
         run_generate(cfg, work / f"run{rep}", source_factory=factory)
         gen_times.append(time.perf_counter() - t)
-        bare_times.append(bare_loop(pipe, list(batches), args.steps, args.resolution))
+        bare_times.append(bare_loop(pipe, list(batches), bare_kwargs))
     n = per_class * 4
     gen_best, bare_best = min(gen_times), min(bare_times)
-    print(f"images={n} batch_size={args.batch_size} resolution={args.resolution} steps={args.steps}")
+    print(f"model={args.model} images={n} batch_size={args.batch_size} resolution={args.resolution} steps={args.steps}")
     runs = [round(x, 2) for x in bare_times]
     print(f"bare pipeline loop: {bare_best:.2f}s ({n / bare_best:.2f} img/s)  runs: {runs}")
     print(f"generate end to end: {gen_best:.2f}s ({n / gen_best:.2f} img/s)  runs: {[round(x, 2) for x in gen_times]}")

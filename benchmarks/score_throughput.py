@@ -116,6 +116,7 @@ def main() -> None:
     os.environ.setdefault("IMAGENET_PLUS_CACHE", str(work / "cache"))
     import torch
 
+    from imagenet_plus.classes import ClassInfo
     from imagenet_plus.contract import read_class_records, run_paths
     from imagenet_plus.distributed import init_dist
     from imagenet_plus.score import ScoreConfig, Scorers, run_score
@@ -128,10 +129,10 @@ def main() -> None:
         run = write_run(work / "run", args.images, args.resolution, shard_size=args.batch_size * 2)
         clip_dir, cls_dir = build_models(work)
         cfg = ScoreConfig(clip_model=clip_dir, inception_weights="tiny-random", classifier=cls_dir,
-                          batch_size=args.batch_size)
+                          nsfw_model="none", batch_size=args.batch_size)
         classes = read_class_records(run_paths(run))
         device = init_dist().device
-        scorers = Scorers(cfg, device, [c["name"] for c in classes], [c["id"] for c in classes])
+        scorers = Scorers(cfg, device, [ClassInfo.from_dict(c) for c in classes])
         scorers.load_all()
         _ = scorers.class_embeddings
 

@@ -23,6 +23,9 @@ importable, e.g. with ``builder_script/`` on ``sys.path``) and instantiate the c
     train = builder.as_dataset(split="train")                       # Arrow-backed, typed columns
     stream = builder.as_streaming_dataset(split="train")            # no preparation, streams the tars
 
+Column names and dtypes come from :mod:`imagenet_plus.contract` (the sample fields and the release scores),
+so imagenet-plus must be installed where the builder runs (``pip install imagenet-plus``).
+
 Input: ``REL/_info.json`` (splits, shard files, class list) and ``REL/data/*.tar``. Output: Arrow tables in
 the datasets cache (``HF_DATASETS_CACHE``, never inside the release), or a streaming dataset.
 """
@@ -36,17 +39,23 @@ from typing import Any
 
 import datasets
 
-IMAGE_MEMBERS = ("jpg", "png", "webp")
-META_COLUMNS = {
-    "class_id": "string", "class_name": "string", "prompt": "string", "negative_prompt": "string", "seed": "int64",
-    "model": "string", "scheduler": "string", "steps": "int64", "guidance": "float64", "width": "int64",
-    "height": "int64", "attempt": "int64", "strategy": "string",
-}
-SCORE_COLUMNS = {
-    "clip_score": "float64", "clip_class_score": "float64", "clip_class_prob": "float64", "clip_class_rank": "int64",
-    "isc_kl": "float64", "classifier_top1": "bool", "classifier_top5": "bool", "classifier_prob": "float64",
-    "realism": "float64", "composite": "float64",
-}
+from imagenet_plus.contract import (
+    IMAGE_EXTENSIONS,
+    INFO_NAME,
+    RELEASE_SCORE_FIELDS,
+    SAMPLE_FIELDS,
+    SCORES_MEMBER,
+    image_member,
+    split_member_name,
+)
+
+#: Sample fields that are not their own column: ``label`` is the ClassLabel column, ``nsfw`` is always false in a
+#: release (flagged images are regenerated or dropped) and ``index`` is part of the key.
+NOT_COLUMNS = ("label", "nsfw", "index")
+#: Metadata columns and their dtypes (the contract's sample fields, in order).
+META_COLUMNS = {k: v for k, v in SAMPLE_FIELDS.items() if k not in NOT_COLUMNS}
+#: Score columns and their dtypes (the release scores, composite last).
+SCORE_COLUMNS = dict(RELEASE_SCORE_FIELDS)
 
 
 @dataclass
@@ -65,7 +74,7 @@ class ImagenetPlusBuilder(datasets.GeneratorBasedBuilder):
 
         if not self.config.data_dir:
             raise ValueError("ImagenetPlusBuilder needs data_dir= (a release folder or hf://datasets/USER/NAME)")
-        path = self.config.data_dir.rstrip("/") + "/_info.json"
+        path = self.config.data_dir.rstrip("/") + "/" + INFO_NAME
         with fsspec.open(path, "r", encoding="utf-8") as f:
             return json.load(f)
 
@@ -99,7 +108,7 @@ class ImagenetPlusBuilder(datasets.GeneratorBasedBuilder):
             sample: dict[str, bytes] = {}
             current = None
             for name, f in archive:
-                key, _, ext = name.rpartition("/")[2].partition(".")
+                key, ext = split_member_name(name.rpartition("/")[2])
                 if current is not None and key != current:
                     yield current, self._example(current, sample)
                     sample = {}
@@ -111,8 +120,8 @@ class ImagenetPlusBuilder(datasets.GeneratorBasedBuilder):
     @staticmethod
     def _example(key: str, sample: dict[str, bytes]) -> dict[str, Any]:
         meta = json.loads(sample["json"])
-        scores = meta.get("scores") or {}
-        image_ext = next(e for e in IMAGE_MEMBERS if e in sample)
+        scores = meta.get(SCORES_MEMBER) or {}
+        image_ext = image_member(sample, IMAGE_EXTENSIONS)
         ex: dict[str, Any] = {"image": {"bytes": sample[image_ext], "path": f"{key}.{image_ext}"},
                               "label": int(sample["cls"]), "key": key}
         ex.update({k: meta.get(k) for k in META_COLUMNS})

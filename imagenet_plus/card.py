@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from imagenet_plus.contract import RELEASE_SCORE_FIELDS, SAMPLE_FIELDS, SCORES_MEMBER
 from imagenet_plus.errors import UserError
 
 #: The template shipped with the project (a Jinja2 markdown file; ``{{ card_data }}`` is the YAML header).
@@ -33,36 +34,71 @@ MODEL_LICENSES: dict[str, tuple[str, str | None, str | None]] = {
     "stabilityai/stable-diffusion-2-1": ("openrail++", None, None),
     "stabilityai/stable-diffusion-2-1-base": ("openrail++", None, None),
     "stabilityai/stable-diffusion-xl-base-1.0": ("openrail++", None, None),
+    "black-forest-labs/FLUX.1-schnell": ("apache-2.0", None, None),
+    "black-forest-labs/FLUX.1-dev": (
+        "other", "flux-1-dev-non-commercial-license",
+        "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md"),
+    "stabilityai/stable-diffusion-3.5-large": (
+        "other", "stabilityai-ai-community",
+        "https://huggingface.co/stabilityai/stable-diffusion-3.5-large/blob/main/LICENSE.md"),
+    "stabilityai/stable-diffusion-3.5-large-turbo": (
+        "other", "stabilityai-ai-community",
+        "https://huggingface.co/stabilityai/stable-diffusion-3.5-large-turbo/blob/main/LICENSE.md"),
+    "stabilityai/stable-diffusion-3.5-medium": (
+        "other", "stabilityai-ai-community",
+        "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/blob/main/LICENSE.md"),
+    # the tiny test pipelines are random weights built by imagenet-plus itself
     "tiny-random": ("apache-2.0", None, None),
+    "tiny-random-flux": ("apache-2.0", None, None),
+    "tiny-random-sd3": ("apache-2.0", None, None),
 }
 
-#: Fields of the ``json`` member of a release sample (metadata from generate) and their datasets dtypes.
-META_FIELDS: dict[str, str] = {
-    "class_id": "string", "class_name": "string", "label": "int64", "prompt": "string", "negative_prompt": "string",
-    "seed": "int64", "model": "string", "scheduler": "string", "steps": "int64", "guidance": "float64",
-    "width": "int64", "height": "int64", "attempt": "int64", "nsfw": "bool", "strategy": "string", "index": "int64",
-}
-#: Scores copied from ``RUN/scores`` (+ the select composite) into ``json["scores"]``; null when not computed.
-SCORE_FIELDS: dict[str, str] = {
-    "clip_score": "float64", "clip_class_score": "float64", "clip_class_prob": "float64", "clip_class_rank": "int64",
-    "isc_kl": "float64", "classifier_top1": "bool", "classifier_top5": "bool", "classifier_prob": "float64",
-    "realism": "float64", "composite": "float64",
-}
-SPLITS = ("train", "validation")
 REQUIRED_YAML_KEYS = ("pretty_name", "license", "task_categories", "size_categories", "configs", "dataset_info")
 
 
-def model_license(model: str) -> tuple[str, str | None, str | None, str]:
-    """The card license for a generating model.
+def model_license(model: str, override: str | None = None,
+                  required: bool = False) -> tuple[str, str | None, str | None, str]:
+    """The card license for a generating model: the user's ``override``, else :data:`MODEL_LICENSES`.
+
+    Args:
+        model: the model id recorded in ``run.yaml``.
+        override: a license the publisher names: a Hub license id (``apache-2.0``, ``mit``…) or
+            ``other:NAME:LINK`` for a custom license (LINK may hold colons). Wins over the table.
+        required: raise instead of falling back to ``other`` for a model outside the table (publish
+            passes ``True``: a dataset must not go out under an unknown license).
 
     Returns:
-        (license, license_name, license_link, note); unknown models give ``other`` and a note asking the
-        publisher to check the model's license.
+        (license, license_name, license_link, note); an unknown model without override gives ``other`` and a
+        note asking the publisher to check the model's license (when not ``required``).
+
+    Raises:
+        UserError: ``required`` and the model's license is unknown with no override; a malformed override.
     """
+    if override:
+        text = override.strip()
+        if text.startswith("other:"):
+            parts = text.split(":", 2)
+            if len(parts) != 3 or not parts[1] or not parts[2]:
+                raise UserError(f"license {override!r}: write other:NAME:LINK for a custom license")
+            lic, name, link = "other", parts[1], parts[2]
+        elif not text or ":" in text or " " in text:
+            raise UserError(f"license {override!r}: give a Hub license id (e.g. apache-2.0) or other:NAME:LINK")
+        else:
+            lic, name, link = text, None, None
+        note = (f"Images generated with `{model}`; the publisher states the license ({name or lic}). Check that "
+                "the model's terms allow it.")
+        return lic, name, link, note
     if model in MODEL_LICENSES:
         lic, name, link = MODEL_LICENSES[model]
         note = f"Images generated with `{model}`; the dataset inherits that model's license ({name or lic})."
+        if link:
+            note += f" Terms: {link}"
         return lic, name, link, note
+    if required:
+        raise UserError(
+            f"the license of model {model!r} is unknown to imagenet-plus: name the dataset's license "
+            "(a Hub license id such as apache-2.0, or other:NAME:LINK) after checking the model's terms"
+        )
     note = (f"The license of `{model}` is not in imagenet-plus's table: the card says `other`. Check the model's "
             "license and terms of use before publishing, and edit `license` accordingly.")
     return "other", None, None, note
@@ -80,9 +116,9 @@ def size_category(n: int) -> str:
 
 def json_fields(extra: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``json`` member's struct: {field: dtype or {score: dtype}} (``scores`` nested)."""
-    fields: dict[str, Any] = dict(META_FIELDS)
+    fields: dict[str, Any] = dict(SAMPLE_FIELDS)
     fields.update(extra or {})
-    fields["scores"] = dict(SCORE_FIELDS)
+    fields[SCORES_MEMBER] = dict(RELEASE_SCORE_FIELDS)
     return fields
 
 
@@ -92,7 +128,7 @@ def release_features(class_ids: Sequence[str], image_ext: str, extra_meta: Mappi
     Args:
         class_ids: class names of the ClassLabel, in label order (unique wnids / slugs).
         image_ext: the image member (``jpg``, ``png`` or ``webp``).
-        extra_meta: metadata fields beyond :data:`META_FIELDS` (name → dtype).
+        extra_meta: metadata fields beyond :data:`~imagenet_plus.contract.SAMPLE_FIELDS` (name → dtype).
     """
     import datasets
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagenet_plus.contract import KEY_PATTERN
 from imagenet_plus.errors import UserError
 
 #: The spec of the ImageNet-1k class set.
@@ -40,6 +41,21 @@ FILE_EXTENSIONS = (".csv", ".json", ".yaml", ".yml")
 FILE_FIELDS = ("name", "id", "description", "hypernym")
 #: A noun wnid, the only kind of id filled in from WordNet.
 NOUN_WNID = re.compile(r"^n\d{8}$")
+
+
+def check_class_id(class_id: str, where: str) -> str:
+    """A class id names folders and files (ImageFolder export, sample keys): refuse one that could escape a folder.
+
+    Raises:
+        UserError: the id holds a path separator or ``..``, or a character outside letters, digits, ``_``, ``-``.
+    """
+    text = str(class_id)
+    if "/" in text or "\\" in text or ".." in text:
+        raise UserError(f"{where}: class id {text!r} contains a path separator or '..' (class ids name folders "
+                        "and files: letters, digits, _ and - only)")
+    if not KEY_PATTERN.match(text):
+        raise UserError(f"{where}: class id {text!r} is not letters, digits, _ and - only")
+    return text
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,7 @@ class ClassInfo:
         for key in ("id", "name", "definition", "hypernym", "group"):
             if key in data and not isinstance(data[key], str):
                 raise UserError(f"{where}: '{key}' must be a string, got {data[key]!r}")
+        check_class_id(data["id"], where)
         lemmas = data.get("lemmas", [])
         if not isinstance(lemmas, (list, tuple)) or not all(isinstance(x, str) for x in lemmas):
             raise UserError(f"{where}: 'lemmas' must be a list of strings, got {lemmas!r}")
@@ -349,6 +366,8 @@ def file_classes(path: Path, class_limit: int | None = None) -> list[ClassInfo]:
         raw_id = _text_field(path, where, row, "id")
         description = _text_field(path, where, row, "description")
         hypernym = _text_field(path, where, row, "hypernym")
+        if "/" in raw_id or "\\" in raw_id or ".." in raw_id:
+            check_class_id(raw_id, f"{path}: {where}")
         if NOUN_WNID.match(raw_id):
             from imagenet_plus import wordnet as wnmod
 

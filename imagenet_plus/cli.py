@@ -21,6 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click-style help and errors: a usage mistake is the usage line and one 'Error: ...' line
+    rich_markup_mode=None,
 )
 
 
@@ -64,8 +66,25 @@ def generate_cmd(
     shard_size: Annotated[Optional[int], typer.Option(help="Images per shard.")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
     max_attempts: Annotated[Optional[int], typer.Option(help="Tries per image when NSFW-flagged or black.")] = None,
+    family: Annotated[
+        Optional[str], typer.Option(help="Pipeline family of a model without a preset: sd, sdxl, flux or sd3.")
+    ] = None,
+    max_sequence_length: Annotated[
+        Optional[int], typer.Option(help="T5 tokens kept per prompt (FLUX, SD3; default: model preset).")
+    ] = None,
+    offload: Annotated[
+        Optional[str], typer.Option(help="none, model or sequential: diffusers' CPU offload for small GPUs.")
+    ] = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option("--compile/--no-compile", help="torch.compile the UNet/transformer and VAE decoder."),
+    ] = None,
     top_up: Annotated[
         bool, typer.Option("--top-up", help="Add new indices for classes short of their quota in selection.parquet.")
+    ] = False,
+    remedy: Annotated[
+        bool,
+        typer.Option("--remedy", help="With --top-up: prompt flagged classes with the strategy in RUN/diagnosis.json."),
     ] = False,
 ) -> None:
     """Generate images into RUN/generated/*.tar (resumable; use 'accelerate launch -m imagenet_plus' for N GPUs)."""
@@ -89,9 +108,13 @@ def generate_cmd(
         shard_size=shard_size,
         dtype=dtype,
         max_attempts=max_attempts,
+        family=family,
+        max_sequence_length=max_sequence_length,
+        offload=offload,
+        compile=compile,
     )
     cfg = load_generate_config(config, overrides)
-    run_generate(cfg, out, top_up=top_up)
+    run_generate(cfg, out, top_up=top_up, remedy=remedy)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,25 +132,68 @@ def score_cmd(
     classifier: Annotated[
         Optional[str], typer.Option(help="timm ImageNet-1k classifier: name, hf-hub:ID, folder, or tiny-random.")
     ] = None,
+    nsfw_model: Annotated[
+        Optional[str], typer.Option(help="NSFW image classifier: Hub id, folder, tiny-random, or none (off).")
+    ] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network batch.")] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="Image decoding threads.")] = None,
     skip_bad_shards: Annotated[
         bool, typer.Option("--skip-bad-shards", help="Go on past corrupt shards (listed in summary.json).")
     ] = False,
+    metric_samples: Annotated[
+        Optional[int], typer.Option(help="Generated/real sample size for KID, precision/recall, realism.")
+    ] = None,
 ) -> None:
     """Score every image (CLIP, Inception, classifier, realism) and the set (FID/KID/IS/PR) into RUN/scores."""
     from imagenet_plus.score import load_score_config, run_score
 
     cfg = load_score_config(dict(reference=reference, clip_model=clip_model, inception_weights=inception_weights,
-                                 classifier=classifier, batch_size=batch_size, num_workers=num_workers,
-                                 skip_bad_shards=skip_bad_shards or None))
+                                 classifier=classifier, nsfw_model=nsfw_model, batch_size=batch_size,
+                                 num_workers=num_workers, skip_bad_shards=skip_bad_shards or None,
+                                 metric_samples=metric_samples))
     summary = run_score(run, cfg)
+    if summary is None:  # a rank other than the main one: its shards are done, the main rank finishes
+        return
     fid = summary.get("fid")
     print(f"scored {summary['num_images']} images; FID {'n/a' if fid is None else f'{fid:.3f}'}, "
           f"IS {summary['inception_score_mean']:.3f}, CLIP score {summary['clip_score_mean']:.2f}")
 
 
 # (end score)
+
+
+# --------------------------------------------------------------------------------------------------
+# diagnose
+@app.command("diagnose")
+def diagnose_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory (scored).")],
+    reference: Annotated[
+        Optional[str], typer.Option(help="Real images in class-id subfolders, or an .npz of CLIP embeddings.")
+    ] = None,
+    max_confusion: Annotated[Optional[float], typer.Option(help="Ambiguous from this zero-shot confusion.")] = None,
+    min_vendi: Annotated[Optional[float], typer.Option(help="Low diversity below this Vendi score.")] = None,
+    max_pairwise_similarity: Annotated[
+        Optional[float], typer.Option(help="Low diversity above this mean pairwise CLIP similarity.")
+    ] = None,
+    min_diversity_ratio: Annotated[
+        Optional[float], typer.Option(help="Low diversity below this synthetic/real Vendi ratio.")
+    ] = None,
+    min_class_prob: Annotated[Optional[float], typer.Option(help="Low adherence below this class probability.")] = None,
+    min_top5_rate: Annotated[Optional[float], typer.Option(help="Low adherence below this top-5 rate.")] = None,
+    sample_per_class: Annotated[Optional[int], typer.Option(help="Images per class for the Vendi score.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (embedding a reference folder).")] = None,
+) -> None:
+    """Per class: why it is weak (ambiguous, concept failure, low diversity, low adherence) and what to do."""
+    from imagenet_plus.configio import config_from_mapping
+    from imagenet_plus.diagnose import DiagnoseConfig, run_diagnose
+
+    flags = dict(reference=reference, max_confusion=max_confusion, min_vendi=min_vendi,
+                 max_pairwise_similarity=max_pairwise_similarity, min_diversity_ratio=min_diversity_ratio,
+                 min_class_prob=min_class_prob, min_top5_rate=min_top5_rate, sample_per_class=sample_per_class,
+                 device=device)
+    summary = run_diagnose(run, config_from_mapping(DiagnoseConfig, flags, "command line"))
+    counts = ", ".join(f"{k} {v}" for k, v in summary["verdict_counts"].items())
+    print(f"diagnosed {summary['classes']} classes: {counts}")
 
 # --------------------------------------------------------------------------------------------------
 # select / release / publish
@@ -160,13 +226,18 @@ def release_cmd(
         Optional[Path], typer.Option(help="Also write train/{wnid}/*.JPEG and val/{wnid}/*.JPEG here.")
     ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the shuffle.")] = None,
+    small_classes: Annotated[Optional[str], typer.Option(
+        help="A class keeping <= val-per-class images: error, train (train only) or drop.")] = None,
+    license: Annotated[Optional[str], typer.Option(
+        help="Dataset licence when the model's is unknown (or to override it): a Hub id or other:NAME:LINK.")] = None,
 ) -> None:
     """Write the release: REL/README.md (card), REL/_info.json, REL/data/{train,validation}-NNNNN.tar."""
     from imagenet_plus.configio import config_from_mapping
     from imagenet_plus.release import ReleaseConfig, run_release
 
     flags = dict(val_per_class=val_per_class, shard_size=shard_size,
-                 imagefolder=str(imagefolder) if imagefolder else None, seed=seed)
+                 imagefolder=str(imagefolder) if imagefolder else None, seed=seed, small_classes=small_classes,
+                 license=license)
     print(run_release(run, out, config_from_mapping(ReleaseConfig, flags, "command line")))
 
 
@@ -176,13 +247,18 @@ def publish_cmd(
     repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, USER/NAME.")],
     private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
     revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list what would go up, with sizes.")] = False,
+    tag: Annotated[
+        Optional[str], typer.Option(help="Tag the published commit (e.g. v1.0; load with revision='v1.0').")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and list what would be added, changed and deleted.")
+    ] = False,
 ) -> None:
-    """Validate the release, then push it to the Hub (token from HF_TOKEN or 'hf auth login'; resumable)."""
+    """Validate the release, then make the Hub repo equal to it (token from HF_TOKEN or 'hf auth login'; resumable)."""
     from imagenet_plus.configio import config_from_mapping
     from imagenet_plus.publish import PublishConfig, run_publish
 
-    flags = dict(repo_id=repo_id, private=private, revision=revision, dry_run=dry_run)
+    flags = dict(repo_id=repo_id, private=private, revision=revision, tag=tag, dry_run=dry_run)
     print(run_publish(rel, config_from_mapping(PublishConfig, flags, "command line")))
 # (end select-release-publish)
 
@@ -226,6 +302,9 @@ def evaluate_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
     min_crop: Annotated[Optional[float], typer.Option(help="Smallest random crop area (training).")] = None,
     max_margin: Annotated[Optional[float], typer.Option(help="Largest random margin fraction (training).")] = None,
+    explain: Annotated[
+        Optional[int], typer.Option(help="Grad-CAM grids of N real test images per class, per phase.")
+    ] = None,
 ) -> None:
     """Train on synthetic images and test on real ones (accuracy, macro P/R/F1, ROC-AUC, top-5); writes eval.json."""
     from imagenet_plus.configio import config_from_mapping
@@ -248,6 +327,7 @@ def evaluate_cmd(
         seed=seed,
         min_crop=min_crop,
         max_margin=max_margin,
+        explain=explain,
     )
     cfg = config_from_mapping(EvaluateConfig, flags, "command line")
     report = run_evaluate(cfg)
@@ -270,27 +350,21 @@ def run_cmd(
 
 
 def main() -> None:
-    """Console-script entry point: one-line errors, exit status 2."""
+    """Console-script entry point: usage mistakes and :class:`UserError` are short messages with exit status 2.
+
+    typer runs in its standalone mode, so whichever click it uses (the ``click`` package, or the copy that
+    typer >= 0.29 carries as ``typer._click``, whose exceptions are not ``click``'s classes) prints its own
+    usage errors (the usage line and one ``Error:`` line, exit 2) and help. Only our own errors are caught
+    here: a :class:`UserError` becomes one ``error: ...`` line on stderr with exit status 2.
+    """
     try:
-        app(standalone_mode=False)
+        app(prog_name="imagenet-plus")
     except UserError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # raised outside click's own handling (e.g. while importing a stage)
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            print("aborted", file=sys.stderr)
-            sys.exit(1)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ on the command line override the file. A file used by ``imagenet-plus run`` may 
 section per later stage (``score:``, ``select:``, ``release:``, ``report:``, ``evaluate:``,
 ``publish:``); ``generate`` reads only the top-level keys.
 
-Model presets: settings left unset (``steps``, ``guidance``, ``resolution``) are filled from
+Model presets: settings left unset (``steps``, ``guidance``, ``resolution``, ``max_sequence_length``) are filled from
 :data:`MODEL_PRESETS` for known models, so ``run.yaml`` always records concrete values.
 """
 
@@ -20,28 +20,113 @@ from imagenet_plus.contract import IMAGE_EXTENSIONS
 from imagenet_plus.errors import UserError
 
 #: Keys of a config file that hold the settings of later stages (read by ``imagenet-plus run``).
-STAGE_SECTIONS = ("score", "select", "release", "report", "evaluate", "publish")
+STAGE_SECTIONS = ("score", "diagnose", "select", "release", "report", "evaluate", "publish")
 
-#: Known models: (steps, guidance, resolution). Published recommendations of each model card.
-MODEL_PRESETS: dict[str, tuple[int, float, int]] = {
-    "stabilityai/sd-turbo": (1, 0.0, 512),
-    "stabilityai/sdxl-turbo": (1, 0.0, 512),
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": (30, 2.0, 512),
-    "runwayml/stable-diffusion-v1-5": (30, 2.0, 512),
-    "CompVis/stable-diffusion-v1-4": (30, 2.0, 512),
-    "stabilityai/stable-diffusion-2-1": (30, 2.0, 768),
-    "stabilityai/stable-diffusion-2-1-base": (30, 2.0, 512),
-    "stabilityai/stable-diffusion-xl-base-1.0": (30, 5.0, 1024),
-    "tiny-random": (2, 2.0, 64),
+#: Pipeline families: how a model's arguments are mapped (see docs/models.md). ``sd`` = Stable Diffusion 1.x/2.x
+#: (and sd-turbo), ``sdxl`` = SDXL (and sdxl-turbo), ``flux`` = FLUX.1, ``sd3`` = Stable Diffusion 3 / 3.5.
+FAMILIES = ("sd", "sdxl", "flux", "sd3")
+#: Families whose plain text-to-image pipeline takes a negative prompt.
+NEGATIVE_PROMPT_FAMILIES = ("sd", "sdxl", "sd3")
+#: Families with a T5 text encoder, which take ``max_sequence_length`` (T5 tokens kept from the prompt).
+T5_FAMILIES = ("flux", "sd3")
+#: The diffusers pipeline class of each family (what ``model_index.json`` names as ``_class_name``).
+FAMILY_PIPELINES = {
+    "sd": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "flux": "FluxPipeline",
+    "sd3": "StableDiffusion3Pipeline",
 }
-#: Used for models not in :data:`MODEL_PRESETS` when a setting is left unset.
-DEFAULT_PRESET = (30, 5.0, 512)
+OFFLOAD_MODES = ("none", "model", "sequential")
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A known model's recommended settings (from its model card) and what it needs.
+
+    Attributes:
+        family: pipeline family (:data:`FAMILIES`).
+        steps: inference steps.
+        guidance: ``guidance_scale`` (its meaning depends on the family: docs/models.md).
+        resolution: image side in pixels.
+        max_sequence_length: T5 tokens per prompt (FLUX/SD3 only).
+        gpu_memory_gb: GPU memory the 16-bit weights of every component take without offload (parameter
+            counts × 2 bytes, rounded up; activations add a few GB at 1024 px); ``None`` for the tiny
+            test models. docs/models.md shows the arithmetic.
+        guidance_ignored: the model has no guidance input at all (FLUX.1-schnell): any other guidance than
+            0 would be silently dropped by the pipeline, so it is refused.
+    """
+
+    family: str
+    steps: int
+    guidance: float
+    resolution: int
+    max_sequence_length: int | None = None
+    gpu_memory_gb: float | None = None
+    guidance_ignored: bool = False
+
+
+#: Known models and their published recommendations (each model card's example code; docs/models.md cites them).
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    "stabilityai/sd-turbo": ModelPreset("sd", 1, 0.0, 512, gpu_memory_gb=3),
+    "stabilityai/sdxl-turbo": ModelPreset("sdxl", 1, 0.0, 512, gpu_memory_gb=7),
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": ModelPreset("sd", 30, 2.0, 512, gpu_memory_gb=3),
+    "runwayml/stable-diffusion-v1-5": ModelPreset("sd", 30, 2.0, 512, gpu_memory_gb=3),
+    "CompVis/stable-diffusion-v1-4": ModelPreset("sd", 30, 2.0, 512, gpu_memory_gb=3),
+    "stabilityai/stable-diffusion-2-1": ModelPreset("sd", 30, 2.0, 768, gpu_memory_gb=3),
+    "stabilityai/stable-diffusion-2-1-base": ModelPreset("sd", 30, 2.0, 512, gpu_memory_gb=3),
+    "stabilityai/stable-diffusion-xl-base-1.0": ModelPreset("sdxl", 30, 5.0, 1024, gpu_memory_gb=7),
+    "black-forest-labs/FLUX.1-schnell": ModelPreset(
+        "flux", 4, 0.0, 1024, max_sequence_length=256, gpu_memory_gb=34, guidance_ignored=True),
+    "black-forest-labs/FLUX.1-dev": ModelPreset("flux", 50, 3.5, 1024, max_sequence_length=512, gpu_memory_gb=34),
+    "stabilityai/stable-diffusion-3.5-large": ModelPreset(
+        "sd3", 28, 3.5, 1024, max_sequence_length=256, gpu_memory_gb=28),
+    "stabilityai/stable-diffusion-3.5-large-turbo": ModelPreset(
+        "sd3", 4, 0.0, 1024, max_sequence_length=256, gpu_memory_gb=28),
+    "stabilityai/stable-diffusion-3.5-medium": ModelPreset(
+        "sd3", 40, 4.5, 1024, max_sequence_length=256, gpu_memory_gb=17),
+    "tiny-random": ModelPreset("sd", 2, 2.0, 64),
+    "tiny-random-flux": ModelPreset("flux", 2, 3.5, 32, max_sequence_length=64),
+    "tiny-random-sd3": ModelPreset("sd3", 2, 3.5, 32, max_sequence_length=64),
+}
+#: Guidance and resolution for a model without a preset, by family (``steps`` must then be given).
+FAMILY_DEFAULTS: dict[str, tuple[float, int, int | None]] = {
+    "sd": (7.5, 512, None),
+    "sdxl": (5.0, 1024, None),
+    "flux": (3.5, 1024, 512),
+    "sd3": (7.0, 1024, 256),
+}
+#: Guidance and resolution for a model of unknown family (a Hub id without a preset, not in a local folder).
+UNKNOWN_FAMILY_DEFAULTS = (5.0, 512)
+
+
+def family_from_folder(model: str) -> str | None:
+    """The family of a local pipeline folder, from its ``model_index.json`` ``_class_name`` (``None`` if unknown)."""
+    import json
+
+    path = Path(model).expanduser() / "model_index.json"
+    if not path.is_file():
+        return None
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return family_of_pipeline_class(str(name))
+
+
+def family_of_pipeline_class(class_name: str) -> str | None:
+    """``FluxPipeline`` → ``flux`` … (``None`` for a class outside :data:`FAMILY_PIPELINES`)."""
+    for family, cls in FAMILY_PIPELINES.items():
+        if class_name == cls:
+            return family
+    return None
+
 
 PROMPT_STRATEGIES = ("name", "gloss", "hypernym", "diverse")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
-#: Settings that may change between invocations on the same RUN without changing any image.
-HASH_EXEMPT = ("images_per_class", "batch_size")
+#: Settings that may change between invocations on the same RUN without changing what an image depicts:
+#: how many, how batched, and how the model is placed and executed (offload, torch.compile).
+HASH_EXEMPT = ("images_per_class", "batch_size", "offload", "compile")
 
 
 @dataclass(frozen=True)
@@ -65,6 +150,10 @@ class GenerateConfig:
     dtype: str = "auto"
     max_attempts: int = 3
     black_threshold: float = 4.0
+    family: str | None = None
+    max_sequence_length: int | None = None
+    offload: str = "none"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         src = "generate config"
@@ -97,16 +186,74 @@ class GenerateConfig:
             raise UserError(f"{src}: 'model' is empty")
         if not self.classes.strip():
             raise UserError(f"{src}: 'classes' is empty")
+        if self.family is not None and self.family not in FAMILIES:
+            raise UserError(f"{src}: 'family' must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        if self.max_sequence_length is not None and not 1 <= self.max_sequence_length <= 512:
+            raise UserError(f"{src}: 'max-sequence-length' must be within 1..512, got {self.max_sequence_length}")
+        if self.offload not in OFFLOAD_MODES:
+            raise UserError(f"{src}: 'offload' must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
+
+    @property
+    def preset(self) -> ModelPreset | None:
+        """The model's preset, if it is a known model."""
+        return MODEL_PRESETS.get(self.model)
 
     def resolved(self) -> GenerateConfig:
-        """Fill ``steps``/``guidance``/``resolution`` from the model's preset."""
-        steps, guidance, resolution = MODEL_PRESETS.get(self.model, DEFAULT_PRESET)
-        return replace(
+        """Fill family, steps, guidance, resolution and max sequence length; check them against the family.
+
+        Values come from the model's preset, else from the family's defaults (the family is read from a
+        local folder's ``model_index.json``, or given as ``family``); an explicit setting always wins.
+
+        Raises:
+            UserError: a model without a preset and no ``steps``; a setting the family cannot take (a negative
+                prompt for FLUX, ``max-sequence-length`` for a family without T5, a guidance FLUX.1-schnell
+                would ignore); a ``family`` that contradicts the preset.
+        """
+        src = "generate config"
+        preset = self.preset
+        family = self.family
+        if preset is not None:
+            if family is not None and family != preset.family:
+                raise UserError(
+                    f"{src}: 'family' {family!r} contradicts model {self.model!r} (a {preset.family} model)"
+                )
+            family = preset.family
+            steps, guidance, resolution = preset.steps, preset.guidance, preset.resolution
+            max_len = preset.max_sequence_length
+        else:
+            from imagenet_plus.models import model_location
+
+            model_location(self.model)  # a local path that does not exist is named as such
+            if self.steps is None:
+                raise UserError(
+                    f"{src}: model {self.model!r} has no preset: give 'steps' (and 'guidance', 'resolution'; "
+                    f"known models: {', '.join(sorted(MODEL_PRESETS))})"
+                )
+            family = family or family_from_folder(self.model)
+            if family is not None:
+                guidance, resolution, max_len = FAMILY_DEFAULTS[family]
+            else:
+                (guidance, resolution), max_len = UNKNOWN_FAMILY_DEFAULTS, None
+            steps = self.steps
+        if family is not None:
+            check_family_arguments(family, self.model, self.negative_prompt, self.max_sequence_length)
+        if preset is not None and preset.guidance_ignored and self.guidance not in (None, 0.0):
+            raise UserError(
+                f"{src}: model {self.model!r} has no guidance input (timestep-distilled): 'guidance' must be 0, "
+                f"got {self.guidance}"
+            )
+        out = replace(
             self,
+            family=family,
             steps=self.steps if self.steps is not None else steps,
             guidance=self.guidance if self.guidance is not None else guidance,
             resolution=self.resolution if self.resolution is not None else resolution,
+            max_sequence_length=self.max_sequence_length if self.max_sequence_length is not None else max_len,
         )
+        if family in T5_FAMILIES and out.resolution % 16 != 0:
+            # the VAE's 8x and the transformer's 2x2 patches: diffusers would silently resize otherwise
+            raise UserError(f"{src}: 'resolution' must be a multiple of 16 for {family} models, got {out.resolution}")
+        return out
 
     def config_hash(self) -> str:
         """Hash of every setting that changes images (not images-per-class, which may grow, nor batch size)."""
@@ -114,6 +261,25 @@ class GenerateConfig:
         for key in HASH_EXEMPT:
             data.pop(key, None)
         return stable_hash(data)
+
+
+def check_family_arguments(family: str, model: str, negative_prompt: str, max_sequence_length: int | None) -> None:
+    """Refuse settings a pipeline family cannot take (instead of letting diffusers drop them silently).
+
+    Raises:
+        UserError: a negative prompt for a family without one (FLUX); ``max-sequence-length`` for a family
+            without a T5 encoder (SD, SDXL).
+    """
+    src = "generate config"
+    if negative_prompt and family not in NEGATIVE_PROMPT_FAMILIES:
+        raise UserError(
+            f"{src}: 'negative-prompt' is not supported by model {model!r} ({family} pipelines have no negative "
+            "prompt; guidance is distilled into the model): remove it"
+        )
+    if max_sequence_length is not None and family not in T5_FAMILIES:
+        raise UserError(
+            f"{src}: 'max-sequence-length' is for T5-based models (FLUX, SD3); {model!r} is a {family} model"
+        )
 
 
 def split_config_file(path: str | Path | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -44,11 +44,24 @@ SUMMARY_JSON = "summary.json"
 MODELS_JSON = "models.json"
 CLASS_TEXT_EMBEDDINGS = "class_text_embeddings.npy"
 SELECTION_PARQUET = "selection.parquet"
+#: ``diagnose``: one row per class (verdict and evidence) and the run-level summary beside it.
+DIAGNOSIS_PARQUET = "diagnosis.parquet"
+DIAGNOSIS_JSON = "diagnosis.json"
+#: ``diagnose``: cached CLIP image embeddings of a real reference (per-class sums and samples).
+DIAGNOSIS_CACHE_DIR = "diagnosis-cache"
 SELECTION_JSON = "selection.json"
 THRESHOLDS_YAML = "thresholds.yaml"
 PIPELINE_JSON = "pipeline.json"
+#: Written by ``run``'s main process when a stage fails under a multi-process launch (the others stop waiting).
+PIPELINE_FAILED = "pipeline.failed"
+#: ``evaluate``'s result file inside its output folder.
+EVAL_JSON = "eval.json"
+#: Folder of the rank markers multi-process stages rendezvous through (``markers/{stage}/{job}/rank-NNNNN.*``).
+MARKERS_DIR = "markers"
 REPORT_DIR = "report"
 REPORT_INDEX = "index.html"
+#: The report's record: headline numbers and the fingerprint of its inputs (``run`` skips an up-to-date report).
+REPORT_JSON = "report.json"
 #: Release: timm's split description and the card.
 INFO_NAME = "_info.json"
 CARD_NAME = "README.md"
@@ -118,6 +131,18 @@ def release_shard_name(split: str, index: int) -> str:
 # the run folder
 
 
+class _Under:
+    """A path below the object's ``root``: ``run_yaml = _Under(RUN_YAML)`` reads as ``paths.root / "run.yaml"``."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, obj: Any, owner: Any = None) -> Path:
+        if obj is None:
+            raise AttributeError("a path of an instance")
+        return obj.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class ScoreFiles:
     """The files of one shard's scores (same stem as its generated tar)."""
@@ -125,29 +150,15 @@ class ScoreFiles:
     scores: Path
     stem: str
 
-    @property
-    def parquet(self) -> Path:
-        return self.scores / f"{self.stem}.parquet"
+    def _file(self, suffix: str) -> Path:
+        return self.scores / f"{self.stem}{suffix}"
 
-    @property
-    def inception(self) -> Path:
-        return self.scores / f"{self.stem}.inception.npy"
-
-    @property
-    def clip(self) -> Path:
-        return self.scores / f"{self.stem}.clip.npy"
-
-    @property
-    def logits(self) -> Path:
-        return self.scores / f"{self.stem}.logits.npy"
-
-    @property
-    def stats(self) -> Path:
-        return self.scores / f"{self.stem}.stats.json"
-
-    @property
-    def bad(self) -> Path:
-        return self.scores / f"{self.stem}.bad.json"
+    parquet = property(lambda self: self._file(".parquet"), doc="One row per sample (the score schema).")
+    inception = property(lambda self: self._file(".inception.npy"), doc="N×2048 float16 pool3 features.")
+    clip = property(lambda self: self._file(".clip.npy"), doc="N×D float16 L2-normalised CLIP image embeddings.")
+    logits = property(lambda self: self._file(".logits.npy"), doc="N×1008 float32 Inception logits.")
+    stats = property(lambda self: self._file(".stats.json"), doc="Count, seconds, rank of the scoring process.")
+    bad = property(lambda self: self._file(".bad.json"), doc="Marker of a shard skipped as unreadable.")
 
     def done(self) -> bool:
         """Pass 1 finished (the parquet is written last)."""
@@ -166,25 +177,30 @@ class RunPaths:
 
     root: Path
 
-    @property
-    def run_yaml(self) -> Path:
-        return self.root / RUN_YAML
-
-    @property
-    def classes_json(self) -> Path:
-        return self.root / CLASSES_JSON
-
-    @property
-    def generated(self) -> Path:
-        return self.root / GENERATED_DIR
+    run_yaml = _Under(RUN_YAML)
+    classes_json = _Under(CLASSES_JSON)
+    generated = _Under(GENERATED_DIR)
+    scores = _Under(SCORES_DIR)
+    summary_json = _Under(SCORES_DIR, SUMMARY_JSON)
+    models_json = _Under(SCORES_DIR, MODELS_JSON)
+    class_text_embeddings = _Under(SCORES_DIR, CLASS_TEXT_EMBEDDINGS)
+    selection_parquet = _Under(SELECTION_PARQUET)
+    selection_json = _Under(SELECTION_JSON)
+    diagnosis_parquet = _Under(DIAGNOSIS_PARQUET)
+    diagnosis_json = _Under(DIAGNOSIS_JSON)
+    diagnosis_cache = _Under(DIAGNOSIS_CACHE_DIR)
+    thresholds_yaml = _Under(THRESHOLDS_YAML)
+    pipeline_json = _Under(PIPELINE_JSON)
+    pipeline_failed = _Under(PIPELINE_FAILED)
+    report = _Under(REPORT_DIR)
+    report_index = _Under(REPORT_DIR, REPORT_INDEX)
+    report_json = _Under(REPORT_DIR, REPORT_JSON)
+    #: Per-rank done/failed files of multi-process stages (see ``distributed.FileRendezvous``).
+    markers = _Under(MARKERS_DIR)
 
     def generated_tar(self, index: int) -> Path:
         """``RUN/generated/NNNNN.tar`` of shard ``index``."""
         return self.generated / f"{shard_name(index)}.tar"
-
-    @property
-    def scores(self) -> Path:
-        return self.root / SCORES_DIR
 
     def score_files(self, stem: str) -> ScoreFiles:
         """The score files of the generated shard with this stem."""
@@ -194,41 +210,6 @@ class RunPaths:
         """Every ``RUN/scores/*.parquet``, sorted (shard order)."""
         return sorted(self.scores.glob("*.parquet")) if self.scores.is_dir() else []
 
-    @property
-    def summary_json(self) -> Path:
-        return self.scores / SUMMARY_JSON
-
-    @property
-    def models_json(self) -> Path:
-        return self.scores / MODELS_JSON
-
-    @property
-    def class_text_embeddings(self) -> Path:
-        return self.scores / CLASS_TEXT_EMBEDDINGS
-
-    @property
-    def selection_parquet(self) -> Path:
-        return self.root / SELECTION_PARQUET
-
-    @property
-    def selection_json(self) -> Path:
-        return self.root / SELECTION_JSON
-
-    @property
-    def thresholds_yaml(self) -> Path:
-        return self.root / THRESHOLDS_YAML
-
-    @property
-    def pipeline_json(self) -> Path:
-        return self.root / PIPELINE_JSON
-
-    @property
-    def report(self) -> Path:
-        return self.root / REPORT_DIR
-
-    @property
-    def report_index(self) -> Path:
-        return self.report / REPORT_INDEX
 
 
 def run_paths(run: str | Path, must_exist: bool = True) -> RunPaths:
@@ -337,33 +318,40 @@ SAMPLE_FIELDS: dict[str, str] = {
 SCORES_MEMBER = "scores"
 
 
-def check_sample_meta(meta: Mapping[str, Any], where: str) -> None:
-    """Raise when a sample's json lacks a contract field (a programming error in the writer, named)."""
-    missing = [k for k in SAMPLE_FIELDS if k not in meta]
-    if missing:
-        raise UserError(f"{where}: sample json lacks field(s) {', '.join(missing)}")
-
-
 # ------------------------------------------------------------------------------------------------------------
 # the score table
 
-#: ``RUN/scores/NNNNN.parquet``: (column, arrow type, datasets dtype in a release's ``json.scores`` or None).
+#: Score column names: the only place they are spelled (other modules use these constants).
+COL_CLIP_SCORE = "clip_score"
+COL_CLIP_CLASS_SCORE = "clip_class_score"
+COL_CLIP_CLASS_PROB = "clip_class_prob"
+COL_CLIP_CLASS_RANK = "clip_class_rank"
+COL_ISC_KL = "isc_kl"
+COL_CLASSIFIER_TOP1 = "classifier_top1"
+COL_CLASSIFIER_TOP5 = "classifier_top5"
+COL_CLASSIFIER_PROB = "classifier_prob"
+COL_REALISM = "realism"
+COL_NSFW_SCORE = "nsfw_score"
+COL_DUP_OF = "dup_of"
+
+#: ``RUN/scores/NNNNN.parquet``: (column, arrow/datasets dtype, copied into a release's ``json.scores``).
 #: The one list every score column comes from: the parquet schema, required columns, the card's features
 #: and the builder's columns are derived from it.
 _SCORE_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("key", "string", False),
     ("label", "int64", False),
     ("class_id", "string", False),
-    ("clip_score", "float64", True),
-    ("clip_class_score", "float64", True),
-    ("clip_class_prob", "float64", True),
-    ("clip_class_rank", "int64", True),
-    ("isc_kl", "float64", True),
-    ("classifier_top1", "bool", True),
-    ("classifier_top5", "bool", True),
-    ("classifier_prob", "float64", True),
-    ("realism", "float64", True),
-    ("dup_of", "string", False),
+    (COL_CLIP_SCORE, "float64", True),
+    (COL_CLIP_CLASS_SCORE, "float64", True),
+    (COL_CLIP_CLASS_PROB, "float64", True),
+    (COL_CLIP_CLASS_RANK, "int64", True),
+    (COL_ISC_KL, "float64", True),
+    (COL_CLASSIFIER_TOP1, "bool", True),
+    (COL_CLASSIFIER_TOP5, "bool", True),
+    (COL_CLASSIFIER_PROB, "float64", True),
+    (COL_REALISM, "float64", True),
+    (COL_NSFW_SCORE, "float64", True),
+    (COL_DUP_OF, "string", False),
     ("nsfw", "bool", False),
     ("attempt", "int64", False),
     ("strategy", "string", False),
@@ -371,9 +359,11 @@ _SCORE_TABLE: tuple[tuple[str, str, bool], ...] = (
 #: Columns of a scores parquet, in order.
 SCORE_COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in _SCORE_TABLE)
 #: Columns later stages cannot do without.
-REQUIRED_SCORE_COLUMNS = ("key", "label", "class_id", "clip_score", "clip_class_prob", "isc_kl", "dup_of", "nsfw")
+REQUIRED_SCORE_COLUMNS = (
+    "key", "label", "class_id", COL_CLIP_SCORE, COL_CLIP_CLASS_PROB, COL_ISC_KL, COL_DUP_OF, "nsfw",
+)
 #: Columns filled by the dataset pass (need every shard), null after pass 1.
-DATASET_PASS_COLUMNS = ("isc_kl", "realism", "dup_of")
+DATASET_PASS_COLUMNS = (COL_ISC_KL, COL_REALISM, COL_DUP_OF)
 #: Column of ``selection.parquet`` copied into release scores beside the score columns.
 COMPOSITE = "composite"
 #: ``json.scores`` of a release sample: score → datasets dtype (null when not computed).
@@ -432,8 +422,24 @@ PASSED_REASONS = (REASON_KEPT, REASON_OVER_QUOTA)
 SELECTION_COLUMNS = ("key", "label", "class_id", "kept", "reason", COMPOSITE)
 
 
+class _JsonRecord:
+    """``to_dict``/``write``/``read`` of a JSON file of the contract, for a dataclass with ``from_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def write(self, path: Path) -> None:
+        from imagenet_plus.shards import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def read(cls, path: Path) -> Any:
+        return cls.from_dict(read_json(path), path)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
-class SelectionSummary:
+class SelectionSummary(_JsonRecord):
     """``RUN/selection.json``: what ``select`` kept and why (per class and overall)."""
 
     thresholds: dict[str, Any]
@@ -452,21 +458,10 @@ class SelectionSummary:
         """Samples that passed every threshold (kept or over the quota)."""
         return sum(self.reasons.get(r, 0) for r in PASSED_REASONS)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def write(self, path: Path) -> None:
-        from imagenet_plus.shards import write_json_atomic
-
-        write_json_atomic(path, self.to_dict())
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Path | str) -> SelectionSummary:
         return _dataclass_from_dict(cls, data, source)
 
-    @classmethod
-    def read(cls, path: Path) -> SelectionSummary:
-        return cls.from_dict(read_json(path), path)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -479,17 +474,9 @@ class ReleasePaths:
 
     root: Path
 
-    @property
-    def card(self) -> Path:
-        return self.root / CARD_NAME
-
-    @property
-    def info_json(self) -> Path:
-        return self.root / INFO_NAME
-
-    @property
-    def data(self) -> Path:
-        return self.root / RELEASE_DATA_DIR
+    card = _Under(CARD_NAME)
+    info_json = _Under(INFO_NAME)
+    data = _Under(RELEASE_DATA_DIR)
 
     def shard(self, split: str, index: int) -> Path:
         return self.root / release_shard_name(split, index)
@@ -506,7 +493,7 @@ class SplitInfo:
 
 
 @dataclass(frozen=True)
-class ReleaseInfo:
+class ReleaseInfo(_JsonRecord):
     """``REL/_info.json``: the release's splits in timm's format plus what made it."""
 
     name: str
@@ -517,14 +504,6 @@ class ReleaseInfo:
     classes: list[dict[str, Any]]
     config_hash: str | None
     splits: dict[str, SplitInfo] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def write(self, path: Path) -> None:
-        from imagenet_plus.shards import write_json_atomic
-
-        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Path | str) -> ReleaseInfo:
@@ -544,9 +523,6 @@ class ReleaseInfo:
             parsed[str(name)] = split
         return _dataclass_from_dict(cls, {**data, "splits": parsed}, source)
 
-    @classmethod
-    def read(cls, path: Path) -> ReleaseInfo:
-        return cls.from_dict(read_json(path), path)
 
 
 def check_relative_name(name: Any, where: str) -> str:

@@ -11,9 +11,19 @@ iterable of ``(images, labels)`` batches (``images``: the transform's output sta
 - ``datasets``: ``load_dataset(source, streaming=True)`` (the card's YAML drives the packaged webdataset
   builder) + ``split_dataset_by_node`` + ``shuffle(buffer_size=…)``; the same batches.
 
-Each rank gets whole shards when the shard count is a multiple of ``world_size`` (releases use shard
-counts with many divisors); otherwise some ranks get one shard more. Call ``set_epoch(e)`` before each
-epoch to reshuffle shards and buffers differently.
+**Ranks stay in step.** Every rank yields exactly ``ceil(N / world_size)`` samples per epoch (``N`` the split's
+``num_samples``), in ``len(loader) = ceil(ceil(N / world_size) / batch_size)`` batches, the last one of the same
+size on every rank, so DDP never waits at the end of an epoch for a rank that ran out. Ranks get whole shards
+(``shards[rank::world_size]`` of the epoch's shard order); a rank whose shards hold fewer samples reads its own
+shards again for the missing ones (a few repeated samples), one whose shards hold more stops early (the rest
+comes in other epochs, as the shard order changes every epoch). The same quota is split over DataLoader
+workers in whole batches (:func:`worker_quotas`). Call ``set_epoch(e)`` before each epoch to reshuffle shards
+and buffers differently.
+
+**Decoding.** JPEGs are decoded by ``torchvision.io.decode_jpeg`` straight into ``uint8`` ``3×H×W`` tensors, or,
+with ``image_size``, by PIL in JPEG draft mode at the smallest DCT scale that still covers the training size
+(a quarter or a sixteenth of the pixels for 2× or 4× smaller targets) and resized; batches are stacked in one
+copy.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.contract import IMAGE_EXTENSIONS
+from imagenet_plus.contract import IMAGE_EXTENSIONS, INFO_NAME
 from imagenet_plus.errors import UserError
 
 BACKENDS = ("webdataset", "datasets")
@@ -60,7 +70,7 @@ def read_release_info(source: str | Path, revision: str | None = None) -> dict[s
         UserError: the folder has no ``_info.json``, or ``source`` is neither a folder nor a repo id.
     """
     if _is_local(source):
-        p = Path(source) / "_info.json"
+        p = Path(source) / INFO_NAME
         if not p.is_file():
             raise UserError(f"{p} not found: {source} is not a release folder")
         text = p.read_text(encoding="utf-8")
@@ -69,7 +79,7 @@ def read_release_info(source: str | Path, revision: str | None = None) -> dict[s
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
         try:
-            text = Path(hf_hub_download(str(source), "_info.json", repo_type="dataset", revision=revision,
+            text = Path(hf_hub_download(str(source), INFO_NAME, repo_type="dataset", revision=revision,
                                         endpoint=_endpoint())).read_text(encoding="utf-8")
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
             raise UserError(f"cannot read _info.json of Hub dataset {source}: {str(exc).splitlines()[0]}") from None
@@ -109,39 +119,172 @@ def _open_shards(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             stream.close()
 
 
+def _octal_field(field: bytes) -> int:
+    """A tar header number: NUL/space-terminated octal, or GNU base-256 (high bit of the first byte set)."""
+    if field[:1] and field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def iter_tar_members(stream: Any, url: str) -> Iterator[tuple[str, bytes]]:
+    """``(name, data)`` of every regular file of a tar stream, in order (POSIX ustar/pax and GNU long names).
+
+    A lean reader of the 512-byte-block format, several times faster than ``tarfile`` on shards of small
+    members (``tarfile`` parses each member's pax header through a general-purpose path); it yields what
+    webdataset's ``tar_file_iterator`` yields (regular files, webdataset's ``__…__`` metadata names skipped).
+
+    Raises:
+        UserError: a bad header checksum, a bad number or a truncated member (naming ``url``).
+    """
+    read = stream.read
+    pax: dict[str, str] = {}
+    long_name: str | None = None
+    while True:
+        header = read(512)
+        if header == _ZERO_BLOCK:
+            return
+        if not header:
+            raise UserError(f"corrupt or truncated shard {url}: it ends without the end-of-archive blocks")
+        if len(header) < 512:
+            raise UserError(f"corrupt or truncated shard {url}: a header is cut short")
+        try:
+            checksum = _octal_field(header[148:156])
+            size = int(pax["size"]) if "size" in pax else _octal_field(header[124:136])
+        except ValueError:
+            raise UserError(f"corrupt or truncated shard {url}: unreadable header numbers") from None
+        if checksum != sum(header[:148]) + 256 + sum(header[156:]):
+            raise UserError(f"corrupt or truncated shard {url}: bad header checksum")
+        data = read(size)
+        if len(data) < size:
+            raise UserError(f"corrupt or truncated shard {url}: a member is cut short")
+        if size % 512 and len(read(512 - size % 512)) < 512 - size % 512:
+            raise UserError(f"corrupt or truncated shard {url}: a member is cut short")
+        kind = header[156:157]
+        if kind == b"x":  # pax extended header of the next member: "LEN key=value\n" records
+            pax = _pax_records(data, url)
+            continue
+        if kind == b"g":
+            continue
+        if kind == b"L":  # GNU long name of the next member
+            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            continue
+        name = pax.get("path") or long_name
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+            if prefix:
+                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+        pax, long_name = {}, None
+        if kind in (b"0", b"\0", b"7") and not _META_NAME.match(name):
+            yield name, data
+
+
+_ZERO_BLOCK = bytes(512)
+_META_NAME = re.compile(r"__[^/]*__($|/)")
+
+
+def _pax_records(data: bytes, url: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos:pos + 1] != b"\0":
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise UserError(f"corrupt or truncated shard {url}: bad pax record") from None
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
 def _samples(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """webdataset stage: opened shards → samples grouped by key; a broken shard is a UserError naming it."""
+    """webdataset stage: opened shards → samples grouped by key (webdataset's grouping); a broken shard is a
+    UserError naming it."""
     import tarfile
 
     import webdataset as wds
 
+    for shard in _open_shards(urls):
+        url = shard["url"]
+        members = ({"fname": name, "data": data, "__url__": url}
+                   for name, data in iter_tar_members(shard["stream"], url))
+        try:
+            yield from wds.tariterators.group_by_keys(members)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            raise UserError(f"corrupt or truncated shard {url}: {exc}") from None
+
+
+def decode_jpeg_uint8(data: bytes) -> Any:
+    """JPEG bytes → contiguous ``uint8`` ``3×H×W`` RGB tensor by ``torchvision.io.decode_jpeg`` (libjpeg-turbo),
+    or None when this torchvision has no decoder (the caller then uses PIL).
+
+    torchvision 0.29 warns on every call that its decoders move to torchcodec; the warning is silenced here.
+    """
+    import warnings
+
+    import torch
+
     try:
-        files = wds.tariterators.tar_file_expander(_open_shards(urls))
-        yield from wds.tariterators.group_by_keys(files)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise UserError(f"corrupt or truncated shard: {exc}") from None
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
 class _Decode:
-    """Picklable sample → (tensor, label) step."""
+    """Picklable sample → (tensor, label) step.
 
-    def __init__(self, transform: Callable[[Any], Any] | None) -> None:
-        self.transform = transform or pil_to_uint8_tensor
+    Without a transform, a JPEG is decoded by ``torchvision.io.decode_jpeg`` straight into a contiguous
+    ``uint8`` ``3×H×W`` tensor (no PIL image, no HWC copy); with ``image_size``, PIL's JPEG draft mode decodes
+    at the smallest DCT scale not below that size (1/2, 1/4, 1/8 of the pixels) and the image is resized to
+    ``image_size × image_size``. Other formats, and any ``transform``, go through PIL.
+    """
+
+    def __init__(self, transform: Callable[[Any], Any] | None, image_size: int | None = None) -> None:
+        self.transform = transform
+        self.image_size = image_size
 
     def __call__(self, sample: dict[str, Any]) -> tuple[Any, int]:
+        for ext in IMAGE_EXTENSIONS:
+            if ext in sample:
+                return self.image(sample[ext], ext), int(sample["cls"])
+        raise UserError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image member")
+
+    def image(self, data: bytes, ext: str) -> Any:
         import io
 
         from PIL import Image
 
-        for ext in IMAGE_EXTENSIONS:
-            if ext in sample:
-                image = Image.open(io.BytesIO(sample[ext]))
-                return self.transform(image), int(sample["cls"])
-        raise UserError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image member")
+        if self.transform is None and self.image_size is None and ext == "jpg":
+            decoded = decode_jpeg_uint8(data)
+            if decoded is not None:
+                return decoded
+        image = Image.open(io.BytesIO(data))
+        if self.image_size is not None:
+            size = (self.image_size, self.image_size)
+            if image.format == "JPEG":
+                image.draft("RGB", size)
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            if image.size != size:
+                image = image.resize(size, Image.Resampling.BILINEAR)
+        return (self.transform or pil_to_uint8_tensor)(image)
+
+    def pil(self, image: Any) -> Any:
+        """An already decoded PIL image (the ``datasets`` backend) → the same output."""
+        if self.image_size is not None and image.size != (self.image_size, self.image_size):
+            from PIL import Image
+
+            image = image.convert("RGB").resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+        return (self.transform or pil_to_uint8_tensor)(image)
 
 
 class _Collate:
-    """Picklable batch collation: (list of tensors, list of labels) → (stacked tensor, int64 tensor)."""
+    """Picklable batch collation: (list of tensors, list of labels) → (stacked tensor, int64 tensor), one copy."""
 
     def __call__(self, samples: list[tuple[Any, int]]) -> tuple[Any, Any]:
         import torch
@@ -149,7 +292,66 @@ class _Collate:
 
         images = [s[0] for s in samples]
         labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
+        if all(isinstance(im, torch.Tensor) for im in images):
+            return torch.stack(images), labels
         return default_collate(images), labels
+
+
+def samples_per_rank(total: int, world_size: int) -> int:
+    """Samples every rank yields per epoch: ``ceil(total / world_size)`` (the same on every rank)."""
+    return -(-int(total) // int(world_size))
+
+
+def worker_quotas(samples: int, batch_size: int, workers: int) -> list[int]:
+    """Split one rank's samples over its DataLoader workers so that batching in the workers gives exactly
+    ``ceil(samples / batch_size)`` batches in all.
+
+    Worker ``w`` gets whole batches (``nb // workers``, one more for the first ``nb % workers``); the short last
+    batch is taken from the worker that yields it in the DataLoader's round-robin order.
+    """
+    if samples <= 0:
+        return [0] * workers
+    nb = -(-samples // batch_size)
+    per = [nb // workers + (1 if w < nb % workers else 0) for w in range(workers)]
+    quotas = [n * batch_size for n in per]
+    quotas[(nb - 1) % workers] -= nb * batch_size - samples
+    return quotas
+
+
+class _QuotaSamples:
+    """webdataset source stage: this worker's shards, read in passes until exactly its quota of samples.
+
+    A rank (or worker) whose shards hold fewer samples than its quota reads them again (the next pass in
+    another shuffled order); one whose shards hold more stops at the quota (the rest is read in other epochs,
+    since the shard order changes every epoch).
+    """
+
+    def __init__(self, shards: list[str], quotas: list[int], seed: int) -> None:
+        self.shards, self.quotas, self.seed = shards, quotas, seed
+
+    def __call__(self) -> Iterator[dict[str, Any]]:
+        from contextlib import closing
+
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        mine, quota = self.shards[worker :: len(self.quotas)], self.quotas[worker]
+        n, attempt = 0, 0
+        while n < quota:
+            order = list(mine)
+            if attempt:
+                random.Random(f"{self.seed}:{worker}:{attempt}").shuffle(order)
+            before = n
+            with closing(_samples(iter({"url": u} for u in order))) as samples:
+                for sample in samples:
+                    yield sample
+                    n += 1
+                    if n == quota:
+                        return
+            if n == before:
+                raise UserError(f"shards {', '.join(order[:3])} hold no samples")
+            attempt += 1
 
 
 class ReleaseLoader:
@@ -169,7 +371,7 @@ class ReleaseLoader:
         return iter(self._factory(self.epoch))
 
     def __len__(self) -> int:
-        """Batches per epoch, approximately (exact when shards divide evenly over ranks)."""
+        """Batches per epoch on this rank: ``ceil(num_samples / batch_size)``, the same on every rank (exact)."""
         return max(1, -(-self.num_samples // self.batch_size))
 
 
@@ -185,21 +387,27 @@ def make_loader(
     backend: str = "webdataset",
     seed: int = 0,
     revision: str | None = None,
+    image_size: int | None = None,
 ) -> ReleaseLoader:
     """A training loader over a release.
+
+    Every rank yields exactly ``ceil(num_samples_of_split / world_size)`` samples per epoch, in
+    ``len(loader)`` batches, so DDP ranks stay in step (see the module docstring).
 
     Args:
         source: a local release folder or a Hub dataset repo id ``USER/NAME``.
         split: ``train`` or ``validation``.
         rank: this process's rank.
         world_size: number of processes.
-        batch_size: samples per batch (the last batch may be smaller).
-        num_workers: DataLoader worker processes (each reads its own shards).
+        batch_size: samples per batch (the last batch may be smaller; its size is the same on every rank).
+        num_workers: DataLoader worker processes (each reads its own shards; at most shards per rank are used).
         shuffle_buffer: sample shuffle buffer size; 0 disables shuffling (shards and samples in order).
         transform: PIL image → tensor (same size for every image); default uint8 ``3×H×W``.
         backend: ``webdataset`` or ``datasets`` (streaming).
         seed: seed of the shard shuffle and the buffers (combined with the epoch).
         revision: Hub branch/revision (Hub sources only).
+        image_size: decode straight to ``image_size × image_size`` (JPEG draft mode, then a resize) before
+            ``transform``; None keeps the stored size.
 
     Returns:
         A :class:`ReleaseLoader` (iterable of batches, ``set_epoch``, ``len``).
@@ -213,34 +421,39 @@ def make_loader(
         raise UserError(f"rank {rank} is not within world size {world_size}")
     if batch_size < 1 or num_workers < 0 or shuffle_buffer < 0:
         raise UserError("batch_size must be positive; num_workers and shuffle_buffer must be >= 0")
+    if image_size is not None and image_size < 1:
+        raise UserError(f"image_size must be positive, got {image_size}")
     info = read_release_info(source, revision)
     urls = shard_urls(source, split, info, revision)
-    lengths = list(info["splits"][split].get("shard_lengths", []))
     if len(urls) < world_size:
         raise UserError(f"split {split!r} of {source} has {len(urls)} shard(s), fewer than world size {world_size}")
-    mine = range(rank, len(urls), world_size)
-    num_samples = sum(lengths[i] for i in mine) if lengths else int(info["splits"][split]["num_samples"]) // world_size
-    decode, collate = _Decode(transform), _Collate()
+    num_samples = samples_per_rank(int(info["splits"][split]["num_samples"]), world_size)
+    # every rank has at least len(urls) // world_size shards: no worker is left without one
+    workers = min(num_workers, len(urls) // world_size)
+    decode, collate = _Decode(transform, image_size), _Collate()
     if backend == "webdataset":
-        factory = _webdataset_factory(urls, rank, world_size, batch_size, num_workers, shuffle_buffer, decode,
-                                      collate, seed)
+        factory = _webdataset_factory(urls, rank, world_size, batch_size, workers, shuffle_buffer, decode,
+                                      collate, seed, num_samples)
     else:
-        factory = _datasets_factory(source, split, rank, world_size, batch_size, num_workers, shuffle_buffer,
-                                    decode, collate, seed, revision)
+        factory = _datasets_factory(source, split, rank, world_size, batch_size, workers, shuffle_buffer,
+                                    decode, collate, seed, revision, num_samples)
     return ReleaseLoader(factory, num_samples, batch_size)
 
 
 def _webdataset_factory(urls: list[str], rank: int, world_size: int, batch_size: int, num_workers: int,
-                        shuffle_buffer: int, decode: _Decode, collate: _Collate, seed: int) -> Callable[[int], Any]:
+                        shuffle_buffer: int, decode: _Decode, collate: _Collate, seed: int,
+                        num_samples: int) -> Callable[[int], Any]:
     import webdataset as wds
     from torch.utils.data import DataLoader
+
+    quotas = worker_quotas(num_samples, batch_size, max(1, num_workers))
 
     def build(epoch: int) -> Any:
         order = list(urls)
         if shuffle_buffer:
             random.Random(seed * 1_000_003 + epoch).shuffle(order)  # same permutation on every rank
         mine = order[rank::world_size]
-        stages = [wds.SimpleShardList(mine), wds.split_by_worker, _samples]
+        stages: list[Any] = [_QuotaSamples(mine, quotas, seed * 1_000_003 + epoch * 8191 + rank)]
         if shuffle_buffer:
             stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100),
                                       rng=random.Random(seed * 7919 + epoch * 31 + rank)))
@@ -254,14 +467,27 @@ def _webdataset_factory(urls: list[str], rank: int, world_size: int, batch_size:
 
 
 class _DatasetsStreamMixin:
-    """Iterates a streaming datasets split as (tensor, label); sharding over workers is datasets' own."""
+    """Iterates a streaming datasets split as (tensor, label), exactly this worker's quota of samples (read
+    again from the start when the worker's part is shorter); sharding over workers is datasets' own."""
 
-    def __init__(self, ds: Any, decode: _Decode, image_col: str) -> None:
-        self.ds, self.decode, self.image_col = ds, decode, image_col
+    def __init__(self, ds: Any, decode: _Decode, image_col: str, quotas: list[int]) -> None:
+        self.ds, self.decode, self.image_col, self.quotas = ds, decode, image_col, quotas
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
-        for ex in self.ds:
-            yield self.decode.transform(ex[self.image_col]), int(ex["cls"])
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        quota = self.quotas[info.id if info is not None else 0]
+        n = 0
+        while n < quota:
+            before = n
+            for ex in self.ds:
+                yield self.decode.pil(ex[self.image_col]), int(ex["cls"])
+                n += 1
+                if n == quota:
+                    return
+            if n == before:
+                raise UserError("a streaming datasets worker got no samples")
 
 
 _LAZY_CLASSES: dict[str, Any] = {}
@@ -282,7 +508,7 @@ def __getattr__(name: str) -> Any:
 
 def _datasets_factory(source: str | Path, split: str, rank: int, world_size: int, batch_size: int, num_workers: int,
                       shuffle_buffer: int, decode: _Decode, collate: _Collate, seed: int,
-                      revision: str | None) -> Callable[[int], Any]:
+                      revision: str | None, num_samples: int) -> Callable[[int], Any]:
     import datasets
     import torch.utils.data
     from datasets.distributed import split_dataset_by_node
@@ -300,7 +526,8 @@ def _datasets_factory(source: str | Path, split: str, rank: int, world_size: int
 
     def build(epoch: int) -> Any:
         ds.set_epoch(epoch)
-        return torch.utils.data.DataLoader(stream_cls(ds, decode, image_col), batch_size=batch_size,
+        quotas = worker_quotas(num_samples, batch_size, max(1, num_workers))
+        return torch.utils.data.DataLoader(stream_cls(ds, decode, image_col, quotas), batch_size=batch_size,
                                            num_workers=num_workers, collate_fn=collate)
 
     return build

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_plus.configio import config_to_dict
+from imagenet_plus.contract import INFO_NAME
 from imagenet_plus.errors import UserError
 
 #: Models built here without timm; any other name must be a timm model name.
@@ -56,6 +57,8 @@ PHASE_REAL = "real"
 FILL_RGB = (124, 116, 104)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Most tar files one process keeps open while reading release shards (least recently used closed first).
+MAX_OPEN_SHARDS = 32
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class EvaluateConfig:
     seed: int = 0
     min_crop: float = 0.5
     max_margin: float = 0.2
+    explain: int = 0
 
     def __post_init__(self) -> None:
         src = "evaluate config"
@@ -95,8 +99,8 @@ class EvaluateConfig:
             raise UserError(f"{src}: 'finetune-epochs' must be positive, got {self.finetune_epochs}")
         if self.image_size < 16:
             raise UserError(f"{src}: 'image-size' must be at least 16, got {self.image_size}")
-        if self.workers < 0 or self.weight_decay < 0 or self.seed < 0:
-            raise UserError(f"{src}: 'workers', 'weight-decay' and 'seed' must be >= 0")
+        if self.workers < 0 or self.weight_decay < 0 or self.seed < 0 or self.explain < 0:
+            raise UserError(f"{src}: 'workers', 'weight-decay', 'seed' and 'explain' must be >= 0")
         if not 0.05 <= self.min_crop <= 1.0:
             raise UserError(f"{src}: 'min-crop' must be within 0.05..1, got {self.min_crop}")
         if not 0.0 <= self.max_margin < 0.9:
@@ -152,7 +156,7 @@ def _class_id_of_key(key: str) -> str | None:
 
 def release_shards(rel: Path, split: str = "train") -> list[Path]:
     """The tar shards of one split of a release (``REL/data/{split}-*.tar``, else ``REL/{split}-*.tar``)."""
-    info = rel / "_info.json"
+    info = rel / INFO_NAME
     if info.is_file():
         try:
             data = json.loads(info.read_text(encoding="utf-8"))
@@ -250,7 +254,7 @@ def read_training_set(path: Path) -> LabeledSet:
             f"{path} is a run directory: release it first ('imagenet-plus release {path} --out REL') "
             "and pass --train REL"
         )
-    if (path / "_info.json").is_file() or release_shards(path, "train"):
+    if (path / INFO_NAME).is_file() or release_shards(path, "train"):
         return read_release(path, "train")
     return read_image_folder(path, "train")
 
@@ -275,13 +279,21 @@ def match_classes(train: LabeledSet, other: LabeledSet, role: str) -> None:
 
 
 class ImageDataset:
-    """A map-style torch dataset over :class:`LabeledSet` sources (files or tar members)."""
+    """A map-style torch dataset over :class:`LabeledSet` sources (files or tar members).
 
-    def __init__(self, sources: list[Any], labels: list[int], transform: Any) -> None:
+    Tar members are read by seeking in their shard; at most ``max_open`` shards stay open per process (a
+    least-recently-used cache of handles), whatever the number of shards.
+    """
+
+    def __init__(self, sources: list[Any], labels: list[int], transform: Any,
+                 max_open: int = MAX_OPEN_SHARDS) -> None:
+        from collections import OrderedDict
+
         self.sources = sources
         self.labels = labels
         self.transform = transform
-        self._handles: dict[tuple[int, str], Any] = {}
+        self.max_open = max(1, max_open)
+        self._handles: OrderedDict[tuple[int, str], Any] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -292,7 +304,13 @@ class ImageDataset:
             key = (os.getpid(), src.tar)
             f = self._handles.get(key)
             if f is None:
+                for old in [k for k in self._handles if k[0] != key[0]]:  # inherited from the parent: not ours
+                    del self._handles[old]
+                while len(self._handles) >= self.max_open:
+                    self._handles.popitem(last=False)[1].close()
                 f = self._handles[key] = open(src.tar, "rb")
+            else:
+                self._handles.move_to_end(key)
             f.seek(src.offset)
             return f.read(src.size)
         return Path(src).read_bytes()
@@ -588,6 +606,107 @@ def _save_model(model: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# ------------------------------------------------------------------------------------------------
+# Explanation maps (Grad-CAM)
+
+
+def gradcam_target_layer(model: Any, name: str) -> Any:
+    """The layer Grad-CAM reads: the model's last ``Conv2d``.
+
+    Raises:
+        UserError: the model has attention blocks (Grad-CAM of a transformer needs a token reshape that is
+            model-specific) or no convolution at all, naming the model.
+    """
+    from torch import nn
+
+    if any("attention" in type(m).__name__.lower() for m in model.modules()):
+        raise UserError(f"--explain: Grad-CAM maps cannot be computed for model {name!r}: it is attention-based "
+                        "(use a convolutional model such as small-cnn or resnet18)")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise UserError(f"--explain: Grad-CAM maps cannot be computed for model {name!r}: it has no Conv2d layer")
+    return convs[-1]
+
+
+def gradcam_maps(model: Any, images: Any, targets: list[int], name: str) -> Any:
+    """Grad-CAM maps (``pytorch-grad-cam``) of ``images`` (``N×3×H×W``) for the given target classes.
+
+    Returns:
+        ``N×H×W`` float32 maps in ``[0, 1]``, at the input's size.
+
+    Raises:
+        UserError: the maps cannot be computed for this model (named).
+    """
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layer = gradcam_target_layer(model, name)
+    was_training = model.training
+    model.eval()
+    try:
+        with GradCAM(model=model, target_layers=[layer]) as cam:
+            maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--explain: Grad-CAM maps cannot be computed for model {name!r}: {first}") from None
+    finally:
+        model.train(was_training)
+    return maps
+
+
+def explain_phase(model: Any, ds: ImageDataset, class_ids: list[str], per_class: int, out: Path, phase: str,
+                  name: str) -> dict[str, str]:
+    """Grad-CAM of ``per_class`` real test images per class for one phase's model, as a PNG grid.
+
+    Writes ``gradcam_{phase}.png`` (one row per class: each image beside its map over it, titled with the
+    predicted class) and ``gradcam_{phase}.npz`` (``images`` N×H×W×3 uint8, ``maps`` N×H×W, ``labels``,
+    ``predictions``). Maps are taken for the true class of each image.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    picked: list[int] = []
+    for label in range(len(class_ids)):
+        picked += [i for i, y in enumerate(ds.labels) if y == label][:per_class]
+    if not picked:
+        return {}
+    device = next(model.parameters()).device
+    x = torch.stack([ds[i][0] for i in picked]).to(device)
+    labels = [ds.labels[i] for i in picked]
+    maps = gradcam_maps(model, x, labels, name)
+    with torch.no_grad():
+        predictions = model(x).argmax(dim=1).cpu().numpy()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = (x.cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float32)
+    rows = sorted(set(labels))
+    cols = max(labels.count(r) for r in rows) * 2
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.7 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    slot = {r: 0 for r in rows}
+    for k, label in enumerate(labels):
+        r, c = rows.index(label), slot[label]
+        slot[label] += 2
+        axes[r, c].imshow(rgb[k])
+        axes[r, c].set_title(class_ids[label], fontsize=7)
+        axes[r, c + 1].imshow(show_cam_on_image(rgb[k], maps[k], use_rgb=True))
+        axes[r, c + 1].set_title(f"→ {class_ids[int(predictions[k])]}", fontsize=7)
+    fig.suptitle(f"Grad-CAM, {phase} model, real test images", fontsize=9)
+    fig.tight_layout()
+    stem = f"gradcam_{phase.replace('+', '_')}"
+    fig.savefig(out / f"{stem}.png", dpi=100)
+    plt.close(fig)
+    np.savez_compressed(out / f"{stem}.npz", images=(rgb * 255).round().astype(np.uint8),
+                        maps=np.asarray(maps, np.float32), labels=np.asarray(labels),
+                        predictions=np.asarray(predictions))
+    return {"grid": f"{stem}.png", "maps": f"{stem}.npz"}
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Train on the synthetic set (and optionally fine-tune / train on real), test on real; write ``eval.json``.
 
@@ -636,6 +755,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     plots: dict[str, Any] = {}
+    explained: dict[str, Any] = {}
 
     def evaluate_phase(phase: str, model: Any, losses: list[float], seconds: float, epochs: int) -> None:
         logits, y = predict(model, test_ds, cfg, accelerator, f"evaluate: test {phase}")
@@ -645,10 +765,14 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             results[phase] = metrics
             plots[phase] = plot_curves(curves, test_classes, f"{phase} → real test", out, phase)
             _save_model(model, out / f"model_{phase.replace('+', '_')}.pt")
+            if cfg.explain:
+                explained[phase] = explain_phase(model, test_ds, train_classes, cfg.explain, out, phase, cfg.model)
 
     set_seed(cfg.seed)
     t0 = time.perf_counter()
     model = build_model(cfg.model, len(train_classes), cfg.weights)
+    if cfg.explain:
+        gradcam_target_layer(model, cfg.model)  # fail before training, not after
     model, losses = train_model(model, synth_ds, cfg.epochs, cfg, accelerator, "evaluate: train synthetic", cfg.seed)
     evaluate_phase(PHASE_SYNTHETIC, model, losses, time.perf_counter() - t0, cfg.epochs)
     if real_set is not None:
@@ -679,6 +803,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         ),
         "results": results,
         "plots": plots,
+        "explain": explained,
         "world_size": accelerator.num_processes,
     }
     if accelerator.is_main_process:

@@ -9,7 +9,9 @@ Crash safety: ``run.yaml`` (config, hash, plan segments) is written before any i
 written as ``.partial`` and renamed when complete, then its stats JSON is written; a shard is done
 when both exist. A re-run deletes leftovers, skips done shards and ends with exactly the planned keys.
 A re-run with another config is refused; raising ``images_per_class`` or ``--top-up`` only adds new
-indices (new shards).
+indices (new shards). ``--top-up --remedy`` also gives the new indices of each class that ``diagnose`` flagged
+the prompt strategy it names (``RUN/diagnosis.json`` ``strategies``), recorded in the top-up segment of
+``run.yaml`` and in each sample's ``json.strategy``; seeds stay what they would have been.
 
 Throughput: the model runs on the main thread; JPEG encoding and tar writing run on a writer thread
 fed by a bounded queue, so they overlap with the next batch (PIL releases the GIL while encoding).
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.config import GenerateConfig
+from imagenet_plus.config import HASH_EXEMPT, GenerateConfig
 from imagenet_plus.configio import config_to_dict, stable_hash
 from imagenet_plus.contract import (
     RunPaths,
@@ -120,8 +122,8 @@ class RunState:
 
 def _hashed_config(cfg: GenerateConfig) -> dict[str, Any]:
     data = config_to_dict(cfg)
-    data.pop("images_per_class", None)
-    data.pop("batch_size", None)
+    for key in HASH_EXEMPT:
+        data.pop(key, None)
     return data
 
 
@@ -147,15 +149,36 @@ def _read_top_up_counts(paths: RunPaths, classes: Sequence[Any]) -> tuple[dict[i
     return counts, stable_hash(text)
 
 
-def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool) -> RunState:
+def _read_remedy(paths: RunPaths, classes: Sequence[Any]) -> dict[int, str]:
+    """Prompt strategy per label for the classes ``diagnose`` flagged, from ``RUN/diagnosis.json``."""
+    from imagenet_plus.config import PROMPT_STRATEGIES
+    from imagenet_plus.diagnose import read_remedy_strategies
+
+    if not paths.diagnosis_json.is_file():
+        raise UserError(f"--remedy needs {paths.diagnosis_json}: run 'imagenet-plus diagnose {paths.root}' first")
+    label_of = {c.id: c.label for c in classes}
+    out: dict[int, str] = {}
+    for class_id, strategy in read_remedy_strategies(paths.root).items():
+        if class_id not in label_of:
+            raise UserError(f"{paths.diagnosis_json}: unknown class id {class_id!r} in 'strategies'")
+        if strategy not in PROMPT_STRATEGIES:
+            raise UserError(f"{paths.diagnosis_json}: unknown prompt strategy {strategy!r} for class {class_id!r} "
+                            f"(choose from {', '.join(PROMPT_STRATEGIES)})")
+        out[label_of[class_id]] = strategy
+    return out
+
+
+def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: bool = False) -> RunState:
     """Check the run folder against the config and work out the plan (reads only, writes nothing).
 
     Raises:
         UserError: ``RUN`` is a file; it was made with another config or class set; images per class
-            would shrink; ``--top-up`` without a selection.
+            would shrink; ``--top-up`` without a selection; ``--remedy`` without ``--top-up`` or a diagnosis.
     """
     from imagenet_plus.classes import resolve_classes
 
+    if remedy and not top_up:
+        raise UserError("--remedy only works with --top-up (it sets the prompt strategy of the new indices)")
     if paths.root.exists() and not paths.root.is_dir():
         raise UserError(f"--out {paths.root} is a file, not a run directory")
     cfg = cfg.resolved()
@@ -174,8 +197,8 @@ def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool) -> RunSta
     recorded = read_run_yaml(paths)
     if recorded.get("config_hash") != run_hash:
         old = dict(recorded.get("config", {}))
-        old.pop("images_per_class", None)
-        old.pop("batch_size", None)
+        for key in HASH_EXEMPT:
+            old.pop(key, None)
         changes = diff_configs(old, hashed) or ["the class set's contents"]
         raise UserError(
             f"{paths.root} was made with another config ({'; '.join(changes)}): use another --out, "
@@ -194,9 +217,10 @@ def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool) -> RunSta
         changed = True
     if top_up:
         counts, based_on = _read_top_up_counts(paths, classes)
+        strategies = _read_remedy(paths, classes) if remedy else None
         already = any(s.kind == "top-up" and s.based_on == based_on for s in segments)
         if counts and not already:
-            segments += (top_up_segment(segments, counts, based_on),)
+            segments += (top_up_segment(segments, counts, based_on, strategies),)
             changed = True
     return RunState(cfg, classes, run_hash, segments, new_run=False, changed=changed)
 
@@ -361,7 +385,7 @@ def generate_shard(
     for item in items:
         cls = classes[item.label]
         seed = image_seed(cfg.seed, cls.id, item.index)
-        strategy = choose_strategy(cfg.prompt_strategy, seed)
+        strategy = item.strategy or choose_strategy(cfg.prompt_strategy, seed)
         prepared.append((item, cls, seed, strategy, build_prompt(cls, strategy, seed)))
     pending = deque((pos, 0) for pos in range(len(prepared)))
     regenerated = {"nsfw": 0, "black": 0}
@@ -407,11 +431,20 @@ def generate_shard(
 
 
 def make_source(cfg: GenerateConfig, device: Any) -> Any:
-    """The diffusers pipeline of ``cfg.model`` wrapped as an image source."""
+    """The diffusers pipeline of ``cfg.model`` wrapped as an image source (arguments mapped for its family)."""
     from imagenet_plus.models import DiffusersSource, load_pipeline
 
-    pipe = load_pipeline(cfg.model, device, cfg.dtype)
-    return DiffusersSource(pipe, steps=cfg.steps, guidance=cfg.guidance, width=cfg.resolution, height=cfg.resolution)
+    pipe = load_pipeline(cfg.model, device, cfg.dtype, offload=cfg.offload, compile=cfg.compile)
+    source = DiffusersSource(pipe, steps=cfg.steps, guidance=cfg.guidance, width=cfg.resolution, height=cfg.resolution,
+                             family=cfg.family, max_sequence_length=cfg.max_sequence_length)
+    source.check_arguments(cfg.model, cfg.negative_prompt)
+    return source
+
+
+#: The marker folder of this stage under ``RUN/markers`` (see :class:`~imagenet_plus.distributed.FileRendezvous`).
+STAGE = "generate"
+#: Seconds between two looks for another rank's failure while generating.
+FAILURE_CHECK_SECONDS = 2.0
 
 
 def run_generate(
@@ -419,52 +452,85 @@ def run_generate(
     out: str | Path,
     top_up: bool = False,
     source_factory: Callable[[GenerateConfig, Any], Any] = make_source,
+    remedy: bool = False,
 ) -> GenerateResult:
     """Generate every planned image of ``cfg`` into the run folder ``out`` (resumable).
+
+    Under several processes the ranks meet in a collective only after short work (checking the plan, writing
+    run.yaml, agreeing on the job's marker token); at the end each rank marks its part done in
+    ``RUN/markers/generate/`` and waits on the other ranks' marker files (``distributed.FileRendezvous``), so
+    a rank with hours of shards never holds another in a collective past the process-group timeout. A rank
+    that fails marks it; the others notice between batches and stop with a one-line error. Every rank waits
+    for all (not only the main one), so each returns ``done`` for the whole run; the markers stay until the
+    next launch's start clears them (a rank still polling must never see them deleted).
 
     Args:
         cfg: generation settings.
         out: the run folder (created if missing).
         top_up: add new indices for the classes ``select`` found short (reads ``RUN/selection.json``).
         source_factory: builds the image source from (resolved config, device); tests inject fakes.
+        remedy: with ``top_up``, generate the new indices of each class ``diagnose`` flagged with the prompt
+            strategy it names (reads ``RUN/diagnosis.json``), instead of the configured strategies.
 
     Returns:
         What this rank did, and whether every shard of the run is now done.
+
+    Raises:
+        UserError: bad settings (nothing is written), or an error on any rank.
     """
-    from imagenet_plus.distributed import init_dist
+    from imagenet_plus.distributed import FileRendezvous, init_dist
+    from imagenet_plus.models import check_offload
     from imagenet_plus.progress import progress_bar
 
     paths = RunPaths(Path(out))
-    state = plan_run_state(cfg, paths, top_up)  # every rank checks before anyone writes
+    if cfg.offload != "none":  # refused before the process group and the class set are set up
+        import torch
+
+        check_offload(cfg.offload, "cuda" if torch.cuda.is_available() else "cpu")
+    state = plan_run_state(cfg, paths, top_up, remedy)  # every rank checks before anyone writes
     cfg = state.config
     dist = init_dist()
+    check_offload(cfg.offload, dist.device)
     dist.barrier()
     if dist.is_main:
         write_run_state(state, paths)
         clean_partials(paths.generated)
     dist.barrier()
+    rdv = FileRendezvous.start(paths.markers / STAGE, dist)
 
     shards = plan_shards(state.segments, [c.id for c in state.classes], cfg.shard_size)
     done = {s for s in range(len(shards)) if _is_done(paths, s)}
     todo = [s for s in range(len(shards)) if dist.owns(s) and s not in done]
     start = time.perf_counter()
     made = 0
-    if todo:
-        source = source_factory(cfg, dist.device)
-        writer = ShardWriterThread(cfg.image_format, cfg.quality, max_queue=max(8, 2 * cfg.batch_size))
-        total = sum(len(shards[s]) for s in todo)
-        desc = "generate" if dist.world_size == 1 else f"generate (rank 0 of {dist.world_size})"
-        bar = progress_bar(total, desc, enabled=dist.is_main)
-        try:
-            for s in todo:
-                path = paths.generated / f"{shard_name(s)}.tar"
-                generate_shard(shards[s], path, cfg, state.classes, source, writer, bar.update, rank=dist.rank)
-                made += len(shards[s])
-            writer.close()
-        finally:
-            bar.close()
+    try:
+        if todo:
+            source = source_factory(cfg, dist.device)
+            writer = ShardWriterThread(cfg.image_format, cfg.quality, max_queue=max(8, 2 * cfg.batch_size))
+            total = sum(len(shards[s]) for s in todo)
+            desc = "generate" if dist.world_size == 1 else f"generate (rank 0 of {dist.world_size})"
+            bar = progress_bar(total, desc, enabled=dist.is_main)
+
+            def on_images(n: int) -> None:
+                bar.update(n)
+                rdv.check(every=FAILURE_CHECK_SECONDS)  # another rank failed: stop now, not at the end
+
+            try:
+                for s in todo:
+                    path = paths.generated / f"{shard_name(s)}.tar"
+                    generate_shard(shards[s], path, cfg, state.classes, source, writer, on_images, rank=dist.rank)
+                    made += len(shards[s])
+                writer.close()
+            finally:
+                bar.close()
+    except BaseException as exc:
+        rdv.fail(exc)
+        raise
     seconds = time.perf_counter() - start
-    dist.barrier()
+    rdv.done()
+    rdv.wait_for_all()
+    if dist.world_size == 1:
+        rdv.close()
     missing = [s for s in range(len(shards)) if not _is_done(paths, s)]
     if dist.is_main:
         _log(

@@ -5,7 +5,8 @@ Pure functions only; ``generate`` stores the plan's *segments* in ``RUN/run.yaml
 - the first segment holds indices ``0 .. images_per_class-1`` of every class;
 - raising ``images_per_class`` on a re-run appends an ``extend`` segment with the new indices only;
 - ``generate --top-up`` appends a ``top-up`` segment with new indices for the classes that
-  ``select`` found short of their quota.
+  ``select`` found short of their quota; with ``--remedy`` the segment also records, per label, the prompt
+  strategy that replaces the configured ones for its new indices (``strategies``, from ``diagnose``).
 
 Within a segment items are ordered by (label, index) and cut into shards of ``shard_size``; a shard
 never spans two segments, so adding a segment never changes a finished shard. Shard numbers run on
@@ -25,25 +26,36 @@ SEED_MASK = (1 << 63) - 1
 
 @dataclass(frozen=True)
 class PlanItem:
-    """One planned image: its class label/id and its index within the class."""
+    """One planned image: its class label/id, its index within the class, and its prompt strategy override.
+
+    ``strategy`` is empty when the image takes the configured strategies (the usual case).
+    """
 
     label: int
     class_id: str
     index: int
+    strategy: str = ""
 
 
 @dataclass(frozen=True)
 class Segment:
-    """A block of planned indices: ``ranges`` = ((label, start, stop), ...) with stop exclusive."""
+    """A block of planned indices: ``ranges`` = ((label, start, stop), ...) with stop exclusive.
+
+    ``strategies`` = ((label, strategy), ...): the prompt strategy of every new index of those labels in this
+    segment, in place of the configured ones (``generate --top-up --remedy``); empty otherwise.
+    """
 
     kind: str
     ranges: tuple[tuple[int, int, int], ...]
     based_on: str = ""
+    strategies: tuple[tuple[int, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "ranges": [list(r) for r in self.ranges]}
         if self.based_on:
             out["based_on"] = self.based_on
+        if self.strategies:
+            out["strategies"] = [[label, strategy] for label, strategy in self.strategies]
         return out
 
     @staticmethod
@@ -52,6 +64,7 @@ class Segment:
             kind=str(data["kind"]),
             ranges=tuple((int(a), int(b), int(c)) for a, b, c in data["ranges"]),
             based_on=str(data.get("based_on", "")),
+            strategies=tuple((int(label), str(strategy)) for label, strategy in data.get("strategies") or ()),
         )
 
     @property
@@ -89,20 +102,33 @@ def next_index_per_class(segments: Iterable[Segment]) -> dict[int, int]:
     return nxt
 
 
-def top_up_segment(segments: Sequence[Segment], new_counts: dict[int, int], based_on: str) -> Segment:
-    """New indices for some classes, after the highest index each already has."""
+def top_up_segment(segments: Sequence[Segment], new_counts: dict[int, int], based_on: str,
+                   strategies: dict[int, str] | None = None) -> Segment:
+    """New indices for some classes, after the highest index each already has.
+
+    Args:
+        segments: the run's segments so far.
+        new_counts: new images per label.
+        based_on: the hash of the selection summary this top-up answers (one top-up per summary).
+        strategies: prompt strategy per label for the new indices, in place of the configured ones; labels
+            without new indices are left out of the segment.
+    """
     nxt = next_index_per_class(segments)
     ranges = tuple(
         (label, nxt.get(label, 0), nxt.get(label, 0) + n) for label, n in sorted(new_counts.items()) if n > 0
     )
-    return Segment("top-up", ranges, based_on=based_on)
+    topped = {label for label, _, _ in ranges}
+    chosen = tuple(sorted((label, s) for label, s in (strategies or {}).items() if label in topped))
+    return Segment("top-up", ranges, based_on=based_on, strategies=chosen)
 
 
 def segment_items(segment: Segment, class_ids: Sequence[str]) -> list[PlanItem]:
-    """A segment's items ordered by (label, index)."""
+    """A segment's items ordered by (label, index), each with the segment's strategy override of its label."""
+    override = dict(segment.strategies)
     items = []
     for label, start, stop in sorted(segment.ranges):
-        items.extend(PlanItem(label, class_ids[label], i) for i in range(start, stop))
+        strategy = override.get(label, "")
+        items.extend(PlanItem(label, class_ids[label], i, strategy) for i in range(start, stop))
     return items
 
 

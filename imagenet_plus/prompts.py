@@ -366,3 +366,86 @@ def build_negative_prompt(text: str) -> str:
     """The negative prompt for every image: ``default`` means :data:`DEFAULT_NEGATIVE_PROMPT`, else ``text`` cleaned."""
     text = clean(text)
     return DEFAULT_NEGATIVE_PROMPT if text.lower() == "default" else text
+
+
+# ------------------------------------------------------------------------------------------------------------
+# zero-shot class texts (the texts the score stage embeds to classify images by CLIP)
+
+#: Template of a zero-shot class text whose name no other class of the set shares.
+CLASS_TEXT_TEMPLATE = "a photo of a {name}"
+
+
+def shared_names(classes: Sequence[ClassInfo]) -> dict[str, list[int]]:
+    """Class names (lower-cased, whitespace-normalised) that two or more classes of the set share → their labels.
+
+    ImageNet-1k has three: ``crane`` (134, 517), ``cardigan`` (264, 474) and ``maillot`` (638, 639).
+    """
+    by_name: dict[str, list[int]] = {}
+    for c in classes:
+        by_name.setdefault(clean(c.name).lower(), []).append(c.label)
+    return {name: labels for name, labels in by_name.items() if len(labels) > 1}
+
+
+def class_texts(classes: Sequence[ClassInfo]) -> list[str]:
+    """The zero-shot class texts, in the order of ``classes``, pairwise distinct.
+
+    A class whose name no other class of the set shares gets ``a photo of a {name}``. Classes that share a
+    name (case-insensitively) get what tells them apart, in this order, taking the first that makes every
+    text of the group distinct: ``a photo of a {name}, a kind of {hypernym}``; ``a photo of a {name},
+    {gloss}`` (the short gloss, see :func:`short_gloss`); both; and, as a last resort (custom classes with
+    neither), the class id: ``a photo of a {name} ({id})``. Any text still equal to another after that (a
+    name that equals another class's disambiguated text, in theory) gets its class id appended.
+
+    Args:
+        classes: the class set (``name``, ``hypernym``, ``definition`` and ``id`` are used).
+
+    Returns:
+        One text per class; no two equal (compared case-sensitively, as CLIP's tokenizer lower-cases anyway,
+        texts are also distinct lower-cased).
+    """
+    texts = [CLASS_TEXT_TEMPLATE.format(name=clean(c.name)) for c in classes]
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        groups.setdefault(clean(c.name).lower(), []).append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        for build in (_with_hypernym, _with_gloss, _with_both, _with_id):
+            candidate = [build(classes[i]) for i in members]
+            if len({t.lower() for t in candidate}) == len(candidate):
+                break
+        for i, t in zip(members, candidate, strict=True):
+            texts[i] = t
+    seen: set[str] = set()
+    for i, c in enumerate(classes):
+        if texts[i].lower() in seen:
+            texts[i] = clean(f"{texts[i]} ({c.id})")
+        seen.add(texts[i].lower())
+    return texts
+
+
+def _hypernym_of(cls: ClassInfo) -> str:
+    hypernym = clean(cls.hypernym)
+    return "" if hypernym.lower() == clean(cls.name).lower() else hypernym
+
+
+def _with_hypernym(cls: ClassInfo) -> str:
+    base = CLASS_TEXT_TEMPLATE.format(name=clean(cls.name))
+    hypernym = _hypernym_of(cls)
+    return _limit_words(f"{base}, a kind of {hypernym}") if hypernym else base
+
+
+def _with_gloss(cls: ClassInfo) -> str:
+    base = CLASS_TEXT_TEMPLATE.format(name=clean(cls.name))
+    gloss = short_gloss(cls.definition)
+    return _limit_words(f"{base}, {gloss}") if gloss else base
+
+
+def _with_both(cls: ClassInfo) -> str:
+    gloss = short_gloss(cls.definition)
+    with_hypernym = _with_hypernym(cls)
+    return _limit_words(f"{with_hypernym}, {gloss}") if gloss else with_hypernym
+
+
+def _with_id(cls: ClassInfo) -> str:
+    return clean(f"{_with_both(cls)} ({cls.id})")

@@ -10,8 +10,14 @@ A reference (``score --reference REAL``) is one of:
   optionally ``features`` (N×2048) and ``class_ids`` (N) as written by :func:`save_reference`; with
   statistics only, FID is computed but KID, precision/recall and realism are not.
 
-Features of folders and shards are cached under ``cache_dir("reference")`` keyed by a hash of the image
-bytes and of the Inception weights, so a second run reads them instead of running the network.
+Every real image of a folder or shards is centre-cropped to a square and resized to Inception's 299 px
+(:func:`~imagenet_plus.scorers.inception.center_crop_resize`, the protocol named by :data:`PROTOCOL`), so
+images of any shapes go through the network in full batches of ``batch_size``.
+
+Features of folders and shards are cached under ``cache_dir("reference")`` keyed by a hash of the file list
+(relative names, sizes, modification times), the Inception weights and :data:`PROTOCOL`: a second run reads
+the features instead of running the network, without re-reading the images (an edited or replaced file
+changes its size or time, hence the key), and features cached under another protocol are extracted again.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 WDS_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 #: Feature size of a reference (torch-fidelity's pool3).
 FEATURE_DIM = 2048
+#: How real images become Inception inputs; part of the cache key, so that a change of protocol re-extracts.
+#: v2: largest centred square, TF1 bilinear to 299 px, full batches (v1 resized the whole image, unsquared).
+PROTOCOL = "center-crop-299-v2"
 
 
 @dataclass
@@ -67,9 +76,10 @@ class Reference:
         return self.features[idx] if idx else None
 
     def describe(self) -> dict[str, Any]:
-        """The summary.json entry: path, kind, hash, weights, image count."""
+        """The summary.json entry: path, kind, hash, weights, extraction protocol, image count."""
         return {"path": self.path, "kind": self.kind, "hash": self.content_hash, "inception_weights": self.weights_id,
-                "num_images": self.num_images, "per_class": self.class_ids is not None
+                "protocol": None if self.kind == "statistics" else PROTOCOL, "num_images": self.num_images,
+                "per_class": self.class_ids is not None
                 and any(c is not None for c in self.class_ids)}
 
 
@@ -79,6 +89,12 @@ def _sha256_file(path: Path, h: Any = None) -> Any:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h
+
+
+def _hash_file_stat(h: Any, name: str, path: Path) -> None:
+    """Add a file's name, size and modification time to the cache key (its bytes are not read)."""
+    st = path.stat()
+    h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
 
 
 def _folder_images(root: Path) -> list[Path]:
@@ -152,6 +168,7 @@ def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, incep
 
     from imagenet_plus.progress import progress_bar
     from imagenet_plus.scorers import decode_image
+    from imagenet_plus.scorers.inception import center_crop_resize
 
     feats: list[np.ndarray] = []
     class_ids: list[str | None] = []
@@ -160,7 +177,7 @@ def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, incep
         batch: list[tuple[bytes, str, str | None]] = []
 
         def flush() -> None:
-            images = list(pool.map(lambda s: decode_image(s[0], f"in reference: {s[1]}"), batch))
+            images = list(pool.map(lambda s: center_crop_resize(decode_image(s[0], f"in reference: {s[1]}")), batch))
             pool_feats, _ = inception.features(images)
             feats.append(pool_feats.numpy().astype(np.float32))
             class_ids.extend(s[2] for s in batch)
@@ -227,7 +244,7 @@ def load_reference(spec: str | Path, inception: Any, batch_size: int = 32, show_
         spec: an image folder, a ``.tar`` or folder of ``.tar`` shards, or a ``.npz`` statistics file.
         inception: a loaded :class:`~imagenet_plus.scorers.inception.InceptionScorer` (``weights_id`` keys
             the cache); may be ``None`` for a statistics file.
-        batch_size: images per network batch.
+        batch_size: images per network batch (every batch is full but the last: images are cropped to one size).
         show_progress: show a progress bar while extracting.
 
     Raises:
@@ -244,20 +261,18 @@ def load_reference(spec: str | Path, inception: Any, batch_size: int = 32, show_
         files = _folder_images(path)
         h = hashlib.sha256(b"folder")
         for p in files:
-            h.update(str(p.relative_to(path)).encode())
-            _sha256_file(p, h)
+            _hash_file_stat(h, str(p.relative_to(path)), p)
         samples: Iterator[tuple[bytes, str, str | None]] = _iter_folder(path, files)
         total = len(files)
     else:
         tars = [path] if path.is_file() else _folder_tars(path)
         h = hashlib.sha256(b"webdataset")
         for p in tars:
-            h.update(p.name.encode())
-            _sha256_file(p, h)
+            _hash_file_stat(h, p.name, p)
         samples = _iter_tars(tars)
         total = 0
     content_hash = h.hexdigest()[:16]
-    cache_file = cache_dir("reference") / f"{content_hash}-{inception.weights_id}.npz"
+    cache_file = cache_dir("reference") / f"{content_hash}-{inception.weights_id}-{PROTOCOL}.npz"
     features: np.ndarray | None = None
     if cache_file.is_file():
         try:

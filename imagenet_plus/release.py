@@ -1,7 +1,7 @@
 """Release: the kept images of a run as an ImageNet-style WebDataset release. Reads ``RUN``, writes ``REL``.
 
 Input: ``RUN/selection.parquet`` (from ``select``), ``RUN/generated/*.tar``, ``RUN/scores/*.parquet`` and
-``summary.json``, ``RUN/classes.json``, ``RUN/run.yaml``. Output (design.md §4)::
+``summary.json``, ``RUN/classes.json``, ``RUN/run.yaml``. Output (names from :mod:`imagenet_plus.contract`)::
 
     REL/README.md                 dataset card (YAML configs + dataset_info.features) — see card.py
     REL/_info.json                per split: name, num_samples, filenames, shard_lengths (timm's format),
@@ -25,6 +25,16 @@ same way (``DIR.partial``, fingerprint in ``DIR/.imagenet-plus-release.json``).
 Shard counts: ``shard_size`` is an upper bound; the number of shards is rounded up to 1, 2, 4, 8 or a
 multiple of 8 (many divisors, so ``split_dataset_by_node`` gives every rank whole shards), and samples are
 spread evenly over the shards.
+
+Small classes: a class that keeps images but not more than ``val_per_class`` cannot give a validation image
+and still train. ``small_classes`` says what happens: ``error`` (the default: stop and say which class),
+``train`` (all its images go to train, none to validation) or ``drop`` (it is left out). The card lists the
+classes treated either way.
+
+Scale: one pass over the generated tars records where each kept sample's members are (tar, byte offset,
+size: a few integers per image, no image or json bytes); the scores are held as one typed array per column.
+Samples are then copied in release order through a small LRU of open tars (:data:`MAX_OPEN_TARS`), so the
+open files stay bounded whatever the shard count and the time is linear in the images.
 """
 
 from __future__ import annotations
@@ -36,14 +46,13 @@ import os
 import random
 import shutil
 import tarfile
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from imagenet_plus.card import (
-    META_FIELDS,
-    SCORE_FIELDS,
     dataset_info_yaml,
     model_license,
     release_features,
@@ -52,17 +61,41 @@ from imagenet_plus.card import (
     validate_card,
 )
 from imagenet_plus.configio import stable_hash
-from imagenet_plus.contract import IMAGE_EXTENSIONS, RunPaths, read_class_records, read_run_yaml, run_paths
+from imagenet_plus.contract import (
+    COMPOSITE,
+    IMAGE_EXTENSIONS,
+    INFO_NAME,
+    KEY_PATTERN,
+    PARTIAL_SUFFIX,
+    RELEASE_DATA_DIR,
+    RELEASE_SCORE_FIELDS,
+    SAMPLE_FIELDS,
+    SCORES_MEMBER,
+    SPLITS,
+    ReleaseInfo,
+    ReleasePaths,
+    RunPaths,
+    SelectionSummary,
+    SplitInfo,
+    read_class_records,
+    read_run_yaml,
+    release_shard_name,
+    run_paths,
+    split_member_name,
+)
 from imagenet_plus.errors import UserError
 from imagenet_plus.progress import progress_bar
 from imagenet_plus.shards import PartialTarWriter, write_json_atomic
 
-INFO_NAME = "_info.json"
 IMAGEFOLDER_MARKER = ".imagenet-plus-release.json"
 #: File extension of the image-folder export for each image member (ImageNet uses ``.JPEG``).
 IMAGEFOLDER_EXT = {"jpg": ".JPEG", "png": ".png", "webp": ".webp"}
 #: Split name in the shards/_info.json → folder name in the image-folder export (ImageNet's names).
 IMAGEFOLDER_SPLITS = {"train": "train", "validation": "val"}
+#: What to do with a class that keeps images but not more than ``val_per_class`` (see the module docstring).
+SMALL_CLASS_POLICIES = ("error", "train", "drop")
+#: Generated tars kept open at once while copying samples.
+MAX_OPEN_TARS = 32
 
 
 @dataclass(frozen=True)
@@ -74,20 +107,32 @@ class ReleaseConfig:
         shard_size: largest number of samples per tar shard.
         imagefolder: also export ``train/{wnid}/*.JPEG`` and ``val/{wnid}/*.JPEG`` into this folder.
         seed: seed of the train/validation split and of the shuffle across classes.
+        small_classes: a class keeping images but not more than ``val_per_class``: ``error`` (refuse),
+            ``train`` (train only) or ``drop`` (left out); the card lists such classes.
+        license: the dataset's licence when the generating model's is not in imagenet-plus's table (or to
+            override it): a Hub licence id (``apache-2.0``) or ``other:NAME:LINK``. Without it, a model of
+            unknown licence gives a card with ``license: other``, which ``publish`` refuses.
     """
 
     val_per_class: int = 50
     shard_size: int = 1000
     imagefolder: str | None = None
     seed: int = 0
+    small_classes: str = "error"
+    license: str | None = None
 
     def __post_init__(self) -> None:
+        if self.license is not None:
+            model_license("", override=self.license)  # a malformed licence is refused here, before any work
         if self.val_per_class < 0:
             raise UserError(f"release config: 'val-per-class' must be >= 0, got {self.val_per_class}")
         if self.shard_size <= 0:
             raise UserError(f"release config: 'shard-size' must be positive, got {self.shard_size}")
         if self.seed < 0:
             raise UserError(f"release config: 'seed' must be >= 0, got {self.seed}")
+        if self.small_classes not in SMALL_CLASS_POLICIES:
+            raise UserError(f"release config: 'small-classes' must be one of {', '.join(SMALL_CLASS_POLICIES)}, "
+                            f"got {self.small_classes!r}")
 
 
 def num_shards_for(n: int, shard_size: int) -> int:
@@ -115,30 +160,45 @@ def split_evenly(items: list[Any], parts: int) -> list[list[Any]]:
     return out
 
 
-def split_train_validation(kept: dict[str, list[str]], val_per_class: int, seed: int) -> tuple[list[str], list[str]]:
+def small_classes(kept: dict[str, list[str]], val_per_class: int) -> list[str]:
+    """Classes that keep images but not more than ``val_per_class`` (no image would be left for train)."""
+    if not val_per_class:
+        return []
+    return sorted(cid for cid, keys in kept.items() if keys and len(keys) <= val_per_class)
+
+
+def split_train_validation(kept: dict[str, list[str]], val_per_class: int, seed: int,
+                           small: str = "error") -> tuple[list[str], list[str]]:
     """Per class, ``val_per_class`` random kept keys go to validation, the rest to train; both shuffled.
 
     Args:
         kept: {class_id: kept keys}.
         val_per_class: validation images per class.
         seed: the seed (each class draws from its own ``random.Random(f"{seed}/{class_id}")``).
+        small: what to do with :func:`small_classes`: ``error``, ``train`` (all to train) or ``drop``.
 
     Returns:
         (train keys, validation keys), each shuffled across classes.
 
     Raises:
-        UserError: a class has kept images but not more than ``val_per_class``.
+        UserError: with ``small="error"``, a class has kept images but not more than ``val_per_class``.
     """
+    too_small = set(small_classes(kept, val_per_class))
     train, val = [], []
     for cid in sorted(kept):
         keys = sorted(kept[cid])
         if not keys:
             continue
-        if val_per_class and len(keys) <= val_per_class:
-            raise UserError(
-                f"class {cid} has only {len(keys)} kept image(s), not more than --val-per-class {val_per_class}: "
-                "lower --val-per-class or top the class up ('imagenet-plus generate --top-up')"
-            )
+        if cid in too_small:
+            if small == "error":
+                raise UserError(
+                    f"class {cid} has only {len(keys)} kept image(s), not more than --val-per-class "
+                    f"{val_per_class}: lower --val-per-class, top the class up ('imagenet-plus generate --top-up') "
+                    "or pass --small-classes train (or drop)"
+                )
+            if small == "train":
+                train.extend(keys)
+            continue
         random.Random(f"{seed}/{cid}").shuffle(keys)
         val.extend(keys[:val_per_class])
         train.extend(keys[val_per_class:])
@@ -147,65 +207,294 @@ def split_train_validation(kept: dict[str, list[str]], val_per_class: int, seed:
     return train, val
 
 
+# ------------------------------------------------------------------------------------------------------------
+# step 1: what goes where (selection + class set)
+
+
+def _check_name(value: str, what: str, source: Path) -> None:
+    """Class ids and keys become folder and file names: letters, digits, ``_`` and ``-`` only."""
+    if not KEY_PATTERN.match(value):
+        raise UserError(f"{source}: {what} {value!r} is not a safe name (letters, digits, _ and - only)")
+
+
 @dataclass(frozen=True)
-class _Member:
-    tar: Path
-    offset: int
-    size: int
+class ReleasePlan:
+    """What the release holds: the class set, the kept samples and their split, in write order.
+
+    Attributes:
+        classes: the class records of ``classes.json``, in label order.
+        rows: kept key → row in the per-sample arrays (here and in :class:`SampleIndex`).
+        class_index: (n,) index into ``classes`` of each kept row.
+        composite: (n,) the select composite of each kept row.
+        splits: split → keys in the order they are written.
+        small: classes too small for a validation image (see :func:`small_classes`).
+    """
+
+    classes: list[dict[str, Any]]
+    rows: dict[str, int]
+    class_index: Any
+    composite: Any
+    splits: dict[str, list[str]]
+    small: list[str]
+
+    def class_of(self, key: str) -> str:
+        return self.classes[int(self.class_index[self.rows[key]])]["id"]
+
+    def per_class_counts(self) -> dict[str, Counter]:
+        """split → Counter of class id."""
+        return {s: Counter(self.class_of(k) for k in keys) for s, keys in self.splits.items()}
+
+
+def plan_release(paths: RunPaths, cfg: ReleaseConfig) -> ReleasePlan:
+    """Read the kept rows of ``selection.parquet`` and split them (nothing is written).
+
+    Raises:
+        UserError: unreadable selection, nothing kept, a class id or key that is not a safe file name, a class
+            id not in ``classes.json``, or (``small_classes="error"``) a class too small for validation.
+    """
+    import numpy as np
+    import pandas as pd
+
+    classes = read_class_records(paths)
+    for c in classes:
+        _check_name(str(c.get("id")), "class id", paths.classes_json)
+    position = {c["id"]: i for i, c in enumerate(classes)}
+    try:
+        sel = pd.read_parquet(paths.selection_parquet, columns=["key", "class_id", "kept", COMPOSITE])
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise UserError(f"unreadable {paths.selection_parquet}: {exc}") from None
+    sel = sel[sel["kept"].astype(bool)]
+    if sel.empty:
+        raise UserError(f"{paths.selection_parquet} keeps no image: loosen the thresholds and run select again")
+    keys = sel["key"].astype(str).tolist()
+    kept: dict[str, list[str]] = {c["id"]: [] for c in classes}
+    class_index = np.empty(len(keys), dtype=np.int32)
+    for i, (key, cid) in enumerate(zip(keys, sel["class_id"].astype(str), strict=True)):
+        if cid not in position:
+            _check_name(cid, "class id", paths.selection_parquet)
+            raise UserError(f"{paths.selection_parquet}: class id {cid!r} is not in {paths.classes_json}")
+        _check_name(key, "key", paths.selection_parquet)
+        kept[cid].append(key)
+        class_index[i] = position[cid]
+    train, val = split_train_validation(kept, cfg.val_per_class, cfg.seed, cfg.small_classes)
+    return ReleasePlan(classes=classes, rows={k: i for i, k in enumerate(keys)}, class_index=class_index,
+                       composite=sel[COMPOSITE].to_numpy(dtype=np.float64, na_value=np.nan),
+                       splits={"train": train, "validation": val}, small=small_classes(kept, cfg.val_per_class))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# step 2: where the samples are (one pass over the generated tars) and their scores
 
 
 @dataclass
-class _Index:
-    """Where the kept samples' members are, their raw json, and what the metadata holds overall."""
+class SampleIndex:
+    """Byte ranges of each kept sample's image and json members, and what the metadata holds overall.
 
-    members: dict[str, dict[str, _Member]]
-    raw_json: dict[str, bytes]  # kept as bytes (parsed when written): ~3x less memory at ImageNet scale
-    extra_meta: dict[str, str]  # metadata fields beyond META_FIELDS → dtype
+    Attributes:
+        tars: the generated tars.
+        tar: (n,) index into ``tars`` of each kept row (-1: not found).
+        image: (n, 2) offset and size of the image member.
+        json: (n, 2) offset and size of the json member (-1: none).
+        has_cls: (n,) the sample has a ``cls`` member.
+        image_exts: the image members seen.
+        extra_meta: metadata fields beyond :data:`~imagenet_plus.contract.SAMPLE_FIELDS` → dtype.
+        schedulers: the schedulers named in the metadata.
+    """
+
+    tars: list[Path]
+    tar: Any
+    image: Any
+    json: Any
+    has_cls: Any
+    image_exts: set[str]
+    extra_meta: dict[str, str]
     schedulers: set[str]
 
+    @property
+    def image_ext(self) -> str:
+        return next(iter(self.image_exts))
 
-def _index_generated(paths: RunPaths, wanted: set[str]) -> _Index:
-    """Byte offsets of every member of the wanted keys in ``RUN/generated/*.tar`` (tar headers only)."""
-    idx = _Index({}, {}, {}, set())
+
+def index_generated(paths: RunPaths, rows: dict[str, int]) -> SampleIndex:
+    """Read the tar headers of ``RUN/generated/*.tar`` (and the json of kept samples) once.
+
+    Raises:
+        UserError: no shards, a corrupt shard, a kept key in no shard, a kept sample without an image, ``cls`` or
+            ``json`` member, or kept samples with different image members.
+    """
+    import numpy as np
+
     tars = sorted(paths.generated.glob("*.tar"))
     if not tars:
         raise UserError(f"no shards in {paths.generated}: nothing to release")
-    for tar in tars:
+    n = len(rows)
+    idx = SampleIndex(tars, np.full(n, -1, np.int32), np.full((n, 2), -1, np.int64), np.full((n, 2), -1, np.int64),
+                      np.zeros(n, bool), set(), {}, set())
+    for t, tar in enumerate(tars):
         try:
             with tarfile.open(tar, "r:") as tf:
                 for info in tf:
-                    if not info.isfile():
-                        continue
-                    key, _, ext = info.name.partition(".")
-                    if key not in wanted:
-                        continue
-                    idx.members.setdefault(key, {})[ext] = _Member(tar, info.offset_data, info.size)
-                    if ext == "json":
-                        raw = tf.extractfile(info).read()  # type: ignore[union-attr]
-                        meta = json.loads(raw)
-                        idx.raw_json[key] = raw
-                        if meta.get("scheduler"):
-                            idx.schedulers.add(str(meta["scheduler"]))
-                        for k, v in meta.items():
-                            if k not in META_FIELDS and k != "scores" and (dtype := _infer_dtype(v)):
-                                idx.extra_meta.setdefault(k, dtype)
+                    if info.isfile():
+                        _index_member(idx, tf, info, t, rows)
         except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as exc:
             raise UserError(f"corrupt or truncated shard {tar}: {exc}") from None
-    missing = sorted(wanted - set(idx.members))
-    if missing:
-        raise UserError(f"key {missing[0]} is in {paths.selection_parquet} but in no shard of {paths.generated}")
+    _check_index(idx, rows, paths)
     return idx
 
 
-def _read_member(m: _Member, handles: dict[Path, Any]) -> bytes:
-    f = handles.get(m.tar)
-    if f is None:
-        f = handles[m.tar] = open(m.tar, "rb")
-    f.seek(m.offset)
-    data = f.read(m.size)
-    if len(data) != m.size:
-        raise UserError(f"corrupt or truncated shard {m.tar}")
-    return data
+def _index_member(idx: SampleIndex, tf: tarfile.TarFile, info: tarfile.TarInfo, t: int, rows: dict[str, int]) -> None:
+    key, ext = split_member_name(info.name)
+    r = rows.get(key)
+    if r is None:
+        return
+    idx.tar[r] = t
+    if ext in IMAGE_EXTENSIONS:
+        idx.image[r] = (info.offset_data, info.size)
+        idx.image_exts.add(ext)
+    elif ext == "cls":
+        idx.has_cls[r] = True
+    elif ext == "json":
+        idx.json[r] = (info.offset_data, info.size)
+        meta = json.loads(tf.extractfile(info).read())  # type: ignore[union-attr]
+        if meta.get("scheduler"):
+            idx.schedulers.add(str(meta["scheduler"]))
+        for k, v in meta.items():
+            if k not in SAMPLE_FIELDS and k != SCORES_MEMBER and (dtype := _infer_dtype(v)):
+                idx.extra_meta.setdefault(k, dtype)
+
+
+def _check_index(idx: SampleIndex, rows: dict[str, int], paths: RunPaths) -> None:
+    import numpy as np
+
+    keys = list(rows)
+    missing = sorted(keys[i] for i in np.flatnonzero(idx.tar < 0))
+    if missing:
+        raise UserError(f"key {missing[0]} is in {paths.selection_parquet} but in no shard of {paths.generated}")
+    if len(idx.image_exts) != 1:
+        raise UserError(f"the kept samples in {paths.generated} mix image members {sorted(idx.image_exts)}")
+    for what, bad in ((idx.image_ext, idx.image[:, 0] < 0), ("cls", ~idx.has_cls), ("json", idx.json[:, 0] < 0)):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise UserError(f"sample {keys[i]} in {idx.tars[idx.tar[i]]} has no '{what}' member")
+
+
+class ScoreColumns:
+    """The release scores of the kept rows, one typed array per column (NaN, or -1 for booleans, when null)."""
+
+    def __init__(self, n: int) -> None:
+        import numpy as np
+
+        self.names = [k for k in RELEASE_SCORE_FIELDS if k != COMPOSITE]
+        self.values = {k: (np.full(n, -1, np.int8) if RELEASE_SCORE_FIELDS[k] == "bool" else np.full(n, np.nan))
+                       for k in self.names}
+
+    def fill(self, rows: Any, df: Any) -> None:
+        """Set rows ``rows`` from the matching rows of a scores frame."""
+        import numpy as np
+        import pandas as pd
+
+        for k in self.names:
+            if k not in df.columns:
+                continue
+            if RELEASE_SCORE_FIELDS[k] == "bool":
+                b = df[k].astype("boolean")
+                self.values[k][rows] = np.where(b.isna(), -1, b.fillna(False).astype(np.int8))
+            else:
+                self.values[k][rows] = pd.to_numeric(df[k], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def row(self, r: int) -> dict[str, Any]:
+        """The scores of row ``r`` as JSON values (None when not computed)."""
+        out: dict[str, Any] = {}
+        for k in self.names:
+            v = self.values[k][r]
+            dtype = RELEASE_SCORE_FIELDS[k]
+            if dtype == "bool":
+                out[k] = None if v < 0 else bool(v)
+            elif math.isnan(v):
+                out[k] = None
+            else:
+                out[k] = int(v) if dtype == "int64" else float(v)
+        return out
+
+
+def read_release_scores(paths: RunPaths, rows: dict[str, int]) -> ScoreColumns:
+    """The score columns of the kept rows, read file by file (only the release score columns)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    out = ScoreColumns(len(rows))
+    for f in paths.scored_parquets():
+        try:
+            names = pq.read_schema(f).names
+            df = pd.read_parquet(f, columns=["key", *(c for c in out.names if c in names)])
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise UserError(f"unreadable scores file {f}: {exc}") from None
+        where = df["key"].map(rows)
+        found = where.notna().to_numpy()
+        if found.any():
+            out.fill(where[found].to_numpy(dtype=np.int64), df[found])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# step 3: the samples, read through a bounded set of open tars
+
+
+class TarReader:
+    """Read byte ranges of tars through an LRU of at most ``max_open`` open files."""
+
+    def __init__(self, tars: list[Path], max_open: int = MAX_OPEN_TARS) -> None:
+        self.tars, self.max_open = tars, max_open
+        self._open: OrderedDict[int, Any] = OrderedDict()
+
+    def read(self, t: int, offset: int, size: int) -> bytes:
+        f = self._open.pop(t, None)
+        if f is None:
+            f = open(self.tars[t], "rb")
+            while len(self._open) >= self.max_open:
+                self._open.popitem(last=False)[1].close()
+        self._open[t] = f
+        f.seek(offset)
+        data = f.read(size)
+        if len(data) != size:
+            raise UserError(f"corrupt or truncated shard {self.tars[t]}")
+        return data
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+    def __enter__(self) -> TarReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class ReleaseSources:
+    """Everything a release sample is built from."""
+
+    plan: ReleasePlan
+    index: SampleIndex
+    scores: ScoreColumns
+
+    def image(self, key: str, reader: TarReader) -> bytes:
+        r = self.plan.rows[key]
+        off, size = self.index.image[r]
+        return reader.read(int(self.index.tar[r]), int(off), int(size))
+
+    def sample(self, key: str, reader: TarReader) -> dict[str, Any]:
+        """The release sample of ``key``: image bytes as generated, ``cls``, and the json with its scores."""
+        r = self.plan.rows[key]
+        off, size = self.index.json[r]
+        meta = json.loads(reader.read(int(self.index.tar[r]), int(off), int(size)))
+        doc = {k: _plain(meta.get(k)) for k in (*SAMPLE_FIELDS, *self.index.extra_meta)}
+        doc[SCORES_MEMBER] = self.scores.row(r)
+        doc[SCORES_MEMBER][COMPOSITE] = _plain(self.plan.composite[r])
+        return {"__key__": key, self.index.image_ext: self.image(key, reader),
+                "cls": str(int(meta["label"])).encode(), "json": json.dumps(doc, sort_keys=True).encode()}
 
 
 def _plain(value: Any) -> Any:
@@ -236,6 +525,10 @@ def _infer_dtype(value: Any) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------------------------------------------
+# fingerprint and target folders
+
+
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -246,12 +539,17 @@ def _file_digest(path: Path) -> str:
 
 def release_fingerprint(paths: RunPaths, cfg: ReleaseConfig) -> str:
     """A hash of everything a release is built from (selection, shards, scores, classes, settings)."""
+    settings: dict[str, Any] = {"val_per_class": cfg.val_per_class, "shard_size": cfg.shard_size, "seed": cfg.seed}
+    if cfg.small_classes != ReleaseConfig.small_classes:  # only when set: older fingerprints stay valid
+        settings["small_classes"] = cfg.small_classes
+    if cfg.license is not None:
+        settings["license"] = cfg.license
     listing = {
         "selection": _file_digest(paths.selection_parquet),
         "classes": _file_digest(paths.classes_json),
         "generated": [(p.name, p.stat().st_size) for p in sorted(paths.generated.glob("*.tar"))],
-        "scores": [(p.name, _file_digest(p)) for p in sorted(paths.scores.glob("*.parquet"))],
-        "settings": {"val_per_class": cfg.val_per_class, "shard_size": cfg.shard_size, "seed": cfg.seed},
+        "scores": [(p.name, _file_digest(p)) for p in paths.scored_parquets()],
+        "settings": settings,
         "config_hash": read_run_yaml(paths).get("config_hash"),
     }
     return stable_hash(listing)
@@ -283,10 +581,125 @@ def _check_target(folder: Path, marker: str, fingerprint: str, what: str) -> boo
     )
 
 
+def _fresh_partial(final: Path) -> Path:
+    tmp = final.with_name(final.name + PARTIAL_SUFFIX)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def _promote(tmp: Path, final: Path) -> None:
     if final.exists():
         final.rmdir()  # only ever an empty folder here (checked by _check_target)
     os.replace(tmp, final)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the stage
+
+
+def run_release(run: str | Path, out: str | Path, cfg: ReleaseConfig) -> Path:
+    """Build the release folder ``out`` from the kept images of ``run`` (see the module docstring).
+
+    Args:
+        run: the run directory (``select`` done).
+        out: the release folder to create.
+        cfg: the release settings.
+
+    Returns:
+        The release folder.
+
+    Raises:
+        UserError: ``select`` not run, a class too small for the validation split, corrupt inputs, a class id
+            or key that is not a safe file name, or ``out`` (or the image folder) holding something else.
+    """
+    paths = run_paths(run)
+    out = Path(out)
+    if not paths.selection_parquet.is_file():
+        raise UserError(f"{paths.selection_parquet} not found: run 'imagenet-plus select {paths.root}' before release")
+    fingerprint = release_fingerprint(paths, cfg)
+    rel_done = _check_target(out, INFO_NAME, fingerprint, "--out")
+    folder = Path(cfg.imagefolder) if cfg.imagefolder else None
+    folder_done = _check_target(folder, IMAGEFOLDER_MARKER, fingerprint, "--imagefolder") if folder else True
+    if rel_done and folder_done:
+        return out
+    plan = plan_release(paths, cfg)
+    index = index_generated(paths, plan.rows)
+    sources = ReleaseSources(plan, index, read_release_scores(paths, plan.rows))
+    if not rel_done:
+        _write_release(paths, out, cfg, fingerprint, sources)
+    if folder is not None and not folder_done:
+        _write_imagefolder(folder, fingerprint, sources)
+    return out
+
+
+@dataclass(frozen=True)
+class WrittenSplits:
+    """What :func:`_write_shards` wrote: the splits in ``_info.json``'s form and their sizes in bytes."""
+
+    info: dict[str, SplitInfo]
+    nbytes: dict[str, int]
+
+    def counts(self) -> dict[str, int]:
+        return {s: i.num_samples for s, i in self.info.items()}
+
+
+def _write_shards(tmp: Path, cfg: ReleaseConfig, sources: ReleaseSources) -> WrittenSplits:
+    """Write ``tmp/data/{split}-NNNNN.tar`` for every non-empty split."""
+    rel = ReleasePaths(tmp)
+    rel.data.mkdir(parents=True)
+    info: dict[str, SplitInfo] = {}
+    nbytes: dict[str, int] = {}
+    splits = sources.plan.splits
+    bar = progress_bar(sum(len(v) for v in splits.values()), "release")
+    try:
+        with TarReader(sources.index.tars) as reader:
+            for split in SPLITS:
+                keys = splits.get(split) or []
+                if not keys:
+                    continue
+                names, lengths = [], []
+                for s, chunk in enumerate(split_evenly(keys, num_shards_for(len(keys), cfg.shard_size))):
+                    with PartialTarWriter(rel.shard(split, s)) as w:
+                        for key in chunk:
+                            w.write(sources.sample(key, reader))
+                            bar.update(1)
+                    names.append(release_shard_name(split, s))
+                    lengths.append(len(chunk))
+                info[split] = SplitInfo(name=split, num_samples=len(keys), filenames=names, shard_lengths=lengths)
+                nbytes[split] = sum(rel.shard(split, s).stat().st_size for s in range(len(names)))
+    finally:
+        bar.close()
+    return WrittenSplits(info, nbytes)
+
+
+def _write_release(paths: RunPaths, out: Path, cfg: ReleaseConfig, fingerprint: str, sources: ReleaseSources) -> None:
+    """Shards, then ``_info.json``, then the card, all in ``out.partial``; renamed to ``out`` when complete."""
+    tmp = _fresh_partial(out)
+    written = _write_shards(tmp, cfg, sources)
+    run_yaml = read_run_yaml(paths)
+    classes = sources.plan.classes
+    info = ReleaseInfo(
+        name=out.name,
+        fingerprint=fingerprint,
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        image_ext=sources.index.image_ext,
+        num_classes=len(classes),
+        classes=[{"label": c["label"], "id": c["id"], "name": c["name"]} for c in classes],
+        config_hash=run_yaml.get("config_hash"),
+        splits=written.info,
+    )
+    rel = ReleasePaths(tmp)
+    info.write(rel.info_json)
+    card = _card_text(CardInputs.gather(paths, run_yaml, info, written, sources, cfg))
+    validate_card(card, str(ReleasePaths(out).card))
+    rel.card.write_text(card, encoding="utf-8")
+    _promote(tmp, out)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the card
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -321,160 +734,45 @@ def _read_json_file(path: Path) -> dict[str, Any]:
         raise UserError(f"unreadable {path}: {exc}") from None
 
 
-def run_release(run: str | Path, out: str | Path, cfg: ReleaseConfig) -> Path:
-    """Build the release folder ``out`` from the kept images of ``run`` (see the module docstring).
-
-    Args:
-        run: the run directory (``select`` done).
-        out: the release folder to create.
-        cfg: the release settings.
-
-    Returns:
-        The release folder.
-
-    Raises:
-        UserError: ``select`` not run, a class too small for the validation split, corrupt inputs, or
-            ``out`` (or the image folder) holding something else.
-    """
-    import pandas as pd
-
-    paths = run_paths(run)
-    out = Path(out)
-    if not paths.selection_parquet.is_file():
-        raise UserError(f"{paths.selection_parquet} not found: run 'imagenet-plus select {paths.root}' before release")
-    fingerprint = release_fingerprint(paths, cfg)
-    rel_done = _check_target(out, INFO_NAME, fingerprint, "--out")
-    folder = Path(cfg.imagefolder) if cfg.imagefolder else None
-    folder_done = _check_target(folder, IMAGEFOLDER_MARKER, fingerprint, "--imagefolder") if folder else True
-    if rel_done and folder_done:
-        return out
-
-    try:
-        sel = pd.read_parquet(paths.selection_parquet)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise UserError(f"unreadable {paths.selection_parquet}: {exc}") from None
-    classes = read_class_records(paths)
-    class_ids = [c["id"] for c in classes]
-    kept_rows = sel[sel["kept"].astype(bool)]
-    if kept_rows.empty:
-        raise UserError(f"{paths.selection_parquet} keeps no image: loosen the thresholds and run select again")
-    kept: dict[str, list[str]] = {cid: [] for cid in class_ids}
-    for key, cid in zip(kept_rows["key"], kept_rows["class_id"], strict=True):
-        if cid not in kept:
-            raise UserError(f"{paths.selection_parquet}: class id {cid!r} is not in {paths.classes_json}")
-        kept[cid].append(str(key))
-    train, val = split_train_validation(kept, cfg.val_per_class, cfg.seed)
-    composite = dict(zip(sel["key"], sel["composite"], strict=True))
-    idx = _index_generated(paths, set(train) | set(val))
-    index, extra_meta = idx.members, idx.extra_meta
-    scores = _read_scores(paths, set(train) | set(val))
-
-    image_exts = {ext for members in index.values() for ext in members if ext in IMAGE_EXTENSIONS}
-    if len(image_exts) != 1:
-        raise UserError(f"the kept samples in {paths.generated} mix image members {sorted(image_exts)}")
-    image_ext = image_exts.pop()
-
-    def sample_of(key: str, handles: dict[Path, Any]) -> dict[str, Any]:
-        members = index[key]
-        for ext in (image_ext, "cls", "json"):
-            if ext not in members:
-                raise UserError(f"sample {key} in {members[next(iter(members))].tar} has no '{ext}' member")
-        meta = json.loads(idx.raw_json[key])
-        doc = {k: _plain(meta.get(k)) for k in (*META_FIELDS, *extra_meta)}
-        row = scores.get(key, {})
-        doc["scores"] = {k: _plain(row.get(k)) for k in SCORE_FIELDS if k != "composite"}
-        doc["scores"]["composite"] = _plain(composite.get(key))
-        return {"__key__": key, image_ext: _read_member(members[image_ext], handles),
-                "cls": str(int(meta["label"])).encode(), "json": json.dumps(doc, sort_keys=True).encode()}
-
-    splits = {"train": train, "validation": val}
-    schedulers = sorted(idx.schedulers)
-    if not rel_done:
-        _write_release(paths, out, cfg, fingerprint, splits, sample_of, classes, kept, image_ext, extra_meta,
-                       ", ".join(schedulers))
-    if folder is not None and not folder_done:
-        class_of = dict(zip(kept_rows["key"].astype(str), kept_rows["class_id"].astype(str), strict=True))
-        _write_imagefolder(folder, fingerprint, splits, index, class_of, image_ext)
-    return out
+#: Classes listed by name in the card's small-class line (the rest are counted).
+MAX_LISTED_CLASSES = 50
 
 
-def _read_scores(paths: RunPaths, wanted: set[str]) -> dict[str, dict[str, Any]]:
-    import pandas as pd
+@dataclass(frozen=True)
+class CardInputs:
+    """What the card is rendered from."""
 
-    out: dict[str, dict[str, Any]] = {}
-    for f in sorted(paths.scores.glob("*.parquet")):
-        try:
-            df = pd.read_parquet(f)
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise UserError(f"unreadable scores file {f}: {exc}") from None
-        cols = [c for c in SCORE_FIELDS if c in df.columns]
-        df = df[df["key"].isin(wanted)]
-        for rec in df[["key", *cols]].to_dict("records"):
-            out[rec.pop("key")] = rec
-    return out
+    run_yaml: dict[str, Any]
+    summary: dict[str, Any]
+    selection: SelectionSummary | None
+    info: ReleaseInfo
+    written: WrittenSplits
+    per_class: dict[str, Counter]
+    extra_meta: dict[str, str]
+    scheduler: str
+    small: list[str]
+    small_policy: str
+    license: str | None = None
+    diagnosis: dict[str, Any] = field(default_factory=dict)
 
-
-def _write_release(paths: RunPaths, out: Path, cfg: ReleaseConfig, fingerprint: str, splits: dict[str, list[str]],
-                   sample_of: Any, classes: list[dict], kept: dict[str, list[str]], image_ext: str,
-                   extra_meta: dict[str, str], scheduler: str) -> None:
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "data").mkdir(parents=True)
-    info_splits: dict[str, Any] = {}
-    split_bytes: dict[str, int] = {}
-    handles: dict[Path, Any] = {}
-    total = sum(len(v) for v in splits.values())
-    bar = progress_bar(total, "release")
-    try:
-        for split, keys in splits.items():
-            if not keys:
-                continue
-            names, lengths, nbytes = [], [], 0
-            for s, chunk in enumerate(split_evenly(keys, num_shards_for(len(keys), cfg.shard_size))):
-                name = f"data/{split}-{s:05d}.tar"
-                with PartialTarWriter(tmp / name) as w:
-                    for key in chunk:
-                        w.write(sample_of(key, handles))
-                        bar.update(1)
-                names.append(name)
-                lengths.append(len(chunk))
-                nbytes += (tmp / name).stat().st_size
-            info_splits[split] = {"name": split, "num_samples": len(keys), "filenames": names,
-                                  "shard_lengths": lengths}
-            split_bytes[split] = nbytes
-    finally:
-        bar.close()
-        for f in handles.values():
-            f.close()
-    run_yaml = read_run_yaml(paths)
-    info = {
-        "name": out.name,
-        "fingerprint": fingerprint,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "image_ext": image_ext,
-        "num_classes": len(classes),
-        "classes": [{"label": c["label"], "id": c["id"], "name": c["name"]} for c in classes],
-        "config_hash": run_yaml.get("config_hash"),
-        "splits": info_splits,
-    }
-    write_json_atomic(tmp / INFO_NAME, info)
-    card = _card_text(paths, run_yaml, info, classes, kept, splits, split_bytes, image_ext, extra_meta, scheduler)
-    validate_card(card, str(out / "README.md"))
-    (tmp / "README.md").write_text(card, encoding="utf-8")
-    _promote(tmp, out)
+    @classmethod
+    def gather(cls, paths: RunPaths, run_yaml: dict[str, Any], info: ReleaseInfo, written: WrittenSplits,
+               sources: ReleaseSources, cfg: ReleaseConfig) -> CardInputs:
+        selection = SelectionSummary.read(paths.selection_json) if paths.selection_json.is_file() else None
+        return cls(run_yaml=run_yaml, summary=_read_json_file(paths.summary_json), selection=selection, info=info,
+                   written=written, per_class=sources.plan.per_class_counts(), extra_meta=sources.index.extra_meta,
+                   scheduler=", ".join(sorted(sources.index.schedulers)), small=sources.plan.small,
+                   small_policy=cfg.small_classes, license=cfg.license,
+                   diagnosis=_read_json_file(paths.diagnosis_json))
 
 
-def _card_text(paths: RunPaths, run_yaml: dict[str, Any], info: dict[str, Any], classes: list[dict],
-               kept: dict[str, list[str]], splits: dict[str, list[str]], split_bytes: dict[str, int], image_ext: str,
-               extra_meta: dict[str, str], scheduler: str) -> str:
-    config = run_yaml.get("config", {})
-    summary = _read_json_file(paths.summary_json)
-    selection = _read_json_file(paths.selection_json)
+def _card_yaml(inp: CardInputs) -> dict[str, Any]:
+    """The card's YAML header: license from the model, configs per split, dataset_info from datasets."""
+    config = inp.run_yaml.get("config", {})
     model = str(config.get("model", "unknown"))
-    lic, lic_name, lic_link, lic_note = model_license(model)
-    counts = {s: len(k) for s, k in splits.items() if k}
-    features = release_features([c["id"] for c in classes], image_ext, extra_meta)
+    lic, lic_name, lic_link, _ = model_license(model, override=inp.license)
+    counts = inp.written.counts()
+    features = release_features([c["id"] for c in inp.info.classes], inp.info.image_ext, inp.extra_meta)
     card_yaml: dict[str, Any] = {
         "pretty_name": f"imagenet-plus: synthetic {config.get('classes', 'image classes')} ({model})",
         "license": lic,
@@ -482,37 +780,115 @@ def _card_text(paths: RunPaths, run_yaml: dict[str, Any], info: dict[str, Any], 
         "size_categories": [size_category(sum(counts.values()))],
         "tags": ["synthetic", "imagenet", "webdataset", "diffusion"],
         "configs": [{"config_name": "default", "data_files": [
-            {"split": s, "path": f"data/{s}-*.tar"} for s in counts]}],
-        "dataset_info": dataset_info_yaml(features, counts, split_bytes),
+            {"split": s, "path": f"{RELEASE_DATA_DIR}/{s}-*.tar"} for s in counts]}],
+        "dataset_info": dataset_info_yaml(features, counts, inp.written.nbytes),
     }
     if lic_name:
         card_yaml["license_name"] = lic_name
         card_yaml["license_link"] = lic_link
-    split_of = {k: s for s, keys in splits.items() for k in keys}
-    pass_rate = selection.get("pass_rate", {})
-    rows = []
-    for c in classes:
-        ks = kept.get(c["id"], [])
-        rows.append({"label": c["label"], "id": c["id"], "name": c["name"],
-                     "train": sum(split_of.get(k) == "train" for k in ks),
-                     "validation": sum(split_of.get(k) == "validation" for k in ks),
-                     "pass_rate": _fmt(pass_rate.get(c["id"]), 3)})
-    n_train = counts.get("train", 0)
-    n_train_shards = len(info["splits"].get("train", {}).get("filenames", []))
-    th = {k: v for k, v in (selection.get("thresholds") or {}).items() if v not in (None, False)}
-    scored = selection.get("num_scored") or 0
-    passed = sum(selection.get("reasons", {}).get(r, 0) for r in ("kept", "over_quota"))
-    models = summary.get("models") or {}
+    return card_yaml
+
+
+def _class_rows(inp: CardInputs) -> list[dict[str, Any]]:
+    pass_rate = inp.selection.pass_rate if inp.selection else {}
+    return [{"label": c["label"], "id": c["id"], "name": c["name"],
+             "train": inp.per_class.get("train", Counter())[c["id"]],
+             "validation": inp.per_class.get("validation", Counter())[c["id"]],
+             "pass_rate": _fmt(pass_rate.get(c["id"]), 3)} for c in inp.info.classes]
+
+
+def _selection_context(inp: CardInputs, released: int) -> dict[str, Any]:
+    sel = inp.selection
+    th = {k: v for k, v in ((sel.thresholds if sel else None) or {}).items() if v not in (None, False)}
+    scored = (sel.num_scored if sel else 0) or 0
+    passed = sel.num_passed if sel else 0
+    listed = ", ".join(inp.small[:MAX_LISTED_CLASSES])
+    if len(inp.small) > MAX_LISTED_CLASSES:
+        listed += f" and {len(inp.small) - MAX_LISTED_CLASSES} more"
+    return {
+        "thresholds": ", ".join(f"`{k}: {v}`" for k, v in th.items()) or "defaults",
+        "quota": sel.per_class_quota if sel else None,
+        "num_kept": sel.num_kept if sel else released,
+        "num_scored": scored,
+        "overall_pass_rate": f"{passed / scored:.1%}" if scored else "n/a",
+        "dropped_classes": (sel.dropped_classes if sel else None) or [],
+        "flagged_classes": (sel.flagged_classes if sel else None) or [],
+        "short_classes": ", ".join(f"{k} ({v} missing)" for k, v in ((sel.short if sel else None) or {}).items()),
+        "train_only_classes": listed if inp.small_policy == "train" else "",
+        "small_dropped_classes": listed if inp.small_policy == "drop" else "",
+        "num_small_classes": len(inp.small),
+    }
+
+
+def _nsfw_filter_text(inp: CardInputs, models: dict[str, Any]) -> str:
+    """One sentence for the card: which NSFW checks ran and whether select dropped what they flagged."""
+    detector = models.get("nsfw_detector")
+    th = (inp.selection.thresholds if inp.selection else None) or {}
+    checks = ["the generator's safety checker, where the model has one"]
+    if detector and detector != "none":
+        checks.append(f"the independent detector `{detector}` run by `imagenet-plus score`")
+    else:
+        checks.append("no independent detector (`score --nsfw-model none`, or scored before it existed)")
+    how = " and ".join(checks)
+    if not th.get("drop_nsfw", True):
+        return f"NSFW checks: {how}; flagged images were NOT dropped (`drop-nsfw: false`)."
+    limit = th.get("nsfw_score_max", 0.5)
+    return f"NSFW checks: {how}; images flagged by either (detector P(nsfw) > {limit}) were dropped."
+
+
+def _joined(value: Any) -> str:
+    return ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value or "")
+
+
+def _diagnosis_context(diagnosis: dict[str, Any]) -> dict[str, Any] | None:
+    """The card's diagnosis section from ``RUN/diagnosis.json`` (None when the run was not diagnosed).
+
+    Lists the classes per verdict (``verdict_counts``) and the flagged classes worst first (``flagged_classes``,
+    as many as ``diagnose`` listed), with the prompt strategies a ``generate --top-up --remedy`` would use.
+    """
+    from imagenet_plus.contract import DIAGNOSIS_JSON
+    from imagenet_plus.diagnose import VERDICT_OK
+
+    if not diagnosis:
+        return None
+    counts = diagnosis.get("verdict_counts")
+    flagged = diagnosis.get("flagged_classes")
+    if not isinstance(counts, dict) or not isinstance(flagged, list):
+        raise UserError(f"RUN/{DIAGNOSIS_JSON} lacks 'verdict_counts' or 'flagged_classes': "
+                        "re-run 'imagenet-plus diagnose'")
+    num_ok = int(counts.get(VERDICT_OK, 0) or 0)
+    num_flagged = sum(int(v or 0) for k, v in counts.items() if k != VERDICT_OK)
+    rows = [{"class_id": r.get("class_id"), "name": r.get("name"), "verdict": r.get("verdict"),
+             "flags": _joined(r.get("flags")), "remedy": r.get("remedy") or ""} for r in flagged if isinstance(r, dict)]
+    return {
+        "verdict_counts": [(k, int(v or 0)) for k, v in counts.items()],
+        "num_flagged": num_flagged,
+        "num_ok": num_ok,
+        "flagged": rows,
+        "reference": diagnosis.get("reference"),
+        "note": diagnosis.get("note"),
+    }
+
+
+def _card_text(inp: CardInputs) -> str:
+    """Render the card (template variables in ``dataset_card/template.md``)."""
+    config = inp.run_yaml.get("config", {})
+    model = str(config.get("model", "unknown"))
+    card_yaml = _card_yaml(inp)
+    counts = inp.written.counts()
+    n_train_shards = len(inp.info.splits["train"].filenames) if "train" in inp.info.splits else 0
+    n_val_shards = len(inp.info.splits["validation"].filenames) if "validation" in inp.info.splits else 0
+    models = inp.summary.get("models") or {}
     context = {
         "card_yaml": card_yaml,
         "pretty_name": card_yaml["pretty_name"],
-        "num_classes": len(classes),
-        "num_train": n_train,
+        "num_classes": len(inp.info.classes),
+        "num_train": counts.get("train", 0),
         "num_validation": counts.get("validation", 0),
-        "versions": run_yaml.get("versions") or {},
+        "versions": inp.run_yaml.get("versions") or {},
         "model": model,
-        "license_note": lic_note,
-        "scheduler": config.get("scheduler") or scheduler or "model default",
+        "license_note": model_license(model, override=inp.license)[3],
+        "scheduler": config.get("scheduler") or inp.scheduler or "model default",
         "steps": config.get("steps"),
         "guidance": config.get("guidance"),
         "resolution": config.get("resolution"),
@@ -520,23 +896,18 @@ def _card_text(paths: RunPaths, run_yaml: dict[str, Any], info: dict[str, Any], 
         "negative_prompt": config.get("negative_prompt", ""),
         "seed": config.get("seed"),
         "class_spec": config.get("classes"),
-        "config_hash": run_yaml.get("config_hash"),
-        "metrics": _metrics_rows(summary),
-        "reference": summary.get("reference"),
+        "config_hash": inp.run_yaml.get("config_hash"),
+        "metrics": _metrics_rows(inp.summary),
+        "reference": inp.summary.get("reference"),
         "scoring_models": ", ".join(f"{k}: {v}" for k, v in models.items() if v) or "not recorded",
-        "thresholds": ", ".join(f"`{k}: {v}`" for k, v in th.items()) or "defaults",
-        "quota": selection.get("per_class_quota"),
-        "num_kept": selection.get("num_kept", sum(counts.values())),
-        "num_scored": scored,
-        "overall_pass_rate": f"{passed / scored:.1%}" if scored else "n/a",
-        "dropped_classes": selection.get("dropped_classes") or [],
-        "flagged_classes": selection.get("flagged_classes") or [],
-        "short_classes": ", ".join(f"{k} ({v} missing)" for k, v in (selection.get("short") or {}).items()),
+        "nsfw_filter": _nsfw_filter_text(inp, models),
+        **_selection_context(inp, sum(counts.values())),
         "is_imagenet": config.get("classes") == "imagenet-1k",
-        "classes": rows,
-        "image_ext": image_ext,
+        "classes": _class_rows(inp),
+        "diagnosis": _diagnosis_context(inp.diagnosis),
+        "image_ext": inp.info.image_ext,
         "train_shards": n_train_shards,
-        "validation_shards": len(info["splits"].get("validation", {}).get("filenames", [])),
+        "validation_shards": n_val_shards,
         "last_train_shard": f"{max(n_train_shards - 1, 0):05d}",
         "divisors": ", ".join(str(d) for d in range(1, n_train_shards + 1) if n_train_shards % d == 0),
         "year": datetime.now(timezone.utc).year,
@@ -544,25 +915,24 @@ def _card_text(paths: RunPaths, run_yaml: dict[str, Any], info: dict[str, Any], 
     return render_card(context)
 
 
-def _write_imagefolder(folder: Path, fingerprint: str, splits: dict[str, list[str]],
-                       index: dict[str, dict[str, _Member]], class_of: dict[str, str], image_ext: str) -> None:
-    tmp = folder.with_name(folder.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    handles: dict[Path, Any] = {}
+# ------------------------------------------------------------------------------------------------------------
+# the image-folder export
+
+
+def _write_imagefolder(folder: Path, fingerprint: str, sources: ReleaseSources) -> None:
+    tmp = _fresh_partial(folder)
+    splits = sources.plan.splits
+    suffix = IMAGEFOLDER_EXT[sources.index.image_ext]
     bar = progress_bar(sum(len(v) for v in splits.values()), "imagefolder")
     try:
-        for split, keys in splits.items():
-            for key in keys:
-                cid = class_of[key]
-                d = tmp / IMAGEFOLDER_SPLITS[split] / cid
-                d.mkdir(parents=True, exist_ok=True)
-                (d / f"{key}{IMAGEFOLDER_EXT[image_ext]}").write_bytes(_read_member(index[key][image_ext], handles))
-                bar.update(1)
+        with TarReader(sources.index.tars) as reader:
+            for split in SPLITS:
+                for key in splits.get(split) or []:
+                    d = tmp / IMAGEFOLDER_SPLITS[split] / sources.plan.class_of(key)
+                    d.mkdir(parents=True, exist_ok=True)
+                    (d / f"{key}{suffix}").write_bytes(sources.image(key, reader))
+                    bar.update(1)
     finally:
         bar.close()
-        for f in handles.values():
-            f.close()
     write_json_atomic(tmp / IMAGEFOLDER_MARKER, {"fingerprint": fingerprint})
     _promote(tmp, folder)

@@ -32,26 +32,47 @@ Written by hand (a 20-line numpy loop) because no maintained library offers MMR 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from imagenet_plus.configio import config_from_mapping, load_yaml_mapping
-from imagenet_plus.contract import RunPaths, read_class_records, read_run_yaml, run_paths
+from imagenet_plus.contract import (
+    COL_CLASSIFIER_PROB,
+    COL_CLASSIFIER_TOP5,
+    COL_CLIP_CLASS_PROB,
+    COL_CLIP_SCORE,
+    COL_DUP_OF,
+    COL_ISC_KL,
+    COL_NSFW_SCORE,
+    COL_REALISM,
+    COMPOSITE,
+    PASSED_REASONS,
+    REASON_DUPLICATE,
+    REASON_KEPT,
+    REASON_NOT_TOP5,
+    REASON_NSFW,
+    REASON_OVER_QUOTA,
+    REQUIRED_SCORE_COLUMNS,
+    SELECTION_COLUMNS,
+    RunPaths,
+    ScoreFiles,
+    SelectionSummary,
+    check_score_columns,
+    read_class_records,
+    read_json,
+    read_run_yaml,
+    run_paths,
+)
 from imagenet_plus.errors import UserError
-from imagenet_plus.shards import write_bytes_atomic, write_json_atomic
+from imagenet_plus.shards import write_bytes_atomic
 
-#: Columns every scores parquet must have.
-REQUIRED_SCORE_COLUMNS = ("key", "label", "class_id", "clip_score", "clip_class_prob", "isc_kl", "dup_of", "nsfw")
 #: Score columns averaged (as within-class percentile ranks) into the composite; absent/null ones are skipped.
-COMPOSITE_COLUMNS = ("clip_score", "clip_class_prob", "isc_kl", "classifier_prob", "realism")
-REASON_KEPT = "kept"
-REASON_OVER_QUOTA = "over_quota"
-REASON_NSFW = "nsfw"
-REASON_DUPLICATE = "duplicate"
-REASON_NOT_TOP5 = "not_top5"
+COMPOSITE_COLUMNS = (COL_CLIP_SCORE, COL_CLIP_CLASS_PROB, COL_ISC_KL, COL_CLASSIFIER_PROB, COL_REALISM)
+#: Every score column select reads (the rest of a scores parquet is never loaded).
+SELECT_COLUMNS = tuple(dict.fromkeys((*REQUIRED_SCORE_COLUMNS, *COMPOSITE_COLUMNS, COL_CLASSIFIER_TOP5,
+                                      COL_NSFW_SCORE)))
 CLASS_FID_ACTIONS = ("flag", "drop")
 
 
@@ -66,7 +87,9 @@ class Thresholds:
         realism_min: minimum realism score (Kynkäänniemi et al.; >= 0), or None.
         classifier_top5: require the ImageNet classifier to have the class in its top 5.
         drop_duplicates: drop images marked as near-duplicates (``dup_of`` set).
-        drop_nsfw: drop images flagged NSFW.
+        drop_nsfw: drop images flagged NSFW: by the generator's safety checker (``nsfw``) or by score's
+            independent detector (``nsfw_score`` above ``nsfw_score_max``).
+        nsfw_score_max: highest P(nsfw) from score's NSFW detector an image may have (0..1).
         class_fid_max: a class whose FID exceeds this is flagged or dropped, or None.
         class_fid_action: ``flag`` (list it in selection.json) or ``drop`` (drop all its images).
         diversity: weight of CLIP diversity against the composite when filling the quota (0..1).
@@ -79,6 +102,7 @@ class Thresholds:
     classifier_top5: bool = False
     drop_duplicates: bool = True
     drop_nsfw: bool = True
+    nsfw_score_max: float = 0.5
     class_fid_max: float | None = None
     class_fid_action: str = "flag"
     diversity: float = 0.3
@@ -89,6 +113,7 @@ class Thresholds:
         ranges = {
             "clip_score_min": (0.0, 100.0),
             "clip_class_prob_min": (0.0, 1.0),
+            "nsfw_score_max": (0.0, 1.0),
             "isc_kl_min": (0.0, math.inf),
             "realism_min": (0.0, math.inf),
             "class_fid_max": (0.0, math.inf),
@@ -142,42 +167,113 @@ class SelectConfig:
             raise UserError(f"select config: 'per-class' must be positive, got {self.per_class}")
 
 
-def _read_scores(paths: RunPaths) -> tuple[Any, Any]:
-    """All scores parquets concatenated (with a ``_shard`` column) and the matching embedding matrix."""
+class ClipRows:
+    """The CLIP image embeddings of a scores frame, read row by row from the shards' ``.clip.npy`` files.
+
+    Nothing is loaded up front: :meth:`gather` memory-maps the few files that hold the rows asked for (a small
+    LRU of maps, so open files stay bounded whatever the shard count) and copies only those rows, so picking the
+    quota of one class reads that class's rows only.
+    """
+
+    #: Memory maps kept open at once (each holds one file descriptor).
+    MAX_OPEN = 16
+
+    def __init__(self, files: list[Path], shard: Any, row: Any, dim: int) -> None:
+        """``files[shard[i]]`` row ``row[i]`` is the embedding of frame row ``i``; ``dim`` its width."""
+        self.files, self.shard, self.row, self.dim = files, shard, row, dim
+        self._maps: dict[int, Any] = {}
+
+    def _map(self, s: int) -> Any:
+        import numpy as np
+
+        arr = self._maps.pop(s, None)
+        if arr is None:
+            arr = np.load(self.files[s], mmap_mode="r", allow_pickle=False)
+        self._maps[s] = arr  # most recently used last
+        while len(self._maps) > self.MAX_OPEN:
+            self._maps.pop(next(iter(self._maps)))
+        return arr
+
+    def gather(self, idx: Any) -> Any:
+        """float32 (len(idx), dim) embeddings of frame rows ``idx``."""
+        import numpy as np
+
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((len(idx), self.dim), dtype=np.float32)
+        shard = self.shard[idx]
+        for s in np.unique(shard):
+            mask = shard == s
+            out[mask] = self._map(int(s))[self.row[idx[mask]]]
+        return out
+
+    def close(self) -> None:
+        """Drop every memory map."""
+        self._maps.clear()
+
+
+def _score_columns_of(f: Path) -> list[str]:
+    """The columns of ``f`` select reads, after checking that the required ones are there."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(f).names
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise UserError(f"unreadable scores file {f}: {exc}") from None
+    check_score_columns(names, f)
+    return [c for c in SELECT_COLUMNS if c in names]
+
+
+def _clip_rows_of(files: ScoreFiles, n: int) -> tuple[Path, int]:
+    """The ``.clip.npy`` of a scores file of ``n`` rows, checked from its header only; returns (path, width)."""
+    import numpy as np
+
+    npy, f = files.clip, files.parquet
+    if not npy.is_file():
+        raise UserError(f"CLIP embeddings not found: {npy} (written by 'imagenet-plus score')")
+    try:
+        emb = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"unreadable CLIP embeddings {npy}: {exc}") from None
+    shape = emb.shape
+    del emb
+    if len(shape) != 2 or shape[0] != n:
+        raise UserError(f"{npy} has shape {shape}, expected {n} rows (one per row of {f.name})")
+    return npy, int(shape[1])
+
+
+def _read_scores(paths: RunPaths) -> tuple[Any, ClipRows]:
+    """The score columns select needs from every scores parquet, concatenated, and where their embeddings are.
+
+    Only :data:`SELECT_COLUMNS` are read and no embedding is loaded (see :class:`ClipRows`), so memory holds a
+    few numbers per image, not its features.
+    """
     import numpy as np
     import pandas as pd
 
-    files = sorted(p for p in paths.scores.glob("*.parquet"))
+    files = paths.scored_parquets()
     if not files:
         raise UserError(f"no scores in {paths.scores}: run 'imagenet-plus score {paths.root}' first")
-    frames, embeds = [], []
-    for f in files:
+    frames, npys, shard_of, row_of, dims = [], [], [], [], set()
+    for s, f in enumerate(files):
+        columns = _score_columns_of(f)
         try:
-            df = pd.read_parquet(f)
+            df = pd.read_parquet(f, columns=columns)
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise UserError(f"unreadable scores file {f}: {exc}") from None
-        missing = [c for c in REQUIRED_SCORE_COLUMNS if c not in df.columns]
-        if missing:
-            raise UserError(f"scores file {f} lacks column(s) {', '.join(missing)}")
-        npy = f.with_name(f.name[: -len(".parquet")] + ".clip.npy")
-        if not npy.is_file():
-            raise UserError(f"CLIP embeddings not found: {npy} (written by 'imagenet-plus score')")
-        try:
-            emb = np.load(npy, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"unreadable CLIP embeddings {npy}: {exc}") from None
-        if emb.ndim != 2 or emb.shape[0] != len(df):
-            raise UserError(f"{npy} has shape {emb.shape}, expected {len(df)} rows (one per row of {f.name})")
+        npy, dim = _clip_rows_of(paths.score_files(f.stem), len(df))
         frames.append(df)
-        embeds.append(emb.astype(np.float32))
-    dims = {e.shape[1] for e in embeds}
+        npys.append(npy)
+        dims.add(dim)
+        shard_of.append(np.full(len(df), s, dtype=np.int32))
+        row_of.append(np.arange(len(df), dtype=np.int64))
     if len(dims) > 1:
         raise UserError(f"CLIP embeddings in {paths.scores} have different widths {sorted(dims)}")
     df = pd.concat(frames, ignore_index=True)
+    del frames
     dup = df["key"][df["key"].duplicated()]
     if len(dup):
         raise UserError(f"key {dup.iloc[0]!r} appears twice in {paths.scores}")
-    return df, np.concatenate(embeds, axis=0)
+    return df, ClipRows(npys, np.concatenate(shard_of), np.concatenate(row_of), dims.pop())
 
 
 def composite_scores(df: Any) -> Any:
@@ -258,21 +354,24 @@ def _apply_rules(df: Any, th: Thresholds, class_fid: dict[str, float], drop_clas
         limit = th.class_fid_max
         fail(pd.Series(np.isin(df["class_id"], sorted(drop_classes)), index=df.index), f"class_fid>{limit:g}")
     if th.drop_nsfw:
-        fail(df["nsfw"].astype("boolean"), REASON_NSFW)
+        flagged = df["nsfw"].astype("boolean")
+        if COL_NSFW_SCORE in df.columns:
+            flagged = flagged | (pd.to_numeric(df[COL_NSFW_SCORE], errors="coerce") > th.nsfw_score_max)
+        fail(flagged, REASON_NSFW)
     if th.drop_duplicates:
-        fail(df["dup_of"].notna() & (df["dup_of"].astype(str) != ""), REASON_DUPLICATE)
-    for col, key in (("clip_score", "clip_score_min"), ("clip_class_prob", "clip_class_prob_min"),
-                     ("isc_kl", "isc_kl_min"), ("realism", "realism_min")):
+        fail(df[COL_DUP_OF].notna() & (df[COL_DUP_OF].astype(str) != ""), REASON_DUPLICATE)
+    for col, key in ((COL_CLIP_SCORE, "clip_score_min"), (COL_CLIP_CLASS_PROB, "clip_class_prob_min"),
+                     (COL_ISC_KL, "isc_kl_min"), (COL_REALISM, "realism_min")):
         limit = getattr(th, key)
         if limit is not None:
             fail(require_values(col, key) < limit, f"{col}<{limit:g}")
     if th.classifier_top5:
-        if "classifier_top5" not in df.columns or df["classifier_top5"].isna().all():
+        if COL_CLASSIFIER_TOP5 not in df.columns or df[COL_CLASSIFIER_TOP5].isna().all():
             raise UserError(
                 f"{th.source}: key 'classifier_top5' is true but the scores have no ImageNet classifier results "
                 "(only ImageNet-1k classes have them)"
             )
-        fail(df["classifier_top5"].astype("boolean") == False, REASON_NOT_TOP5)  # noqa: E712 (nullable)
+        fail(df[COL_CLASSIFIER_TOP5].astype("boolean") == False, REASON_NOT_TOP5)  # noqa: E712 (nullable)
     return reason
 
 
@@ -281,29 +380,33 @@ def select_frame(df: Any, embeddings: Any, th: Thresholds, quota: int, class_fid
 
     Args:
         df: the concatenated scores frame.
-        embeddings: (len(df), d) CLIP image embeddings in row order.
+        embeddings: the CLIP image embeddings in row order: a (len(df), d) array, or a :class:`ClipRows`
+            (then each class's rows are read when its quota is picked).
         th: the thresholds.
         quota: images to keep per class.
         class_fid: per-class FID from summary.json (may be empty).
 
     Returns:
-        A frame with ``key``, ``label``, ``class_id``, ``kept``, ``reason``, ``composite``.
+        A frame with the columns of ``selection.parquet`` (``key``, ``label``, ``class_id``, ``kept``,
+        ``reason``, ``composite``).
     """
     import numpy as np
 
+    gather = embeddings.gather if isinstance(embeddings, ClipRows) else embeddings.__getitem__
     bad = set()
     if th.class_fid_max is not None:
         bad = {c for c, fid in class_fid.items() if fid is not None and float(fid) > th.class_fid_max}
     drop = bad if th.class_fid_action == "drop" else set()
     reason = _apply_rules(df, th, class_fid, drop)
     composite = composite_scores(df)
+    comp = composite.to_numpy()
     passing = (reason == "").to_numpy()
     kept = np.zeros(len(df), dtype=bool)
     for _cid, idx in df.groupby("class_id", sort=True).indices.items():
         cand = idx[passing[idx]]
         if len(cand) == 0:
             continue
-        order = mmr_pick(composite.to_numpy()[cand], embeddings[cand], quota, th.diversity)
+        order = mmr_pick(comp[cand], gather(cand), quota, th.diversity)
         kept[cand[order]] = True
     out_reason = reason.copy()
     out_reason[kept] = REASON_KEPT
@@ -312,72 +415,85 @@ def select_frame(df: Any, embeddings: Any, th: Thresholds, quota: int, class_fid
     out["label"] = out["label"].astype("int64")
     out["kept"] = kept
     out["reason"] = out_reason.astype(str)
-    out["composite"] = composite.astype("float64")
-    return out.sort_values(["label", "key"], kind="stable").reset_index(drop=True)
+    out[COMPOSITE] = composite.astype("float64")
+    return out[list(SELECTION_COLUMNS)].sort_values(["label", "key"], kind="stable").reset_index(drop=True)
+
+
+def _quota(paths: RunPaths, cfg: SelectConfig) -> int:
+    quota = cfg.per_class
+    if quota is None:
+        quota = int(read_run_yaml(paths)["config"].get("images_per_class", 0)) or None
+    if quota is None:
+        raise UserError(f"{paths.run_yaml} has no images_per_class: pass --per-class")
+    return quota
+
+
+def summarize_selection(sel: Any, class_ids: list[str], th: Thresholds, quota: int,
+                        class_fid: dict[str, Any]) -> SelectionSummary:
+    """``selection.json`` of a selection frame: per-class pass rates, kept counts, short and dropped classes."""
+    flagged = []
+    if th.class_fid_max is not None:
+        flagged = sorted(c for c, f in class_fid.items() if f is not None and float(f) > th.class_fid_max)
+    dropped = flagged if th.class_fid_action == "drop" else []
+    total = sel.groupby("class_id")["key"].count()
+    passed = sel[sel["reason"].isin(list(PASSED_REASONS))].groupby("class_id")["key"].count()
+    kept = sel[sel["kept"]].groupby("class_id")["key"].count()
+    pass_rate = {c: round(float(passed.get(c, 0)) / float(total.get(c, 0)), 6) if total.get(c, 0) else 0.0
+                 for c in class_ids}
+    kept_n = {c: int(kept.get(c, 0)) for c in class_ids}
+    reasons = sel["reason"].value_counts().to_dict()
+    return SelectionSummary(
+        thresholds=th.to_dict(),
+        per_class_quota=quota,
+        pass_rate=pass_rate,
+        kept=kept_n,
+        short={c: quota - kept_n[c] for c in class_ids if kept_n[c] < quota and c not in dropped},
+        dropped_classes=dropped,
+        flagged_classes=flagged if th.class_fid_action == "flag" else [],
+        reasons={str(k): int(v) for k, v in sorted(reasons.items())},
+        num_kept=int(sel["kept"].sum()),
+        num_scored=len(sel),
+    )
 
 
 def run_select(run: str | Path, cfg: SelectConfig) -> dict[str, Any]:
     """Select the images to release: ``RUN/scores`` → ``RUN/selection.parquet`` + ``RUN/selection.json``.
+
+    Memory: the score columns of :data:`SELECT_COLUMNS` (a few numbers per image); CLIP embeddings are read
+    one class at a time (see :class:`ClipRows`).
 
     Args:
         run: the run directory.
         cfg: the select settings.
 
     Returns:
-        The summary written to ``RUN/selection.json``.
+        The summary written to ``RUN/selection.json`` (:class:`~imagenet_plus.contract.SelectionSummary` as a dict).
 
     Raises:
         UserError: no run directory, ``score`` not run yet, malformed thresholds or scores.
     """
+    import io
+
     paths = run_paths(run)
     if not paths.summary_json.is_file():
         raise UserError(f"{paths.summary_json} not found: run 'imagenet-plus score {paths.root}' before select")
     th = load_thresholds(cfg.thresholds)
-    try:
-        summary = json.loads(paths.summary_json.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"unreadable {paths.summary_json}: {exc}") from None
-    quota = cfg.per_class
-    if quota is None:
-        quota = int(read_run_yaml(paths)["config"].get("images_per_class", 0)) or None
-    if quota is None:
-        raise UserError(f"{paths.run_yaml} has no images_per_class: pass --per-class")
+    summary = read_json(paths.summary_json)
+    quota = _quota(paths, cfg)
     df, emb = _read_scores(paths)
     class_ids = [c["id"] for c in read_class_records(paths)]
     unknown = sorted(set(df["class_id"]) - set(class_ids))
     if unknown:
         raise UserError(f"scores in {paths.scores} name class id {unknown[0]!r}, not in {paths.classes_json}")
     class_fid = {cid: v.get("fid") for cid, v in (summary.get("per_class") or {}).items() if isinstance(v, dict)}
-    sel = select_frame(df, emb, th, quota, class_fid)
-
-    flagged = []
-    if th.class_fid_max is not None:
-        flagged = sorted(c for c, f in class_fid.items() if f is not None and float(f) > th.class_fid_max)
-    dropped = flagged if th.class_fid_action == "drop" else []
-    total = sel.groupby("class_id")["key"].count()
-    passed = sel[sel["reason"].isin([REASON_KEPT, REASON_OVER_QUOTA])].groupby("class_id")["key"].count()
-    kept = sel[sel["kept"]].groupby("class_id")["key"].count()
-    pass_rate = {c: round(float(passed.get(c, 0)) / float(total.get(c, 0)), 6) if total.get(c, 0) else 0.0
-                 for c in class_ids}
-    kept_n = {c: int(kept.get(c, 0)) for c in class_ids}
-    short = {c: quota - kept_n[c] for c in class_ids if kept_n[c] < quota and c not in dropped}
-    reasons = sel["reason"].value_counts().to_dict()
-    result = {
-        "thresholds": th.to_dict(),
-        "per_class_quota": quota,
-        "pass_rate": pass_rate,
-        "kept": kept_n,
-        "short": short,
-        "dropped_classes": dropped,
-        "flagged_classes": flagged if th.class_fid_action == "flag" else [],
-        "reasons": {str(k): int(v) for k, v in sorted(reasons.items())},
-        "num_kept": int(sel["kept"].sum()),
-        "num_scored": len(sel),
-    }
-    import io
-
+    try:
+        sel = select_frame(df, emb, th, quota, class_fid)
+    finally:
+        emb.close()
+    del df
+    result = summarize_selection(sel, class_ids, th, quota, class_fid)
     buf = io.BytesIO()
     sel.to_parquet(buf, index=False)
     write_bytes_atomic(paths.selection_parquet, buf.getvalue())
-    write_json_atomic(paths.selection_json, result)
-    return result
+    result.write(paths.selection_json)
+    return result.to_dict()

@@ -352,3 +352,17 @@ def hyponym_closure(synset: Any, include_root: bool = True, instances: bool = Fa
     if not include_root:
         seen.discard(synset)
     return sorted(seen, key=wnid_of)
+
+
+def noun_sense_count(lemma: str) -> int:
+    """How many WordNet 3.0 noun synsets the lemma names (``crane`` → 5; spaces or ``_`` between words).
+
+    A count above 1 means the name is polysemous: a text-to-image model may draw another sense of it.
+
+    Raises:
+        UserError: WordNet is not installed.
+    """
+    key = "_".join(str(lemma).strip().split())
+    if not key:
+        return 0
+    return len(wordnet().synsets(key, pos="n"))

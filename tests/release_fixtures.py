@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from imagenet_plus.contract import RunPaths
 from imagenet_plus.shards import iter_shard
 
 
@@ -25,10 +26,10 @@ def write_fake_scores(run: Path, seed: int = 0, dim: int = 16, dup_every: int = 
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    scores = run / "scores"
-    scores.mkdir(parents=True, exist_ok=True)
+    paths = RunPaths(run)
+    paths.scores.mkdir(parents=True, exist_ok=True)
     per_class: dict[str, list[str]] = {}
-    for tar in sorted((run / "generated").glob("*.tar")):
+    for tar in sorted(paths.generated.glob("*.tar")):
         rows, embs = [], []
         for sample in iter_shard(tar):
             meta = json.loads(sample["json"])
@@ -52,8 +53,9 @@ def write_fake_scores(run: Path, seed: int = 0, dim: int = 16, dup_every: int = 
         df["classifier_top5"] = df["classifier_top5"].astype("boolean")
         df["classifier_prob"] = df["classifier_prob"].astype("float64")
         df["realism"] = df["realism"].astype("float64")
-        df.to_parquet(scores / f"{tar.stem}.parquet", index=False)
-        np.save(scores / f"{tar.stem}.clip.npy", np.asarray(embs, dtype=np.float16))
+        files = paths.score_files(tar.stem)
+        df.to_parquet(files.parquet, index=False)
+        np.save(files.clip, np.asarray(embs, dtype=np.float16))
     class_fid = class_fid or {}
     summary = {
         "fid": 123.4, "kid_mean": 0.05, "kid_std": 0.01, "inception_score_mean": 3.2, "inception_score_std": 0.1,
@@ -64,12 +66,12 @@ def write_fake_scores(run: Path, seed: int = 0, dim: int = 16, dup_every: int = 
         "models": {"clip": "tiny-random", "inception_weights": "tiny-random", "classifier": None},
         "reference": None,
     }
-    (scores / "summary.json").write_text(json.dumps(summary, indent=2))
+    paths.summary_json.write_text(json.dumps(summary, indent=2))
     return per_class
 
 
 def make_release(tmp: Path, per_class: int = 8, quota: int = 6, val_per_class: int = 2, shard_size: int = 4,
-                 imagefolder: Path | None = None, size: int = 32) -> Path:
+                 imagefolder: Path | None = None, size: int = 32, license: str | None = None) -> Path:
     """A fake run → fake scores → real select → real release; returns the release folder."""
     from conftest import write_fake_run
 
@@ -80,7 +82,7 @@ def make_release(tmp: Path, per_class: int = 8, quota: int = 6, val_per_class: i
     write_fake_scores(run)
     run_select(run, SelectConfig(per_class=quota))
     cfg = ReleaseConfig(val_per_class=val_per_class, shard_size=shard_size,
-                        imagefolder=str(imagefolder) if imagefolder else None)
+                        imagefolder=str(imagefolder) if imagefolder else None, license=license)
     return run_release(run, tmp / "rel", cfg)
 
 

@@ -11,6 +11,8 @@ import pytest
 from conftest import FAKE_CLASSES
 from release_fixtures import make_release
 
+from imagenet_plus.contract import INFO_NAME
+
 BUILDER = Path(__file__).resolve().parent.parent / "builder_script" / "imagenet_plus_builder.py"
 WNIDS = [c["id"] for c in FAKE_CLASSES]
 
@@ -43,7 +45,7 @@ def _check_row(row: dict, info: dict) -> None:
 def test_prepared_dataset_has_typed_columns(rel: Path, tmp_path: Path) -> None:
     import datasets
 
-    info = json.loads((rel / "_info.json").read_text())
+    info = json.loads((rel / INFO_NAME).read_text())
     builder = _module().ImagenetPlusBuilder(data_dir=str(rel), cache_dir=str(tmp_path / "cache"))
     builder.download_and_prepare()
     train = builder.as_dataset(split="train")
@@ -62,7 +64,7 @@ def test_prepared_dataset_has_typed_columns(rel: Path, tmp_path: Path) -> None:
 def test_streaming_dataset_has_typed_columns(rel: Path, tmp_path: Path) -> None:
     import datasets
 
-    info = json.loads((rel / "_info.json").read_text())
+    info = json.loads((rel / INFO_NAME).read_text())
     builder = _module().ImagenetPlusBuilder(data_dir=str(rel), cache_dir=str(tmp_path / "cache"))
     stream = builder.as_streaming_dataset(split="train")
     assert isinstance(stream, datasets.IterableDataset)

@@ -104,3 +104,47 @@ def test_missing_template(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="template not found"):
         render_card({"card_yaml": {}}, template_path=tmp_path / "nope.md")
+
+
+def test_card_lists_diagnosis_when_the_run_was_diagnosed(tmp_path: Path) -> None:
+    import json
+
+    from conftest import write_fake_run
+    from release_fixtures import write_fake_scores
+
+    from imagenet_plus.release import ReleaseConfig, run_release
+    from imagenet_plus.select import SelectConfig, run_select
+
+    run = write_fake_run(tmp_path / "run", per_class=6, shard_size=10, size=32)
+    write_fake_scores(run)
+    run_select(run, SelectConfig(per_class=5))
+    ids = [c["id"] for c in FAKE_CLASSES]
+    # the layout diagnose writes (imagenet_plus.diagnose._summary)
+    diagnosis = {
+        "reference": None, "note": "no real reference: real-side columns are null", "classes": len(ids),
+        "verdict_counts": {"ambiguous": 1, "concept-failure": 0, "low-diversity": 1, "low-adherence": 0,
+                           "ok": len(ids) - 2},
+        "flagged_classes": [
+            {"class_id": ids[1], "name": "crane", "verdict": "ambiguous", "flags": "ambiguous,low-adherence",
+             "remedy": "use the gloss prompt strategy"},
+            {"class_id": ids[0], "name": "tench", "verdict": "low-diversity", "flags": "low-diversity",
+             "remedy": "use the diverse prompt strategy"},
+        ],
+        "strategies": {ids[1]: "gloss", ids[0]: "diverse"},
+        "geometry": {},
+    }
+    (run / "diagnosis.json").write_text(json.dumps(diagnosis))
+    body = (run_release(run, tmp_path / "rel", ReleaseConfig(val_per_class=1, shard_size=4)) / "README.md").read_text()
+    section = body.split("## Diagnosis", 1)[1].split("\n## ", 1)[0]
+    assert f"2 classes flagged,\n{len(ids) - 2} without a flag" in section
+    for needle in ("| ambiguous | 1 |", "| concept-failure | 0 |", "| low-diversity | 1 |", f"| ok | {len(ids) - 2} |",
+                   f"| {ids[1]} | crane | ambiguous | ambiguous,low-adherence | use the gloss prompt strategy |",
+                   f"| {ids[0]} | tench | low-diversity | low-diversity | use the diverse prompt strategy |",
+                   "no real reference"):
+        assert needle in section, needle
+    assert section.index(ids[1]) < section.index(f"| {ids[0]} |")  # worst first, as diagnose listed them
+    validate_card(body, "README.md")
+
+
+def test_card_has_no_diagnosis_section_without_a_diagnosis(card_text: str) -> None:
+    assert "## Diagnosis" not in card_text

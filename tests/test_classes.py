@@ -202,6 +202,9 @@ def test_conftest_fake_classes_read_back(tmp_path: Path) -> None:
         ("[{\"label\": 0, \"id\": \"a\", \"name\": \"a\", \"lemmas\": \"a\"}]", "'lemmas' must be a list"),
         ("{\"label\": 0}", "expected a JSON list"),
         ("[", "unreadable"),
+        ("[{\"label\": 0, \"id\": \"../x\", \"name\": \"a\"}]", "entry 1: class id '../x' contains a path separator"),
+        ("[{\"label\": 0, \"id\": \"a\\\\b\", \"name\": \"a\"}]", "contains a path separator"),
+        ("[{\"label\": 0, \"id\": \"a.b\", \"name\": \"a\"}]", "entry 1: class id 'a.b' is not letters, digits"),
     ],
 )
 def test_read_classes_json_errors(tmp_path: Path, content: str, needle: str) -> None:
@@ -258,6 +261,10 @@ BAD_FILES = {
     "unicode.json": ("[\"日本\"]", "name '日本' has no ASCII letters or digits"),
     "notalist.json": ("{\"kinds\": []}", "a mapping with a 'classes' list"),
     "classes.txt": ("fox\n", "unsupported class list extension '.txt'"),
+    "escape.csv": ("name,id\nfox,../../evil\n", "row 1 (line 2): class id '../../evil' contains a path separator"),
+    "escape.json": ("[{\"name\": \"fox\", \"id\": \"a/b\"}]", "row 1: class id 'a/b' contains a path separator"),
+    "escape.yaml": ("- {name: fox, id: 'a\\\\b'}\n", "row 1: class id 'a\\\\\\\\b' contains a path separator"),
+    "dotdot.csv": ("name,id\nfox,..\n", "class id '..' contains a path separator or '..'"),
 }
 
 
@@ -327,3 +334,16 @@ def test_missing_wordnet_via_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         wnmod.wordnet.cache_clear()
     assert code == 2 and "Traceback" not in out + err
     assert err.startswith("error: WordNet 3.0 not found") and "apt-get install wordnet-base wordnet-sense-index" in err
+
+
+def test_escaping_class_id_stops_generate_before_anything_is_written(tmp_path: Path) -> None:
+    f = tmp_path / "bad.csv"
+    f.write_text("name,id\nfox,../../evil\n")
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "imagenet_plus", "generate", "--out", str(run), "--classes", str(f),
+                           "--model", "tiny-random", "--images-per-class", "1"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {f}: row 1 (line 2): class id '../../evil'"), lines
+    assert not run.exists() and not (tmp_path / "evil").exists()

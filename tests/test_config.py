@@ -59,3 +59,78 @@ def test_unknown_key_and_malformed_yaml(tmp_path):
         load_generate_config(f)
     with pytest.raises(UserError, match="config file not found"):
         load_generate_config(tmp_path / "missing.yaml")
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets and families (FLUX.1, SD 3.5)
+
+
+@pytest.mark.parametrize(
+    "model, family, steps, guidance, resolution, max_len",
+    [
+        ("black-forest-labs/FLUX.1-schnell", "flux", 4, 0.0, 1024, 256),
+        ("black-forest-labs/FLUX.1-dev", "flux", 50, 3.5, 1024, 512),
+        ("stabilityai/stable-diffusion-3.5-large", "sd3", 28, 3.5, 1024, 256),
+        ("stabilityai/stable-diffusion-3.5-large-turbo", "sd3", 4, 0.0, 1024, 256),
+        ("stabilityai/stable-diffusion-3.5-medium", "sd3", 40, 4.5, 1024, 256),
+        ("stabilityai/sd-turbo", "sd", 1, 0.0, 512, None),
+        ("tiny-random-flux", "flux", 2, 3.5, 32, 64),
+    ],
+)
+def test_presets_of_the_model_cards(model, family, steps, guidance, resolution, max_len):
+    cfg = GenerateConfig(model=model).resolved()
+    assert (cfg.family, cfg.steps, cfg.guidance, cfg.resolution, cfg.max_sequence_length) == (
+        family, steps, guidance, resolution, max_len)
+    # explicit settings win, and what was used is what run.yaml records (the resolved config)
+    cfg = GenerateConfig(model=model, steps=3, resolution=512).resolved()
+    assert (cfg.steps, cfg.resolution) == (3, 512)
+
+
+def test_every_large_preset_states_its_gpu_memory():
+    from imagenet_plus.config import MODEL_PRESETS
+
+    for name, preset in MODEL_PRESETS.items():
+        assert (preset.gpu_memory_gb is None) == name.startswith("tiny-random"), name
+
+
+@pytest.mark.parametrize(
+    "kwargs, culprit",
+    [
+        ({"model": "black-forest-labs/FLUX.1-schnell", "negative_prompt": "blurry"}, "'negative-prompt' is not"),
+        ({"model": "tiny-random-flux", "negative_prompt": "default"}, "flux pipelines have no negative prompt"),
+        ({"model": "someone/new-model"}, "model 'someone/new-model' has no preset: give 'steps'"),
+        ({"model": "stabilityai/sd-turbo", "max_sequence_length": 77}, "'max-sequence-length' is for T5-based"),
+        ({"model": "black-forest-labs/FLUX.1-schnell", "guidance": 3.5}, "'guidance' must be 0"),
+        ({"model": "stabilityai/stable-diffusion-3.5-medium", "resolution": 520}, "multiple of 16"),
+        ({"model": "stabilityai/sd-turbo", "family": "flux"}, "'family' 'flux' contradicts"),
+        ({"model": "x/y", "steps": 4, "family": "dalle"}, "'family' must be one of"),
+        ({"offload": "gpu"}, "'offload' must be one of none, model, sequential"),
+    ],
+)
+def test_settings_a_family_cannot_take_are_refused(kwargs, culprit):
+    with pytest.raises(UserError, match=culprit):
+        GenerateConfig(**kwargs).resolved()
+
+
+def test_sd3_takes_a_negative_prompt_and_unknown_models_use_family_defaults(tmp_path):
+    cfg = GenerateConfig(model="stabilityai/stable-diffusion-3.5-large", negative_prompt="blurry").resolved()
+    assert cfg.negative_prompt == "blurry"
+    cfg = GenerateConfig(model="someone/flux-finetune", steps=8, family="flux").resolved()
+    assert (cfg.guidance, cfg.resolution, cfg.max_sequence_length) == (3.5, 1024, 512)
+    # a local folder's family comes from its model_index.json
+    folder = tmp_path / "my-sd3"
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    cfg = GenerateConfig(model=str(folder), steps=10).resolved()
+    assert cfg.family == "sd3" and cfg.max_sequence_length == 256
+    flux = tmp_path / "my-flux"
+    flux.mkdir()
+    (flux / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    with pytest.raises(UserError, match="'negative-prompt' is not supported"):
+        GenerateConfig(model=str(flux), steps=10, negative_prompt="blurry").resolved()
+
+
+def test_offload_and_compile_do_not_change_the_hash():
+    a = GenerateConfig(model="tiny-random")
+    assert a.config_hash() == GenerateConfig(model="tiny-random", offload="model", compile=True).config_hash()
+    assert a.config_hash() != GenerateConfig(model="tiny-random", max_sequence_length=None, steps=3).config_hash()

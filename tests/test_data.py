@@ -10,6 +10,7 @@ import pytest
 import torch
 from release_fixtures import make_release
 
+from imagenet_plus.contract import INFO_NAME
 from imagenet_plus.data import make_loader
 from imagenet_plus.errors import UserError
 
@@ -19,7 +20,8 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="module")
 def rel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes × 8 kept: 6 train + 2 validation per class; 18 train samples in 8 shards (of at most 3)."""
-    return make_release(tmp_path_factory.mktemp("data"), per_class=8, quota=8, val_per_class=2, shard_size=3)
+    return make_release(tmp_path_factory.mktemp("data"), per_class=8, quota=8, val_per_class=2, shard_size=3,
+                        license="apache-2.0")
 
 
 def _epoch(loader) -> tuple[list[str], Counter]:  # type: ignore[no-untyped-def]
@@ -45,11 +47,76 @@ def test_one_epoch_reads_every_sample(rel: Path, backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["webdataset", "datasets"])
-def test_ranks_partition_the_split(rel: Path, backend: str) -> None:
-    parts = [_epoch(make_loader(rel, rank=r, world_size=2, batch_size=5, backend=backend))[0] for r in range(2)]
-    assert len(parts[0]) + len(parts[1]) == 18
-    assert not set(parts[0]) & set(parts[1])
-    assert abs(len(parts[0]) - len(parts[1])) <= 3  # 8 shards of 2-3 samples: 4 whole shards each
+def test_ranks_get_equal_samples_from_their_own_shards(rel: Path, backend: str) -> None:
+    loaders = [make_loader(rel, rank=r, world_size=2, batch_size=5, backend=backend) for r in range(2)]
+    parts = [_epoch(loader)[0] for loader in loaders]
+    assert [len(p) for p in parts] == [9, 9] and [loader.num_samples for loader in loaders] == [9, 9]
+    assert len(set(parts[0]) | set(parts[1])) >= 16  # 18 samples; a rank may repeat or skip a few
+    if backend == "webdataset":
+        assert not set(parts[0]) & set(parts[1])  # whole shards per rank
+
+
+def _batch_counts(rel: Path, world_size: int, batch_size: int, workers: int, backend: str = "webdataset",
+                  epoch: int = 0) -> list[tuple[int, int, list[int]]]:
+    """Per rank: (len(loader), batches yielded, batch sizes)."""
+    out = []
+    for r in range(world_size):
+        loader = make_loader(rel, rank=r, world_size=world_size, batch_size=batch_size, num_workers=workers,
+                             backend=backend, shuffle_buffer=4)
+        loader.set_epoch(epoch)
+        sizes = [len(y) for _x, y in loader]
+        out.append((len(loader), len(sizes), sizes))
+    return out
+
+
+def test_ranks_with_unequal_shard_counts_get_equal_batch_counts(rel: Path) -> None:
+    """8 train shards (3+3+2+2+2+2+2+2 samples) over 3 ranks: 3, 3 and 2 shards, 4 to 8 samples per rank."""
+    import json
+
+    info = json.loads((rel / INFO_NAME).read_text())["splits"]["train"]
+    assert len(info["filenames"]) == 8 and info["num_samples"] == 18
+    for workers in (0, 2):
+        for epoch in (0, 1):
+            counts = _batch_counts(rel, 3, 4, workers, epoch=epoch)
+            # ceil(ceil(18 / 3) / 4) = 2 batches of 4 and 2 on every rank
+            assert [c[:2] for c in counts] == [(2, 2)] * 3, (workers, epoch, counts)
+            assert [sorted(c[2]) for c in counts] == [[2, 4]] * 3
+    counts = _batch_counts(rel, 3, 4, 0, backend="datasets")
+    assert [c[:2] for c in counts] == [(2, 2)] * 3
+
+
+def test_worker_quotas_give_whole_batches() -> None:
+    from imagenet_plus.data import worker_quotas
+
+    for samples in range(1, 60):
+        for batch in (1, 4, 7):
+            for workers in (1, 2, 3, 5):
+                q = worker_quotas(samples, batch, workers)
+                assert sum(q) == samples and min(q) >= 0
+                assert sum(-(-n // batch) for n in q) == -(-samples // batch)
+
+
+def test_decode_straight_to_training_size(rel: Path) -> None:
+    loader = make_loader(rel, batch_size=6, image_size=16, shuffle_buffer=0)
+    images = [x for x, _y in loader]
+    assert all(x.dtype == torch.uint8 and x.shape[1:] == (3, 16, 16) for x in images)
+    assert sum(len(x) for x in images) == 18
+    # the default path decodes with torchvision; the pixels equal PIL's decode of the same bytes
+    import io
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    first = json_first = None
+    for sample in wds.WebDataset(str(rel / "data/train-00000.tar"), shardshuffle=False):
+        first, json_first = sample["jpg"], sample
+        break
+    from imagenet_plus.data import _Decode
+
+    ours = _Decode(None)(json_first)[0]
+    pil = torch.from_numpy(np.asarray(Image.open(io.BytesIO(first)).convert("RGB")).copy()).permute(2, 0, 1)
+    assert ours.shape == pil.shape and (ours.int() - pil.int()).abs().max() <= 2
 
 
 def test_shuffle_and_epochs(rel: Path) -> None:
@@ -122,3 +189,45 @@ def test_webdataset_backend_streams_from_the_hub(rel: Path, monkeypatch: pytest.
         assert any("/resolve/main/data/train-" in p for _m, p, _a in hub.state.requests)
         with pytest.raises(UserError, match="split 'test' not in release someone/plus"):
             make_loader("someone/plus", split="test")
+
+
+def test_tar_reader_matches_tarfile(tmp_path: Path) -> None:
+    """The lean tar reader gives what tarfile gives: ustar, pax (long names, float mtimes) and GNU formats."""
+    import io
+    import tarfile
+
+    from imagenet_plus.data import iter_tar_members
+
+    rng = torch.Generator().manual_seed(0)
+    members = [("a_000001.jpg", 0), ("a_000001.cls", 1), ("b/" + "x" * 150 + ".json", 511), ("c.txt", 512),
+               ("__meta__", 3), ("d_1.bin", 1025), ("é_2.json", 7)]
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        if fmt == tarfile.USTAR_FORMAT:
+            names = [(n, k) for n, k in members if len(n) < 100]
+        else:
+            names = members
+        path = tmp_path / f"{fmt}.tar"
+        with tarfile.open(path, "w", format=fmt) as tar:
+            for name, size in names:
+                data = bytes(torch.randint(0, 256, (size,), generator=rng, dtype=torch.uint8).tolist())
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = size, 1_700_000_000.5
+                tar.addfile(info, io.BytesIO(data))
+            tar.addfile(_dir_info())
+        with tarfile.open(path) as tar:
+            expected = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()
+                        if m.isreg() and not m.name.startswith("__")]
+            inside = tar.getmember("d_1.bin").offset_data + 100
+        with open(path, "rb") as f:
+            assert list(iter_tar_members(f, str(path))) == expected, fmt
+        cut = path.read_bytes()[:inside]
+        with pytest.raises(UserError, match="corrupt or truncated shard"):
+            list(iter_tar_members(io.BytesIO(cut), "cut.tar"))
+
+
+def _dir_info():  # type: ignore[no-untyped-def]
+    import tarfile
+
+    info = tarfile.TarInfo("somedir")
+    info.type = tarfile.DIRTYPE
+    return info

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imagenet_plus.contract import INFO_NAME
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_COMMAND = "imagenet-plus run --config configs/demo.yaml --out"
 
@@ -70,17 +72,22 @@ def test_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     run = clone / "runs" / "demo"
     stages = json.loads((run / "pipeline.json").read_text())["stages"]
-    assert set(stages) == {"generate", "score", "select", "release", "report"}
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    # diagnose is a stage of the demo when its config has a diagnose section (optional stages run only then)
+    expected = {"generate", "score", "select", "release", "report"} | ({"diagnose"} if "diagnose" in demo else set())
+    assert set(stages) == expected
     n_images = demo["class-limit"] * demo["images-per-class"]
     summary = json.loads((run / "scores" / "summary.json").read_text())
     assert summary["num_images"] == n_images
-    info = json.loads((run / "release" / "_info.json").read_text())
+    info = json.loads((run / "release" / INFO_NAME).read_text())
     kept = demo["class-limit"] * demo["select"]["per-class"]
     assert sum(s["num_samples"] for s in info["splits"].values()) == kept
     index = run / "report" / "index.html"
     refs = re.findall(r'(?:src|href)="([^"#]+)"', index.read_text())
     assert refs and all((index.parent / r).stat().st_size > 0 for r in refs)
+    if "diagnose" in demo:  # the report shows the diagnosis, not the "no diagnosis" note
+        assert '<h2 id="diagnosis">Diagnosis: why classes fail' in index.read_text()
+        assert "diagnosis_map.png" in refs
     # the release loads through the same YAML + webdataset path the Hub uses
     import datasets
 
@@ -88,4 +95,4 @@ def test_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     assert len(ds) == info["splits"]["train"]["num_samples"]
     # the same command again only skips
     p = subprocess.run(cmd, cwd=clone, capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0 and p.stderr.count("already done, skipped") == 5
+    assert p.returncode == 0 and p.stderr.count("already done, skipped") == len(expected)

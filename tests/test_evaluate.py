@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from imagenet_plus.contract import INFO_NAME
 from imagenet_plus.errors import UserError
 from imagenet_plus.evaluate import (
     AspectPreservingTransform,
@@ -44,7 +45,7 @@ def _jpeg(img: Image.Image) -> bytes:
 
 def write_release(rel: Path, per_class: int, seed: int = 0, shuffle_labels: bool = False,
                   classes: list[str] = CLASSES) -> Path:
-    """A release folder as design.md §4 describes: REL/data/train-*.tar (+ _info.json), square images."""
+    """A release folder as the data contract describes: REL/data/train-*.tar (+ _info.json), square images."""
     from imagenet_plus.contract import make_key
     from imagenet_plus.shards import PartialTarWriter
 
@@ -67,7 +68,7 @@ def write_release(rel: Path, per_class: int, seed: int = 0, shuffle_labels: bool
         lengths.append(len(part))
     info = {"name": "fake", "splits": {"train": {"num_samples": sum(lengths), "filenames": names,
                                                  "shard_lengths": lengths}}}
-    (rel / "_info.json").write_text(json.dumps(info))
+    (rel / INFO_NAME).write_text(json.dumps(info))
     return rel
 
 
@@ -255,3 +256,68 @@ def test_subprocess_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and CLASSES[2] in lines[0]
+
+
+@pytest.mark.slow
+def test_explain_writes_one_gradcam_grid_per_phase(tmp_path: Path) -> None:
+    rel = write_release(tmp_path / "rel", per_class=12)
+    test = write_real_folder(tmp_path / "real", per_class=4, classes=CLASSES[:3])
+    ft = write_real_folder(tmp_path / "real_train", per_class=4, seed=3, classes=CLASSES[:3])
+    report = run_evaluate(_cfg(tmp_path, rel, test, finetune=str(ft), epochs=1, finetune_epochs=1, explain=2))
+    out = tmp_path / "eval"
+    assert set(report["explain"]) == {"synthetic", "synthetic+real", "real"}
+    for phase, files in report["explain"].items():
+        grid = Image.open(out / files["grid"])
+        assert grid.size[0] > 200 and grid.size[1] > 200, phase
+        data = np.load(out / files["maps"])
+        assert data["maps"].shape == (6, 32, 32)  # 2 images × 3 test classes, at the input size
+        assert data["images"].shape == (6, 32, 32, 3)
+        assert sorted(data["labels"].tolist()) == [0, 0, 1, 1, 2, 2]
+        for m in data["maps"]:
+            assert float(m.max() - m.min()) > 1e-3, phase  # not constant
+    assert json.loads((out / "eval.json").read_text())["explain"] == report["explain"]
+
+
+def test_explain_with_a_transformer_is_a_one_line_error(tmp_path: Path) -> None:
+    rel = write_release(tmp_path / "rel", per_class=2)
+    test = write_real_folder(tmp_path / "real", per_class=1)
+    with pytest.raises(UserError, match="vit_tiny_patch16_224") as err:
+        run_evaluate(_cfg(tmp_path, rel, test, model="vit_tiny_patch16_224", explain=2))
+    assert "\n" not in str(err.value) and "Grad-CAM" in str(err.value)
+
+
+def test_open_shards_are_bounded(tmp_path: Path) -> None:
+    """Reading a release through fewer handles than it has shards gives the same bytes."""
+    import os
+
+    from imagenet_plus.evaluate import ImageDataset, TarMember
+
+    rel = write_release(tmp_path / "rel", per_class=6)
+    members = read_release(rel).sources
+    # pretend each member is in its own shard: copies of the two tars under many names
+    copies = []
+    for k, m in enumerate(members):
+        path = tmp_path / f"copy-{k:03d}.tar"
+        os.link(m.tar, path)
+        copies.append(TarMember(str(path), m.offset, m.size))
+    ds = ImageDataset(copies, [0] * len(copies), lambda im: np.asarray(im).sum(), max_open=3)
+    plain = ImageDataset(members, [0] * len(members), lambda im: np.asarray(im).sum())
+    for i in range(len(copies)):
+        assert ds[i][0] == plain[i][0]
+        assert len(ds._handles) <= 3
+    assert len(copies) == 24
+
+
+def test_gradcam_maps_of_an_untrained_cnn(tmp_path: Path) -> None:
+    """Fast check of the map shapes and grid without training (the slow test covers the phases)."""
+    import torch
+
+    from imagenet_plus.evaluate import ImageDataset, build_model, explain_phase, read_image_folder
+
+    torch.manual_seed(0)
+    test = read_image_folder(write_real_folder(tmp_path / "real", per_class=3), "test")
+    ds = ImageDataset(test.sources, [CLASSES.index(c) for c in test.class_ids], AspectPreservingTransform(40, False))
+    files = explain_phase(build_model("small-cnn", 4), ds, CLASSES, 2, tmp_path, "synthetic", "small-cnn")
+    data = np.load(tmp_path / files["maps"])
+    assert data["maps"].shape == (8, 40, 40) and Image.open(tmp_path / files["grid"]).size[0] > 200
+    assert any(float(m.max() - m.min()) > 1e-3 for m in data["maps"])  # untrained: some maps may be all zero

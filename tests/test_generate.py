@@ -267,37 +267,59 @@ def test_cli_bad_config_file_and_out(tmp_path, class_file):
 # Real tiny pipeline, real processes
 
 
-def tiny_args(out: Path, class_file: Path, *extra: str) -> list[str]:
-    return ["generate", "--out", str(out), "--classes", str(class_file), "--model", "tiny-random",
+#: The tiny pipeline of each family and the scheduler its images record.
+FAMILIES = {
+    "tiny-random": "EulerDiscreteScheduler",
+    "tiny-random-flux": "FlowMatchEulerDiscreteScheduler",
+    "tiny-random-sd3": "FlowMatchEulerDiscreteScheduler",
+}
+
+
+def tiny_args(out: Path, class_file: Path, *extra: str, model: str = "tiny-random") -> list[str]:
+    return ["generate", "--out", str(out), "--classes", str(class_file), "--model", model,
             "--images-per-class", "4", "--shard-size", "3", "--batch-size", "2", "--resolution", "32",
             "--steps", "2", *extra]
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end_and_identical_bytes(tmp_path, class_file):
+@pytest.mark.parametrize("model", list(FAMILIES))
+def test_tiny_pipeline_end_to_end_and_identical_bytes(tmp_path, class_file, model):
     a, b = tmp_path / "a", tmp_path / "b"
-    r = cli(*tiny_args(a, class_file))
+    r = cli(*tiny_args(a, class_file, model=model))
     assert r.returncode == 0, r.stderr
     assert "generate" in r.stderr  # progress/summary on stderr
-    r = cli(*tiny_args(b, class_file, "--batch-size", "3"))
+    r = cli(*tiny_args(b, class_file, "--batch-size", "3", model=model))
     assert r.returncode == 0, r.stderr
     sa, sb = read_run(a), read_run(b)
     assert sorted(sa) == sorted(planned_keys(a)) and len(sa) == 12
     for k in sa:
         ma, mb = json.loads(sa[k]["json"]), json.loads(sb[k]["json"])
         assert (ma["seed"], ma["prompt"]) == (mb["seed"], mb["prompt"])
-        assert ma["scheduler"] == "EulerDiscreteScheduler" and ma["model"] == "tiny-random"
+        assert ma["scheduler"] == FAMILIES[model] and ma["model"] == model
+        # on CPU the image bytes do not depend on the batch size either (documented: on a GPU, batched
+        # kernels may round differently, so only seed and prompt are promised there)
+        assert sa[k]["jpg"] == sb[k]["jpg"], k
+    # run.yaml records the family and the settings used
+    import yaml
+
+    recorded = yaml.safe_load((a / "run.yaml").read_text())["config"]
+    from imagenet_plus.config import MODEL_PRESETS
+
+    assert recorded["family"] == MODEL_PRESETS[model].family and recorded["steps"] == 2
+    assert recorded["max_sequence_length"] == MODEL_PRESETS[model].max_sequence_length
     # same settings → identical bytes
     c = tmp_path / "c"
-    assert cli(*tiny_args(c, class_file)).returncode == 0
+    assert cli(*tiny_args(c, class_file, model=model)).returncode == 0
     for tar in (a / "generated").glob("*.tar"):
         assert tar.read_bytes() == (c / "generated" / tar.name).read_bytes()
 
 
 @pytest.mark.slow
-def test_sigkill_inside_a_shard_resumes_to_exactly_the_planned_keys(tmp_path, class_file):
+@pytest.mark.parametrize("model", list(FAMILIES))
+def test_sigkill_inside_a_shard_resumes_to_exactly_the_planned_keys(tmp_path, class_file, model):
     run = tmp_path / "run"
-    args = tiny_args(run, class_file, "--shard-size", "2", "--batch-size", "1", "--images-per-class", "6")
+    args = tiny_args(run, class_file, "--shard-size", "2", "--batch-size", "1", "--images-per-class", "6",
+                     model=model)
     proc = subprocess.Popen([sys.executable, "-m", "imagenet_plus", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     gen = run / "generated"
@@ -322,11 +344,13 @@ def test_sigkill_inside_a_shard_resumes_to_exactly_the_planned_keys(tmp_path, cl
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_split_shards(tmp_path, class_file):
+@pytest.mark.parametrize("model", list(FAMILIES))
+def test_torchrun_two_processes_split_shards(tmp_path, class_file, model):
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "imagenet_plus", *tiny_args(run, class_file)]
+    port = 29517 + list(FAMILIES).index(model)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "imagenet_plus", *tiny_args(run, class_file, model=model)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     stats = {st["shard"]: st["rank"] for st in shard_stats(run)}
@@ -336,6 +360,30 @@ def test_torchrun_two_processes_split_shards(tmp_path, class_file):
         keys += [s["__key__"] for s in iter_shard(tar)]
     assert len(keys) == len(set(keys)) == 12
     assert sorted(keys) == sorted(planned_keys(run))
+    # the ranks met at the end through marker files, not a collective
+    from imagenet_plus.contract import RunPaths
+
+    done = sorted(p.name for p in (RunPaths(run).markers / "generate").glob("*/rank-*.done"))
+    assert done == ["rank-00000.done", "rank-00001.done"]
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--model", "tiny-random-flux", "--negative-prompt", "blurry"], "'negative-prompt' is not supported"),
+        (["--model", "someone/unknown-model"], "model 'someone/unknown-model' has no preset: give 'steps'"),
+        # importing torch to look for a GPU takes seconds on a busy 2-core machine
+        pytest.param(["--offload", "model"], "--offload model", marks=pytest.mark.slow),
+        (["--model", "tiny-random", "--max-sequence-length", "77"], "'max-sequence-length' is for T5-based"),
+    ],
+)
+def test_cli_family_settings_it_cannot_take(tmp_path, class_file, args, culprit):
+    out = tmp_path / "run"
+    r = cli("generate", "--out", str(out), "--classes", str(class_file), "--model", "tiny-random-flux", *args)
+    assert r.returncode == 2, r.stderr
+    assert culprit in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # nothing written
 
 
 def test_load_generate_config_from_cli_names(tmp_path, class_file):
@@ -360,3 +408,104 @@ def test_negative_prompt_reaches_the_model_and_the_json(tmp_path, class_file):
                  source_factory=fake_factory(Recording()))
     assert seen == [DEFAULT_NEGATIVE_PROMPT] * 3
     assert {json.loads(s["json"])["negative_prompt"] for s in read_run(run).values()} == {DEFAULT_NEGATIVE_PROMPT}
+
+
+@pytest.mark.slow
+def test_tiny_flux_run_scores_selects_releases_and_reports_with_its_license(tmp_path):
+    """The demo config with the tiny FLUX pipeline: every later stage runs, and the card's license is the model's."""
+    import yaml
+
+    from imagenet_plus.card import model_license
+
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    cfg.update({"model": "tiny-random-flux", "resolution": 32, "steps": 2, "guidance": 3.5, "images-per-class": 4,
+                "shard-size": 4})
+    cfg["select"]["per-class"] = 3
+    cfg["release"]["shard-size"] = 4
+    cfg["report"]["sheet-images"] = 3
+    path = tmp_path / "flux.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    r = cli("run", "--config", str(path), "--out", str(run), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert yaml.safe_load((run / "run.yaml").read_text())["config"]["family"] == "flux"
+    card = (run / "release" / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    lic, _, _, note = model_license("tiny-random-flux")
+    assert header["license"] == lic
+    assert "tiny-random-flux" in card
+    assert (run / "report" / "index.html").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# generate --top-up --remedy: the prompt strategy that diagnose names, for the new indices of flagged classes
+
+
+def _short_selection_and_diagnosis(run: Path, strategies: dict[str, str]) -> list[dict]:
+    classes = json.loads((run / "classes.json").read_text())
+    short = {classes[0]["id"]: 1, classes[1]["id"]: 1}
+    (run / "selection.json").write_text(json.dumps({"short": short, "pass_rate": {k: 0.5 for k in short}}))
+    (run / "diagnosis.json").write_text(json.dumps({"verdict_counts": {}, "strategies": strategies}))
+    return classes
+
+
+def test_top_up_remedy_switches_strategy_of_flagged_classes_on_new_indices_only(tmp_path, class_file):
+    import yaml
+
+    from imagenet_plus.classes import read_classes_json
+    from imagenet_plus.plan import image_seed
+    from imagenet_plus.prompts import build_prompt
+
+    cfg = make_cfg(class_file, images_per_class=2, prompt_strategy=("name",))
+    plain, fixed = tmp_path / "plain", tmp_path / "fixed"
+    for run in (plain, fixed):
+        run_generate(cfg, run, source_factory=fake_factory(FakeSource()))
+    classes = _short_selection_and_diagnosis(plain, {})
+    flagged = classes[1]["id"]
+    _short_selection_and_diagnosis(fixed, {flagged: "gloss"})
+    run_generate(cfg, plain, top_up=True, source_factory=fake_factory(FakeSource()))
+    res = run_generate(cfg, fixed, top_up=True, remedy=True, source_factory=fake_factory(FakeSource()))
+    assert res.images_made == 4  # two short classes, ceil(1 / 0.5) each
+    a, b = read_run(plain), read_run(fixed)
+    assert set(a) == set(b) and len(b) == 10
+    cls_of = {c.id: c for c in read_classes_json(fixed / "classes.json")}
+    for key, sample in b.items():
+        meta = json.loads(sample["json"])
+        other = json.loads(a[key]["json"])
+        assert meta["seed"] == other["seed"] == image_seed(cfg.seed, meta["class_id"], meta["index"])
+        if meta["class_id"] == flagged and meta["index"] >= 2:  # the flagged class's new indices
+            assert meta["strategy"] == "gloss"
+            assert meta["prompt"] == build_prompt(cls_of[flagged], "gloss", meta["seed"]) != other["prompt"]
+        else:  # its old indices and every other class: as without --remedy, byte for byte
+            assert meta == other and sample["jpg"] == a[key]["jpg"] and meta["strategy"] == "name"
+    segments = yaml.safe_load((fixed / "run.yaml").read_text())["segments"]
+    assert segments[-1]["kind"] == "top-up" and segments[-1]["strategies"] == [[1, "gloss"]]
+    assert "strategies" not in yaml.safe_load((plain / "run.yaml").read_text())["segments"][-1]
+    # the same top-up again: nothing new, nothing rewritten
+    before = {p.name: p.stat().st_mtime_ns for p in (fixed / "generated").iterdir()}
+    res = run_generate(cfg, fixed, top_up=True, remedy=True, source_factory=fake_factory(FakeSource()))
+    assert res.images_made == 0 and {p.name: p.stat().st_mtime_ns for p in (fixed / "generated").iterdir()} == before
+
+
+def test_remedy_needs_a_diagnosis_and_known_classes(tmp_path, class_file):
+    cfg = make_cfg(class_file, images_per_class=2)
+    run = tmp_path / "run"
+    run_generate(cfg, run, source_factory=fake_factory(FakeSource()))
+    _short_selection_and_diagnosis(run, {"n99999999": "gloss"})
+    with pytest.raises(UserError, match="unknown class id 'n99999999'"):
+        run_generate(cfg, run, top_up=True, remedy=True, source_factory=fake_factory(FakeSource()))
+    (run / "diagnosis.json").unlink()
+    with pytest.raises(UserError, match="--remedy needs .*diagnosis.json.*imagenet-plus diagnose"):
+        run_generate(cfg, run, top_up=True, remedy=True, source_factory=fake_factory(FakeSource()))
+    with pytest.raises(UserError, match="--remedy only works with --top-up"):
+        run_generate(cfg, run, remedy=True, source_factory=fake_factory(FakeSource()))
+    assert len(read_run(run)) == 6  # nothing was added
+
+
+def test_cli_remedy_without_top_up_is_one_line(tmp_path, class_file):
+    out = tmp_path / "run"
+    r = cli("generate", "--out", str(out), "--classes", str(class_file), "--model", "tiny-random", "--remedy")
+    assert r.returncode == 2, r.stderr
+    assert "--remedy only works with --top-up" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()

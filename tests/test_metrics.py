@@ -112,3 +112,69 @@ def test_near_duplicates_point_at_first_member():
     assert metrics.near_duplicates(emb, keys) == [None, None, "a", None, "a", None]
     assert metrics.near_duplicates(emb, keys, threshold=0.89) == [None, None, "a", None, "a", "a"]
     assert metrics.near_duplicates(emb, keys, batch_size=2) == [None, None, "a", None, "a", None]
+
+
+def test_running_moments_equal_torch_fidelity_statistics():
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    feats = (_rng(4).normal(3.0, 2.0, size=(1003, 48)) * np.linspace(0.1, 3, 48)).astype(np.float16)
+    moments = metrics.RunningMoments(48, chunk_rows=97)
+    for part in np.split(feats, [10, 11, 500]):  # uneven chunks, one of a single row
+        moments.update(part)
+    got = moments.statistics()
+    expected = fid_features_to_statistics(torch.from_numpy(feats.astype(np.float32)))
+    np.testing.assert_allclose(got["mu"], expected["mu"], rtol=1e-6)
+    np.testing.assert_allclose(got["sigma"], expected["sigma"], rtol=1e-5, atol=1e-6 * np.abs(expected["sigma"]).max())
+    other = metrics.fid_statistics(_rng(5).normal(3.1, 2.0, size=(200, 48)).astype(np.float32))
+    assert metrics.fid_from_statistics(got, other) == pytest.approx(metrics.fid_from_statistics(expected, other),
+                                                                    rel=1e-6)
+
+
+def test_streamed_inception_score_equals_torch_fidelity():
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    logits = torch.from_numpy(_rng(6).normal(0, 3, size=(1003, 1008)).astype(np.float32))
+    for splits, cuts in ((10, [1, 400, 401, 1000]), (3, [])):
+        isc = metrics.InceptionScoreSplits(len(logits), 1008, splits=splits)
+        chunks = np.split(np.arange(len(logits)), cuts)
+        for rows in chunks:
+            isc.add_probabilities(int(rows[0]), logits[rows].numpy())
+        kl = np.concatenate([isc.add_kl(int(rows[0]), logits[rows].numpy()) for rows in chunks])
+        np.testing.assert_allclose(kl, metrics.isc_kl(logits, isc.marginal()), rtol=1e-9, atol=1e-12)
+        expected = isc_features_to_metric(logits, splits=splits)
+        assert isc.score() == pytest.approx((expected["inception_score_mean"], expected["inception_score_std"]),
+                                            rel=1e-9)
+    np.testing.assert_allclose(isc.marginal(), logits.double().softmax(1).mean(0).numpy(), rtol=1e-12)
+    tiny = metrics.InceptionScoreSplits(3, 1008)  # fewer rows than splits: one row per split, as inception_score
+    tiny.add_probabilities(0, logits[:3].numpy())
+    tiny.add_kl(0, logits[:3].numpy())
+    assert tiny.score() == pytest.approx(metrics.inception_score(logits[:3]), rel=1e-9, abs=1e-12)
+
+
+def test_blocked_knn_precision_recall_and_realism_equal_torch_fidelity(monkeypatch):
+    from torch_fidelity.metric_prc import calculate_precision_recall_part, prc_features_to_metric
+
+    gen = torch.from_numpy(_rng(7).normal(0, 1, size=(300, 32)).astype(np.float32))
+    real = torch.from_numpy(_rng(8).normal(0.4, 1.1, size=(230, 32)).astype(np.float32))
+    expected = prc_features_to_metric(gen, real, prc_neighborhood=3, prc_batch_size=64, save_cpu_ram=True,
+                                      verbose=False)
+    whole = metrics.precision_recall(gen, real)
+    monkeypatch.setattr(metrics, "DISTANCE_BLOCK_ELEMENTS", 230 * 7)  # blocks of 7 rows: many partial blocks
+    blocked = metrics.precision_recall(gen, real)
+    assert whole == blocked == pytest.approx((expected["precision"], expected["recall"]), abs=1e-12)
+    assert 0 < blocked[0] < 1 and 0 < blocked[1] < 1
+    assert calculate_precision_recall_part(gen, real, 5, 50) == pytest.approx(
+        metrics.precision_recall(gen, real, neighborhood=5), abs=1e-12)
+    radii = torch.cdist(real, real).kthvalue(4, dim=1).values
+    torch.testing.assert_close(metrics.knn_radii(real), radii)
+    # realism in blocks equals the dense definition
+    centres, ball = metrics.realism_reference(real)
+    dense = (ball[None, :] / torch.cdist(gen, centres)).max(dim=1).values.double().numpy()
+    np.testing.assert_allclose(metrics.realism_from_balls(gen, centres, ball), dense, rtol=1e-6)
+    np.testing.assert_allclose(metrics.realism_scores(gen, real, batch_size=13), dense, rtol=1e-6)
+
+
+def test_fid_small_set_when_both_sets_are_small():
+    a = _rng(9).normal(0, 1, size=(12, 64)).astype(np.float32)
+    b = _rng(10).normal(0.2, 1.1, size=(20, 64)).astype(np.float32)
+    assert metrics.fid_small_set(a, b) == pytest.approx(metrics.fid(a, b), rel=1e-6)

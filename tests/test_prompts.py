@@ -157,3 +157,55 @@ def test_negative_prompt() -> None:
     assert build_negative_prompt("") == ""
     assert build_negative_prompt(" Default ") == DEFAULT_NEGATIVE_PROMPT
     assert build_negative_prompt("  blurry,   text ") == "blurry, text"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# zero-shot class texts
+
+
+def test_imagenet_class_texts_are_distinct_and_tell_cranes_apart():
+    from imagenet_plus.prompts import class_texts, shared_names
+
+    classes = resolve_classes("imagenet-1k")
+    texts = class_texts(classes)
+    assert len(texts) == 1000 and len(set(texts)) == 1000 and len({t.lower() for t in texts}) == 1000
+    assert shared_names(classes) == {"crane": [134, 517], "cardigan": [264, 474], "maillot": [638, 639]}
+    assert texts[134] != texts[517] and "wading bird" in texts[134] and "lifting device" in texts[517]
+    assert texts[638] != texts[639]
+    # classes with a name of their own keep the plain template
+    assert texts[0] == "a photo of a tench" and texts[999] == "a photo of a toilet tissue"
+
+
+def test_crane_text_embeddings_differ_in_the_tiny_clip():
+    import torch
+
+    from imagenet_plus.prompts import class_texts
+    from imagenet_plus.scorers.clip import ClipScorer
+
+    classes = resolve_classes("imagenet-1k")
+    texts = class_texts([classes[134], classes[517]])
+    emb = ClipScorer("tiny-random").embed_texts(texts)
+    assert emb.shape[0] == 2 and float(torch.nn.functional.cosine_similarity(emb[0], emb[1], dim=0)) < 0.9999
+    same = ClipScorer("tiny-random").embed_texts(["a photo of a crane", "a photo of a crane"])
+    assert torch.equal(same[0], same[1])  # the old texts: one embedding for both classes
+
+
+def test_wordnet_subtree_class_texts_are_distinct():
+    from imagenet_plus.prompts import class_texts, shared_names
+
+    classes = resolve_classes("wordnet:dog.n.01")
+    texts = class_texts(classes)
+    assert shared_names(classes)  # the subtree does repeat names
+    assert len({t.lower() for t in texts}) == len(classes)
+
+
+def test_class_texts_fall_back_to_gloss_and_id():
+    from imagenet_plus.prompts import class_texts
+
+    same_hypernym = [ClassInfo(0, "a", "bat", definition="a club used in games", hypernym="thing"),
+                     ClassInfo(1, "b", "bat", definition="a nocturnal flying mammal", hypernym="thing")]
+    assert class_texts(same_hypernym) == ["a photo of a bat, a club used in games",
+                                          "a photo of a bat, a nocturnal flying mammal"]
+    bare = [ClassInfo(0, "bat-1", "bat"), ClassInfo(1, "bat-2", "Bat"), ClassInfo(2, "ball", "ball")]
+    texts = class_texts(bare)
+    assert texts == ["a photo of a bat (bat-1)", "a photo of a Bat (bat-2)", "a photo of a ball"]

@@ -124,3 +124,85 @@ def test_reference_errors(tmp_path: Path):
     (tmp_path / "trunc" / "x.tar").write_bytes(b"\0" * 100 + b"garbage")
     with pytest.raises(UserError, match="x.tar"):
         load_reference(tmp_path / "trunc", fake, show_progress=False)
+
+
+def test_cached_reference_is_not_read_again(tmp_path: Path, monkeypatch):
+    """The cache key comes from names, sizes and times: a cached folder's images are not opened again."""
+    ref_dir = _folder(tmp_path / "val")
+    first = load_reference(ref_dir, FakeInception(), show_progress=False)
+    opened: list[Path] = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).startswith(str(ref_dir)):
+            opened.append(Path(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: opened.append(self) or b"")
+    again = load_reference(ref_dir, FakeInception(), show_progress=False)
+    assert opened == [] and again.content_hash == first.content_hash
+    np.testing.assert_array_equal(again.features, first.features)
+    monkeypatch.undo()
+    import os
+
+    os.utime(ref_dir / "n01440764" / "img_1.png", ns=(1, 1))  # touched: a new key, recomputed
+    assert load_reference(ref_dir, FakeInception(), show_progress=False).content_hash != first.content_hash
+
+
+def _png_shape(seed: int, height: int, width: int) -> bytes:
+    return _png(seed, size=(height, width))
+
+
+def test_images_of_different_shapes_run_in_full_batches(tmp_path: Path):
+    """Photos of any shapes are centre-cropped and resized to 299 px, so the network sees full batches."""
+    from imagenet_plus.scorers.inception import InceptionScorer
+
+    shapes = [(20, 24), (31, 17), (40, 40), (12, 50), (299, 299)]
+    (tmp_path / "val" / "n01440764").mkdir(parents=True)
+    for i, (h, w) in enumerate(shapes):
+        (tmp_path / "val" / "n01440764" / f"{i}.png").write_bytes(_png_shape(i, h, w))
+    batches: list[tuple[int, ...]] = []
+
+    def forward(x):  # the network's input, recorded; random outputs (the real network is tested in test_score)
+        batches.append(tuple(x.shape))
+        return torch.randn(len(x), 2048), torch.randn(len(x), 1008)
+
+    inception = object.__new__(InceptionScorer)  # the real batching of InceptionScorer.features, no weights
+    inception.weights_id = "stub-forward"
+    inception.forward = forward
+    ref = load_reference(tmp_path / "val", inception, batch_size=2, show_progress=False)
+    assert batches == [(2, 3, 299, 299), (2, 3, 299, 299), (1, 3, 299, 299)]
+    assert ref.features.shape == (5, 2048) and ref.describe()["protocol"] == "center-crop-299-v2"
+
+
+def test_center_crop_resize_is_pil_crop_then_torch_fidelity_resize():
+    """The crop equals PIL's centred box; the resize is the extractor's own, rounded to uint8."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    from imagenet_plus.scorers.inception import center_crop_resize
+
+    for h, w in [(31, 17), (12, 50), (40, 40), (299, 400)]:
+        arr = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        side = min(h, w)
+        left, top = (w - side) // 2, (h - side) // 2
+        crop = np.array(Image.fromarray(arr).crop((left, top, left + side, top + side)))
+        expected = interpolate_bilinear_2d_like_tensorflow1x(
+            torch.from_numpy(crop).permute(2, 0, 1)[None].float(), size=(299, 299), align_corners=False)[0]
+        got = center_crop_resize(torch.from_numpy(arr).permute(2, 0, 1))
+        assert got.dtype == torch.uint8 and got.shape == (3, 299, 299)
+        assert float((got.float() - expected).abs().max()) <= 0.5 + 1e-4
+
+
+def test_cache_key_includes_the_protocol(tmp_path: Path, monkeypatch):
+    """Features cached under another extraction protocol are extracted again."""
+    import imagenet_plus.reference as reference
+
+    ref_dir = _folder(tmp_path / "val")
+    fake = FakeInception()
+    load_reference(ref_dir, fake, batch_size=8, show_progress=False)
+    load_reference(ref_dir, fake, batch_size=8, show_progress=False)
+    assert fake.calls == 1
+    monkeypatch.setattr(reference, "PROTOCOL", "older-protocol-v1")
+    load_reference(ref_dir, fake, batch_size=8, show_progress=False)
+    assert fake.calls == 2

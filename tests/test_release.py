@@ -13,6 +13,7 @@ from release_fixtures import check_cli_error, check_subprocess_error, make_relea
 from typer.testing import CliRunner
 
 from imagenet_plus.cli import app
+from imagenet_plus.contract import INFO_NAME
 from imagenet_plus.errors import UserError
 from imagenet_plus.release import ReleaseConfig, num_shards_for, run_release, split_evenly
 from imagenet_plus.select import SelectConfig, run_select
@@ -29,7 +30,7 @@ def rel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _all_samples(rel: Path, split: str) -> list[dict]:
-    info = json.loads((rel / "_info.json").read_text())
+    info = json.loads((rel / INFO_NAME).read_text())
     return [s for f in info["splits"][split]["filenames"] for s in iter_shard(rel / f)]
 
 
@@ -40,7 +41,7 @@ def test_num_shards_have_many_divisors() -> None:
 
 
 def test_layout_and_info(rel: Path) -> None:
-    info = json.loads((rel / "_info.json").read_text())
+    info = json.loads((rel / INFO_NAME).read_text())
     assert (rel / "README.md").is_file()
     train, val = info["splits"]["train"], info["splits"]["validation"]
     assert train["filenames"] == [f"data/train-{i:05d}.tar" for i in range(4)]
@@ -86,7 +87,7 @@ def test_load_dataset_local_and_streaming(rel: Path) -> None:
     import datasets
     from PIL import Image
 
-    info = json.loads((rel / "_info.json").read_text())
+    info = json.loads((rel / INFO_NAME).read_text())
     ds = datasets.load_dataset(str(rel))
     assert set(ds) == {"train", "validation"}
     for split in ("train", "validation"):
@@ -124,7 +125,7 @@ def test_split_dataset_by_node_partitions_train(rel: Path) -> None:
 def test_webdataset_reads_same_counts(rel: Path) -> None:
     import webdataset as wds
 
-    info = json.loads((rel / "_info.json").read_text())
+    info = json.loads((rel / INFO_NAME).read_text())
     for split in ("train", "validation"):
         urls = [str(rel / f) for f in info["splits"][split]["filenames"]]
         ds = wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("jpg", "cls", "json")
@@ -189,7 +190,7 @@ def test_failure_leaves_no_release(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not out.exists()
     monkeypatch.undo()
     run_release(run, out, ReleaseConfig(val_per_class=1))  # the leftover REL.partial is replaced
-    assert (out / "_info.json").is_file() and not (tmp_path / "rel.partial").exists()
+    assert (out / INFO_NAME).is_file() and not (tmp_path / "rel.partial").exists()
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
@@ -227,3 +228,116 @@ def test_png_runs_keep_png(tmp_path: Path) -> None:
     assert set(s) == {"__key__", "png", "cls", "json"}
     assert len(list((tmp_path / "if").rglob("*.png"))) == 9
     assert "- name: png\n    dtype: image" in (out / "README.md").read_text()
+
+
+def _release_under_file_limit(run: Path, out: Path, limit: int, pythonpath: str | None = None):  # type: ignore[no-untyped-def]
+    """Run select + release in a subprocess whose soft RLIMIT_NOFILE is ``limit``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys\n"
+        "from imagenet_plus.release import ReleaseConfig, run_release\n"
+        "from imagenet_plus.select import SelectConfig, run_select\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        f"run_select({str(run)!r}, SelectConfig(per_class=30))\n"
+        f"run_release({str(run)!r}, {str(out)!r}, ReleaseConfig(val_per_class=2, shard_size=16, "
+        f"imagefolder={str(out) + '_if'!r}))\n"
+    )
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_release_with_more_shards_than_open_files(tmp_path: Path) -> None:
+    """102 generated shards (and 102 scores files), at most 64 open files: select and release still succeed."""
+    run = write_fake_run(tmp_path / "run", per_class=34, shard_size=1, size=8)
+    write_fake_scores(run)
+    assert len(list((run / "generated").glob("*.tar"))) == 102
+    proc = _release_under_file_limit(run, tmp_path / "rel", 64)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((tmp_path / "rel" / INFO_NAME).read_text())
+    assert info["splits"]["train"]["num_samples"] == 84 and info["splits"]["validation"]["num_samples"] == 6
+    generated = {s["__key__"]: s["jpg"] for t in sorted((run / "generated").glob("*.tar")) for s in iter_shard(t)}
+    released = _all_samples(tmp_path / "rel", "train") + _all_samples(tmp_path / "rel", "validation")
+    assert len({s["__key__"] for s in released}) == 90
+    assert all(s["jpg"] == generated[s["__key__"]] for s in released)
+    assert len(list((tmp_path / "rel_if").rglob("*.JPEG"))) == 90
+
+
+def _small_class_run(tmp_path: Path) -> Path:
+    """3 classes × 4 images; tench keeps 1 (3 flagged NSFW), the others 4."""
+    run = write_fake_run(tmp_path / "run", per_class=4, shard_size=10, size=16)
+    write_fake_scores(run, nsfw_keys=tuple(f"n01440764_{i:06d}" for i in (1, 2, 3)))
+    run_select(run, SelectConfig(per_class=4))
+    return run
+
+
+@pytest.mark.parametrize("policy", ["train", "drop"])
+def test_small_classes_go_to_train_or_are_dropped(tmp_path: Path, policy: str) -> None:
+    run = _small_class_run(tmp_path)
+    with pytest.raises(UserError, match="class n01440764 has only 1 kept"):
+        run_release(run, tmp_path / "refused", ReleaseConfig(val_per_class=1))
+    out = run_release(run, tmp_path / "rel", ReleaseConfig(val_per_class=1, small_classes=policy))
+    train = [json.loads(s["json"])["class_id"] for s in _all_samples(out, "train")]
+    val = [json.loads(s["json"])["class_id"] for s in _all_samples(out, "validation")]
+    assert sorted(val) == ["n02102040", "n03000684"]
+    assert train.count("n02102040") == train.count("n03000684") == 3
+    assert train.count("n01440764") == (1 if policy == "train" else 0)
+    card = (out / "README.md").read_text()
+    line = next(ln for ln in card.splitlines() if "too few images for a validation image" in ln)
+    assert "n01440764" in line and ("all their images are in train" in line) == (policy == "train")
+    assert f"| 0 | n01440764 | tench | {1 if policy == 'train' else 0} | 0 |" in card
+
+
+def test_wordnet_config_sends_small_classes_to_train() -> None:
+    """configs/wordnet-objects.yaml keeps one validation image per class and never aborts on a small class."""
+    import yaml
+
+    from imagenet_plus.configio import config_from_mapping
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "wordnet-objects.yaml"
+    section = dict(yaml.safe_load(path.read_text())["release"])
+    section.pop("out")
+    cfg = config_from_mapping(ReleaseConfig, section, str(path))
+    assert cfg.val_per_class == 1 and cfg.small_classes == "train"
+
+
+def test_bad_small_classes_value() -> None:
+    with pytest.raises(UserError, match="small-classes"):
+        ReleaseConfig(small_classes="keep")
+
+
+@pytest.mark.parametrize("where", ["classes.json", "selection.parquet"])
+@pytest.mark.parametrize("bad", ["../escape", "a/b", "..", "/abs"])
+def test_unsafe_class_ids_are_refused_before_writing(tmp_path: Path, where: str, bad: str) -> None:
+    import pandas as pd
+
+    run = _selected_run(tmp_path, per_class=3)
+    if where == "classes.json":
+        classes = json.loads((run / "classes.json").read_text())
+        classes[0]["id"] = bad
+        (run / "classes.json").write_text(json.dumps(classes))
+    else:
+        sel = pd.read_parquet(run / "selection.parquet")
+        first = sel.index[sel["kept"]][0]
+        sel.loc[first, "class_id"] = bad
+        sel.to_parquet(run / "selection.parquet", index=False)
+    result = CliRunner().invoke(app, ["release", str(run), "--out", str(tmp_path / "rel"), "--val-per-class", "1",
+                                      "--imagefolder", str(tmp_path / "if")])
+    check_cli_error(result, where, repr(bad))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_unsafe_key_is_refused(tmp_path: Path) -> None:
+    import pandas as pd
+
+    run = _selected_run(tmp_path, per_class=3)
+    sel = pd.read_parquet(run / "selection.parquet")
+    sel.loc[sel.index[sel["kept"]][0], "key"] = "../../n01440764_000000"
+    sel.to_parquet(run / "selection.parquet", index=False)
+    with pytest.raises(UserError, match="selection.parquet: key '../../n01440764_000000' is not a safe name"):
+        run_release(run, tmp_path / "rel", ReleaseConfig(val_per_class=1, imagefolder=str(tmp_path / "if")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from imagenet_plus.contract import INFO_NAME
 from imagenet_plus.errors import UserError
 from imagenet_plus.runall import load_plan, run_all
 
@@ -29,6 +30,7 @@ score:
   clip-model: tiny-random
   inception-weights: tiny-random
   classifier: tiny-random
+  nsfw-model: tiny-random
   batch-size: 8
   num-workers: 1
 select:
@@ -70,7 +72,7 @@ def stubs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
     def rel(run, out, cfg):
         calls.append(("release", (out, cfg)))
         Path(out).mkdir(parents=True, exist_ok=True)
-        Path(out, "_info.json").write_text("{}")
+        Path(out, INFO_NAME).write_text("{}")
         Path(out, "README.md").write_text("card")
         return Path(out)
 
@@ -276,7 +278,7 @@ def test_run_killed_mid_stage_resumes_and_finishes(tmp_path: Path) -> None:
     scores = pd.concat(pd.read_parquet(f) for f in sorted((run / "scores").glob("*.parquet")))
     assert len(scores) == 8 and scores["key"].is_unique
     sel = pd.read_parquet(run / "selection.parquet")
-    info = json.loads((run / "release" / "_info.json").read_text())
+    info = json.loads((run / "release" / INFO_NAME).read_text())
     assert sum(s["num_samples"] for s in info["splits"].values()) == int(sel["kept"].sum()) == 6
     assert (run / "report" / "index.html").stat().st_size > 1000
 
@@ -304,3 +306,105 @@ def test_non_main_process_waits_for_the_main_record(tmp_path: Path) -> None:
     (plan.run / FAILED_FILE).write_text("thresholds keep no image\n")
     with pytest.raises(UserError, match="stage release failed on the main process: thresholds keep no image"):
         _wait_for_main(plan, "release", "def", poll=0.05)
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage registry
+
+
+def test_registry_order_and_sections_match_the_config_reader() -> None:
+    from imagenet_plus.config import STAGE_SECTIONS
+    from imagenet_plus.runall import ALL_RANK_STAGES, REGISTRY, STAGES
+
+    assert STAGES == ("generate", "score", "diagnose", "select", "release", "report", "evaluate", "publish")
+    assert ALL_RANK_STAGES == ("generate", "score", "evaluate")
+    # every stage section is one the config file reader separates from generate's top-level keys, and back
+    assert tuple(s.section for s in REGISTRY.values() if s.section) == STAGE_SECTIONS
+
+
+def test_diagnose_section_runs_diagnose_after_score(tmp_path: Path, stubs: list,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagenet_plus import diagnose
+    from imagenet_plus.contract import RunPaths
+
+    def diag(run, cfg):
+        stubs.append(("diagnose", cfg))
+        paths = RunPaths(Path(run))
+        paths.diagnosis_parquet.write_text("x")
+        paths.diagnosis_json.write_text("{}")
+        return {"verdict_counts": {"ok": 2}}
+
+    monkeypatch.setattr(diagnose, "run_diagnose", diag)
+    cfg = _cfg(tmp_path, MINI + "diagnose:\n  min-vendi: 1.2\n")
+    run = tmp_path / "run"
+    out = run_all(cfg, run)
+    assert _stages(stubs) == ["generate", "score", "diagnose", "select", "release", "report"]
+    assert out["diagnose"] == "ran"
+    assert isinstance(stubs[2][1], diagnose.DiagnoseConfig) and stubs[2][1].min_vendi == 1.2
+    recorded = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert recorded["diagnose"]["verdicts"] == {"ok": 2}
+    stubs.clear()
+    assert set(run_all(cfg, run).values()) == {"skipped", "not configured"}
+    # a deleted diagnosis re-runs diagnose only
+    RunPaths(run).diagnosis_parquet.unlink()
+    run_all(cfg, run)
+    assert _stages(stubs) == ["diagnose"]
+    # a bad diagnose setting fails before any work, naming the file and section
+    bad = _cfg(tmp_path, MINI + "diagnose:\n  min-vendi: 0.5\n", name="bad.yaml")
+    msg = _cli_error(["run", "--config", str(bad), "--out", str(tmp_path / "run2")])
+    assert f"{bad}: diagnose" in msg and "min_vendi" in msg
+    assert not (tmp_path / "run2").exists()
+
+
+def test_without_a_diagnose_section_the_chain_is_unchanged(tmp_path: Path, stubs: list) -> None:
+    """An optional stage that is off does not enter the settings chain: earlier runs stay 'finished'."""
+    from imagenet_plus.configio import config_to_dict, stable_hash
+
+    cfg = _cfg(tmp_path, MINI)
+    run = tmp_path / "run"
+    run_all(cfg, run)
+    plan = load_plan(cfg, run)
+    chain = ""
+    for stage in ("generate", "score", "select"):
+        chain = stable_hash([chain, stage, plan.settings(stage)])
+    recorded = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert recorded["select"]["hash"] == chain
+    assert plan.diagnose is None and plan.settings("diagnose") is None
+    assert plan.settings("score") == config_to_dict(plan.score)
+
+
+def test_a_new_stage_is_one_registry_entry(tmp_path: Path, stubs: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass
+
+    from imagenet_plus import runall
+
+    @dataclass(frozen=True)
+    class AuditConfig:
+        level: int = 3
+
+    ran: list[int] = []
+
+    def run_audit(plan):
+        ran.append(plan.audit.level)
+        (plan.run / "audit.txt").write_text("ok")
+        return {"level": plan.audit.level}
+
+    spec = runall.StageSpec("audit", lambda src: {"audit": AuditConfig()}, run_audit,
+                            lambda plan, entry: (plan.run / "audit.txt").is_file())
+    monkeypatch.setitem(runall.REGISTRY, "audit", spec)
+    run = tmp_path / "run"
+    out = run_all(_cfg(tmp_path, MINI), run)
+    assert out["audit"] == "ran" and ran == [3]
+    assert _stages(stubs) == ["generate", "score", "select", "release", "report"]
+    assert json.loads((run / "pipeline.json").read_text())["stages"]["audit"]["level"] == 3
+    assert run_all(_cfg(tmp_path, MINI), run)["audit"] == "skipped"
+    (run / "audit.txt").unlink()
+    assert run_all(_cfg(tmp_path, MINI), run)["audit"] == "ran" and ran == [3, 3]
+
+
+def test_plan_attributes(tmp_path: Path) -> None:
+    plan = load_plan(_cfg(tmp_path, MINI), tmp_path / "r")
+    assert plan.thresholds == {"drop_duplicates": False}
+    assert plan.report.sample_classes == 2
+    with pytest.raises(AttributeError, match="no 'colour'"):
+        _ = plan.colour

@@ -21,8 +21,10 @@ from imagenet_plus.score import SCORE_COLUMNS, ScoreConfig, load_score_config, r
 
 torch.set_num_threads(2)
 
-TINY = dict(clip_model="tiny-random", inception_weights="tiny-random", classifier="tiny-random")
-TINY_FLAGS = ["--clip-model", "tiny-random", "--inception-weights", "tiny-random", "--classifier", "tiny-random"]
+TINY = dict(clip_model="tiny-random", inception_weights="tiny-random", classifier="tiny-random",
+            nsfw_model="tiny-random")
+TINY_FLAGS = ["--clip-model", "tiny-random", "--inception-weights", "tiny-random", "--classifier", "tiny-random",
+              "--nsfw-model", "tiny-random"]
 
 
 def _reference_folder(root: Path, per_class: int) -> Path:
@@ -110,12 +112,26 @@ def test_fid_kid_is_equal_torch_fidelity_on_files(scored, tmp_path):
     for tar in sorted((run / "generated").glob("*.tar")):
         for sample in iter_shard(tar):
             (gen / f"{sample['__key__']}.jpg").write_bytes(sample["jpg"])
+    # The reference protocol: the largest centred square of each real image (PIL's crop here), which
+    # torch-fidelity then resizes to 299 px itself.
+    cropped = tmp_path / "ref_cropped"
+    for src in sorted(ref.rglob("*.png")):
+        with Image.open(src) as img:
+            w, h = img.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            dst = cropped / src.relative_to(ref)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            img.crop((left, top, left + side, top + side)).save(dst)
+    assert {Image.open(p).size for p in cropped.rglob("*.png")} == {(40, 40)}  # the 56×40 originals, squared
     expected = torch_fidelity.calculate_metrics(
-        input1=str(gen), input2=str(ref), fid=True, kid=True, kid_subset_size=9, isc=True, isc_splits=1,
+        input1=str(gen), input2=str(cropped), fid=True, kid=True, kid_subset_size=9, isc=True, isc_splits=1,
         samples_find_deep=True, feature_extractor_weights_path=str(tiny_inception_weights()), cuda=False,
         verbose=False, cache=False, batch_size=9, save_cpu_ram=True)
     assert summary["fid"] == pytest.approx(expected["frechet_inception_distance"], rel=1e-3)
-    assert summary["kid_mean"] == pytest.approx(expected["kernel_inception_distance_mean"], rel=1e-3)
+    # The stage resizes each real square to 299 px itself and rounds it to uint8 (torch-fidelity resizes the
+    # same square in float): at most half a grey level per pixel, which the cubic KID kernel amplifies (0.2 %).
+    assert summary["kid_mean"] == pytest.approx(expected["kernel_inception_distance_mean"], rel=5e-3)
     isc_kl = pd.concat([pd.read_parquet(p) for p in sorted((run / "scores").glob("*.parquet"))])["isc_kl"]
     assert np.exp(isc_kl.mean()) == pytest.approx(expected["inception_score_mean"], rel=1e-3)
     assert expected["inception_score_mean"] > 1.01  # the tiny network's p(y|x) differs between images
@@ -173,7 +189,7 @@ def test_rerun_is_noop_resume_and_batch_size_invariance(scored, tmp_path):
     assert not (copy / "scores" / "00002.clip.npy.partial").exists()
     pd.testing.assert_frame_equal(pd.read_parquet(copy / "scores" / "00002.parquet"), first, rtol=1e-5)
     with pytest.raises(UserError, match="scored with other models .*classifier"):
-        run_score(copy, ScoreConfig(clip_model="tiny-random", inception_weights="tiny-random", classifier="resnet18"))
+        run_score(copy, ScoreConfig(**{**TINY, "classifier": "resnet18"}))
 
 
 def test_config_validation():
@@ -288,3 +304,173 @@ def test_two_processes_split_shards(tmp_path: Path, scored):
     summary = json.loads((run / "scores" / "summary.json").read_text())
     assert summary["num_images"] == 3 and summary["shards"] == ["00000", "00001", "00002"]
     assert pd.read_parquet(run / "scores" / "00001.parquet")["isc_kl"].notna().all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the dataset pass on a fabricated run: real file formats, random features, no network
+
+
+def _fabricate_scores(root: Path, per_shard: tuple[int, ...] = (23, 30, 17), num_classes: int = 5,
+                      clip_dim: int = 16, pool_dim: int = 64, seed: int = 0) -> Path:
+    """RUN/run.yaml, classes.json and scores/*.{parquet,npy} written straight to the contract, with planted
+    near-duplicates (the same CLIP embedding for two images of a class, in different shards).
+
+    The pool features are ``pool_dim``-d rather than 2048 (the dataset pass takes the width from the files):
+    torch-fidelity's FID of 2048-d statistics alone takes a minute on a loaded 2-core machine.
+    """
+    import pyarrow.parquet as pq
+    import yaml
+
+    from imagenet_plus.contract import RunPaths, make_key, score_table, shard_name
+
+    rng = np.random.default_rng(seed)
+    paths = RunPaths(root)
+    paths.scores.mkdir(parents=True)
+    paths.run_yaml.write_text(yaml.safe_dump({"config": {"model": "fake"}, "config_hash": "fake"}))
+    classes = [{"label": i, "id": f"c{i:02d}", "name": f"class {i}"} for i in range(num_classes)]
+    paths.classes_json.write_text(json.dumps(classes))
+    index = 0
+    planted = rng.normal(size=clip_dim)
+    for s, n in enumerate(per_shard):
+        labels = rng.integers(0, num_classes, n)
+        labels[0] = 1  # class 1 appears in every shard: its planted duplicate spans shards
+        keys = [make_key(classes[lab]["id"], index + i) for i, lab in enumerate(labels)]
+        index += n
+        clip = rng.normal(size=(n, clip_dim))
+        clip[0] = planted
+        clip /= np.linalg.norm(clip, axis=1, keepdims=True)
+        top1 = [None if i % 7 == 0 else bool(rng.random() < 0.5) for i in range(n)]
+        cols = {"key": keys, "label": labels.tolist(), "class_id": [classes[lab]["id"] for lab in labels],
+                "clip_score": rng.uniform(10, 40, n).tolist(), "clip_class_score": rng.uniform(10, 40, n).tolist(),
+                "clip_class_prob": rng.uniform(0, 1, n).tolist(), "clip_class_rank": [1] * n, "isc_kl": [None] * n,
+                "classifier_top1": top1, "classifier_top5": [None if t is None else True for t in top1],
+                "classifier_prob": rng.uniform(0, 1, n).tolist(), "realism": [None] * n,
+                "nsfw_score": [None] * n, "dup_of": [None] * n,
+                "nsfw": [False] * n, "attempt": [0] * n, "strategy": ["name"] * n}
+        files = paths.score_files(shard_name(s))
+        pq.write_table(score_table(cols), files.parquet)
+        np.save(files.inception, (rng.normal(0.5, 1.0, (n, pool_dim)) * (1 + labels[:, None] * 0.1)).astype(np.float16))
+        np.save(files.clip, clip.astype(np.float16))
+        np.save(files.logits, rng.normal(0, 2, (n, 1008)).astype(np.float32))
+    return root
+
+
+def _fabricated_arrays(run: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    scores = sorted((run / "scores").glob("*.parquet"))
+    df = pd.concat([pd.read_parquet(p) for p in scores], ignore_index=True)
+    load = lambda kind: np.concatenate([np.load(p.with_name(p.name.replace(".parquet", f".{kind}.npy")))  # noqa: E731
+                                        for p in scores])
+    return df, load("inception").astype(np.float32), load("clip").astype(np.float32), load("logits")
+
+
+def _fake_reference(num: int, num_classes: int = 5, seed: int = 3, dim: int = 64):
+    from imagenet_plus import metrics
+    from imagenet_plus.reference import Reference
+
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(0.6, 1.1, (num, dim)).astype(np.float32)
+    class_ids = [f"c{i % num_classes:02d}" for i in range(num)]
+    return Reference(path="fake", kind="statistics", content_hash="fake", weights_id=None, features=feats,
+                     class_ids=class_ids, stats=metrics.fid_statistics(feats))
+
+
+@pytest.mark.slow
+def test_dataset_pass_streams_and_equals_torch_fidelity(tmp_path: Path, monkeypatch):
+    """Every dataset metric against torch-fidelity on all the features at once; per-image terms by definition."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    import imagenet_plus.score as score
+    from imagenet_plus import metrics
+
+    run = _fabricate_scores(tmp_path / "run")
+    ref = _fake_reference(40)
+    monkeypatch.setattr(score, "CLASS_BLOCK_BYTES", 1)  # one class per block: the per-class step in pieces
+    summary = score.run_dataset_pass(run, ref)
+    df, pool, clip, logits = _fabricated_arrays(run)
+    lg = torch.from_numpy(logits).double()
+    p = lg.softmax(1)
+    kl = (p * (lg.log_softmax(1) - p.mean(0).log()[None])).sum(1).numpy()
+    np.testing.assert_allclose(df["isc_kl"], kl, rtol=1e-9)
+    isc = isc_features_to_metric(torch.from_numpy(logits))
+    assert (summary["inception_score_mean"], summary["inception_score_std"]) == pytest.approx(
+        (isc["inception_score_mean"], isc["inception_score_std"]), rel=1e-9)
+    gen, real = torch.from_numpy(pool), torch.from_numpy(ref.features)
+    fid = fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(real), False)
+    assert summary["fid"] == pytest.approx(fid["frechet_inception_distance"], rel=1e-4)
+    kid = kid_features_to_metric(gen, real, kid_subsets=100, kid_subset_size=40, verbose=False)
+    assert summary["kid_mean"] == pytest.approx(kid["kernel_inception_distance_mean"], rel=1e-6)
+    prc = prc_features_to_metric(gen, real, prc_neighborhood=3, prc_batch_size=1000, save_cpu_ram=False,
+                                 verbose=False)
+    assert (summary["precision"], summary["recall"]) == pytest.approx((prc["precision"], prc["recall"]))
+    assert df["realism"].notna().all() and summary["num_images"] == len(df) == 70
+    # near-duplicates: by definition, within each class in key order (the planted copies span shards)
+    expected_dup: list[str | None] = [None] * len(df)
+    for _label, grp in df.groupby("label"):
+        order = grp.sort_values("key", kind="stable")
+        emb = clip[order.index.to_numpy()]
+        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        for i, row in enumerate(order.index):
+            hits = np.nonzero(emb[:i] @ emb[i] >= 0.95)[0]
+            expected_dup[row] = order["key"].iloc[hits[0]] if len(hits) else None
+    assert [None if pd.isna(d) else d for d in df["dup_of"]] == expected_dup
+    assert sum(d is not None for d in expected_dup) >= 2
+    assert summary["duplicates"] == sum(d is not None for d in expected_dup)
+    for label in range(5):
+        rows = (df["label"] == label).to_numpy()
+        entry = summary["per_class"][f"c{label:02d}"]
+        assert entry["count"] == rows.sum()
+        assert entry["clip_score_mean"] == pytest.approx(df["clip_score"][rows].mean(), rel=1e-12)
+        known = df["classifier_top1"][rows].dropna()
+        assert entry["classifier_top1_rate"] == pytest.approx(known.astype(bool).mean(), rel=1e-12)
+        # fid_small_set equals torch-fidelity's FID (test_metrics); here: the right rows of each side
+        assert entry["fid"] == pytest.approx(metrics.fid_small_set(pool[rows], ref.features[label::5]), rel=1e-9)
+
+
+def test_dataset_pass_uses_fixed_seeded_samples(tmp_path: Path):
+    """Above ``metric_samples``, KID and precision/recall are torch-fidelity's on the documented samples."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from imagenet_plus.score import GENERATED_SAMPLE_SEED, REFERENCE_SAMPLE_SEED, run_dataset_pass
+
+    run = _fabricate_scores(tmp_path / "run")
+    ref = _fake_reference(60)
+    summary = run_dataset_pass(run, ref, metric_samples=25)
+    _df, pool, _clip, _logits = _fabricated_arrays(run)
+    gen = torch.from_numpy(pool[np.sort(np.random.default_rng(GENERATED_SAMPLE_SEED).choice(70, 25, replace=False))])
+    real = torch.from_numpy(
+        ref.features[np.sort(np.random.default_rng(REFERENCE_SAMPLE_SEED).choice(60, 25, replace=False))])
+    kid = kid_features_to_metric(gen, real, kid_subsets=100, kid_subset_size=25, verbose=False)
+    assert summary["kid_mean"] == pytest.approx(kid["kernel_inception_distance_mean"], rel=1e-6)
+    prc = prc_features_to_metric(gen, real, prc_neighborhood=3, prc_batch_size=1000, save_cpu_ram=False,
+                                 verbose=False)
+    assert (summary["precision"], summary["recall"]) == pytest.approx((prc["precision"], prc["recall"]))
+
+
+def test_a_writer_out_of_the_schema_fails_and_leaves_the_parquets(tmp_path: Path, monkeypatch):
+    import imagenet_plus.score as score
+
+    run = _fabricate_scores(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in (run / "scores").glob("*.parquet")}
+    original = score._dataset_columns
+    monkeypatch.setattr(score, "_dataset_columns", lambda *a: {**original(*a), "sharpness": [0.0] * a[0].count})
+    with pytest.raises(UserError, match="sharpness.* not in the score schema"):
+        score.run_dataset_pass(run)
+    assert {p.name: p.read_bytes() for p in (run / "scores").glob("*.parquet")} == before
+    assert not list((run / "scores").glob("*.partial"))
+
+
+def test_a_summary_from_another_reference_protocol_is_not_finished():
+    """A summary whose folder reference was extracted before the centre-crop protocol does not make re-runs no-ops."""
+    from imagenet_plus.reference import PROTOCOL
+    from imagenet_plus.score import _reference_protocol_is_current
+
+    old = {"path": "/data/val", "kind": "folder", "hash": "ab", "inception_weights": "w", "num_images": 9}
+    assert not _reference_protocol_is_current(old)
+    assert not _reference_protocol_is_current({**old, "protocol": "older-protocol-v1"})
+    assert _reference_protocol_is_current({**old, "protocol": PROTOCOL})
+    assert _reference_protocol_is_current({**old, "kind": "statistics", "protocol": None})
+    assert _reference_protocol_is_current(None)

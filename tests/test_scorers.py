@@ -145,3 +145,37 @@ def test_tiny_classifier_and_errors(tmp_path: Path):
         ClassifierScorer(str(tmp_path / "ten"))
     with pytest.raises(UserError, match="cannot load classifier 'resnet18.a1_in1k'"):
         ClassifierScorer("resnet18.a1_in1k")  # a real name whose weights are not cached (offline)
+
+
+class _NotWeights:
+    """A picklable object that is not a state dict (a pickle may run code when loaded without weights_only)."""
+
+    def __init__(self) -> None:
+        self.payload = "anything"
+
+
+def test_inception_weights_that_are_not_a_plain_state_dict_are_refused(tmp_path: Path, monkeypatch, capsys):
+    import sys
+
+    from conftest import write_fake_run
+
+    from imagenet_plus.cli import main
+    from imagenet_plus.scorers.inception import check_state_dict
+
+    pickled = tmp_path / "model.pth"
+    torch.save({"model": _NotWeights()}, pickled)
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], listed)
+    with pytest.raises(UserError, match="model.pth is not a PyTorch state dict .*weights_only=True"):
+        check_state_dict(pickled)
+    with pytest.raises(UserError, match="list.pth is not a PyTorch state dict of tensors .*list"):
+        check_state_dict(listed)
+    run = write_fake_run(tmp_path / "run", per_class=1, shard_size=5, size=32)
+    monkeypatch.setattr(sys, "argv", ["imagenet-plus", "score", str(run), "--inception-weights", str(pickled),
+                                      "--clip-model", "tiny-random", "--classifier", "tiny-random",
+                                      "--nsfw-model", "none"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "model.pth is not a PyTorch state dict" in err and "Traceback" not in err
+    assert not (run / "scores").exists()

@@ -132,3 +132,41 @@ def test_cli_select_ok(fake_run: Path) -> None:
     result = runner.invoke(app, ["select", str(fake_run), "--per-class", "4"])
     assert result.exit_code == 0, result.output
     assert "kept 12" in result.output
+
+
+def test_select_reads_embeddings_class_by_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """select memory-maps the CLIP files (never loads one whole) with a bounded number open, and picks the same
+    images as the quota rule applied to the whole embedding matrix loaded at once."""
+    from conftest import write_fake_run
+
+    import imagenet_plus.select as select
+
+    run = write_fake_run(tmp_path / "run", per_class=8, shard_size=3, size=8)
+    write_fake_scores(run)
+    npys = sorted((run / "scores").glob("*.clip.npy"))
+    assert len(npys) == 8
+    dense = np.concatenate([np.load(p).astype(np.float32) for p in npys])
+    frame = pd.concat([pd.read_parquet(p) for p in sorted((run / "scores").glob("*.parquet"))], ignore_index=True)
+
+    loads, real_load = [], np.load
+
+    def spy_load(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(kwargs.get("mmap_mode"))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy_load)
+    monkeypatch.setattr(select.ClipRows, "MAX_OPEN", 2)
+    run_select(run, SelectConfig(per_class=3, thresholds=None))
+    monkeypatch.undo()
+    assert loads and set(loads) == {"r"}  # every CLIP file memory-mapped, none read whole
+    got = pd.read_parquet(run / "selection.parquet")
+    expected = select.select_frame(frame, dense, Thresholds(), 3, {})
+    assert got["key"].tolist() == expected["key"].tolist()
+    assert got["kept"].tolist() == expected["kept"].tolist()
+    assert got["kept"].sum() == 9
+
+    rows = select.ClipRows(npys, np.repeat(np.arange(8), 3), np.tile(np.arange(3), 8), dense.shape[1])
+    rows.MAX_OPEN = 2
+    idx = np.array([23, 0, 5, 12, 22, 1])
+    np.testing.assert_array_equal(rows.gather(idx), dense[idx])
+    assert len(rows._maps) <= 2

@@ -171,3 +171,19 @@ def test_first_hypernym_does_not_depend_on_the_hash_seed() -> None:
     assert ours == "canine"
     if nltk_first == "canine.n.02":  # the precondition that makes this test meaningful
         pytest.skip("nltk happened to list canine first under this hash seed")
+
+
+def test_noun_sense_count_reads_the_index(wn) -> None:  # type: ignore[no-untyped-def]
+    """Compared with the raw index.noun line: field 3 of 'crane n 5 ...' is the synset count."""
+    index = Path(wnmod.ensure_wordnet_path()) / "index.noun"
+    counts = {}
+    with open(index, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(("crane ", "tench ", "toilet_tissue ", "maillot ")):
+                parts = line.split()
+                counts[parts[0]] = int(parts[2])
+    assert wnmod.noun_sense_count("crane") == counts["crane"] == 5
+    assert wnmod.noun_sense_count("tench") == counts["tench"] == 1
+    assert wnmod.noun_sense_count("toilet tissue") == counts["toilet_tissue"]
+    assert wnmod.noun_sense_count("maillot") == counts["maillot"] == 2
+    assert wnmod.noun_sense_count("zorblax") == 0 and wnmod.noun_sense_count("  ") == 0

@@ -33,3 +33,27 @@ def decode_image(data: bytes, name: str) -> Any:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"unreadable image {name}: {exc}") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_pretrained(model_class: Any, processor_class: Any, source: str, what: str, device: Any) -> tuple[Any, Any]:
+    """``model_class.from_pretrained(source)`` (eval mode, no gradients, on ``device``) and its processor.
+
+    Args:
+        model_class: a transformers auto/model class.
+        processor_class: the matching processor class.
+        source: a Hub id or a local folder.
+        what: how the error names the model (``CLIP model 'openai/clip-vit-large-patch14'``).
+        device: torch device.
+
+    Raises:
+        UserError: the model cannot be loaded (not a local folder, not cached while offline, a bad config).
+    """
+    try:
+        model = model_class.from_pretrained(source).to(device).eval()
+        processor = processor_class.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load {what} (not a local folder, and not in the Hugging Face cache while "
+                        f"offline?): {first}") from None
+    model.requires_grad_(False)
+    return model, processor

@@ -48,7 +48,7 @@ def tiny_classifier_dir() -> Path:
     return write_once(cache_dir("tiny-random", "classifier-test-convnext"), build)
 
 
-def _timm_name(name: str) -> str:
+def timm_name(name: str) -> str:
     """The string handed to ``timm.create_model`` for a ``--classifier`` value."""
     import timm
 
@@ -89,9 +89,9 @@ class ClassifierScorer:
         from timm.data import resolve_model_data_config
 
         self.name = name
-        timm_name = _timm_name(name)
+        model_id = timm_name(name)
         try:
-            model = timm.create_model(timm_name, pretrained=True)
+            model = timm.create_model(model_id, pretrained=True)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(

@@ -13,12 +13,11 @@ from typing import Any
 
 from imagenet_plus.cache import cache_dir
 from imagenet_plus.errors import UserError
+from imagenet_plus.scorers import load_pretrained
 from imagenet_plus.tiny import TINY_RANDOM, tiny_clip_tokenizer, write_once
 
 #: Default CLIP model (a Hub id; must be in the local Hugging Face cache when offline).
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-#: Text template of the class prompts ("a photo of a {name}").
-CLASS_TEMPLATE = "a photo of a {name}"
 
 
 def tiny_clip_dir(image_size: int = 32) -> Path:
@@ -79,16 +78,7 @@ class ClipScorer:
         if source != name or Path(name).exists():
             if not (Path(source) / "config.json").is_file():
                 raise UserError(f"CLIP model folder {source} has no config.json")
-        try:
-            self.model = CLIPModel.from_pretrained(source).to(device).eval()
-            self.processor = CLIPProcessor.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(
-                f"cannot load CLIP model '{name}' (not a local folder, and not in the Hugging Face cache while "
-                f"offline?): {first}"
-            ) from None
-        self.model.requires_grad_(False)
+        self.model, self.processor = load_pretrained(CLIPModel, CLIPProcessor, source, f"CLIP model '{name}'", device)
         self.device = torch.device(device)
         self.logit_scale = float(self.model.logit_scale.exp().item())
         self._text_cache: dict[str, Any] = {}
@@ -137,7 +127,3 @@ class ClipScorer:
             return torch.zeros((0, self.dim), device=self.device)
         return torch.stack([self._text_cache[t] for t in texts])
 
-
-def class_texts(names: list[str]) -> list[str]:
-    """The zero-shot class prompts, in label order."""
-    return [CLASS_TEMPLATE.format(name=n) for n in names]

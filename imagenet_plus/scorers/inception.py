@@ -3,6 +3,8 @@
 The extractor takes ``uint8`` ``B×3×H×W`` tensors and resizes them to 299 px itself (TF1-compatible
 bilinear), exactly as torch-fidelity does for an image folder: that is why the score stage feeds it the
 decoded ``uint8`` image and nothing resized, so its FID equals ``torch_fidelity.calculate_metrics``.
+Real reference photos, of any shape, go through :func:`center_crop_resize` first: the largest centred
+square, resized to 299 px with that same TF1 bilinear, so that they batch together at full batch size.
 
 Weights: torch-fidelity's default file (downloaded once by torch-fidelity into the torch hub cache), a
 local ``.pth`` (``--inception-weights PATH``) or ``tiny-random``: random weights of the same architecture
@@ -25,6 +27,32 @@ FEATURES = ("2048", "logits_unbiased")
 EXTRACTOR_NAME = "inception-v3-compat"
 #: Pool3 feature size.
 POOL_DIM = 2048
+#: InceptionV3's input side: torch-fidelity resizes every image to ``INPUT_SIZE``×``INPUT_SIZE``.
+INPUT_SIZE = 299
+
+
+def center_crop_resize(image: Any, size: int = INPUT_SIZE) -> Any:
+    """The largest centred square of a ``uint8`` ``3×H×W`` image, resized to ``3×size×size`` ``uint8``.
+
+    The square's side is ``min(H, W)``; its top-left corner is at ``((H - side) // 2, (W - side) // 2)``.
+    The resize is torch-fidelity's own (``interpolate_bilinear_2d_like_tensorflow1x``, ``align_corners=False``,
+    the one its extractor applies to every input), computed in float32 and rounded to the nearest integer.
+    At ``size`` = 299 the extractor's own resize is then the identity, so the features differ from
+    torch-fidelity's on the cropped image only by that rounding (at most half a grey level per pixel).
+    A square image of side ``size`` is returned as is.
+    """
+    import torch
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    _channels, height, width = image.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = image[:, top:top + side, left:left + side]
+    if side == size:
+        return square.contiguous()
+    resized = interpolate_bilinear_2d_like_tensorflow1x(square[None].to(torch.float32), size=(size, size),
+                                                        align_corners=False)[0]
+    return resized.round().clamp(0, 255).to(torch.uint8)
 
 
 def _weights_sha(path: Path) -> str:
@@ -124,6 +152,35 @@ def resolve_inception_weights(weights: str | None) -> tuple[str | None, str]:
     return str(path), f"sha256-{_weights_sha(path)}"
 
 
+def check_state_dict(path: str | Path) -> None:
+    """Refuse a weights file that is not a plain state dict (names → tensors), without running its pickle code.
+
+    torch-fidelity loads ``feature_extractor_weights_path`` with ``torch.load(weights_only=False)``, which
+    executes whatever the pickle holds; the file is first opened here with ``weights_only=True``.
+
+    Raises:
+        UserError: the file cannot be read, is not a torch file, holds objects other than tensors, or is not a
+            mapping of names to tensors.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise UserError(f"cannot read inception weights file {path}: {exc}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError, KeyError,
+            IndexError) as exc:  # what the unpickler raises on foreign bytes (KeyError: an unknown opcode)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"inception weights file {path} is not a PyTorch state dict "
+                        f"(refused by torch.load(weights_only=True)): {first}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                             for k, v in data.items()):
+        raise UserError(f"inception weights file {path} is not a PyTorch state dict of tensors "
+                        f"(found {type(data).__name__})")
+
+
 class InceptionScorer:
     """torch-fidelity's InceptionV3 on a device: pool3 features and unbiased logits of ``uint8`` images.
 
@@ -140,6 +197,8 @@ class InceptionScorer:
 
         self.weights = weights
         path, self.weights_id = resolve_inception_weights(weights)
+        if path is not None:
+            check_state_dict(path)
         try:
             model = FeatureExtractorInceptionV3(EXTRACTOR_NAME, list(FEATURES), feature_extractor_weights_path=path)
         except RuntimeError as exc:  # load_state_dict: missing keys / size mismatch; or not a torch file
