@@ -221,8 +221,14 @@ def _run_score(plan: Plan) -> dict[str, Any]:
     return {}
 
 
-register(StageSpec("score", _load_score, _run_score, lambda plan, entry: RunPaths(plan.run).summary_json.is_file(),
-                   all_ranks=True))
+def _score_done(plan: Plan, entry: dict[str, Any]) -> bool:
+    """Done when summary.json covers exactly the finished generated shards (a top-up adds shards to score)."""
+    from imagenet_plus import score
+
+    return score.is_finished(plan.run, plan.score)
+
+
+register(StageSpec("score", _load_score, _run_score, _score_done, all_ranks=True))
 
 
 # diagnose (optional: runs when the config has a ``diagnose:`` section) ------------------------------
@@ -243,9 +249,17 @@ def _run_diagnose(plan: Plan) -> dict[str, Any]:
     return {"verdicts": summary.get("verdict_counts")}
 
 
+def _newer_or_same(output: Path, source: Path) -> bool:
+    """``output`` exists and was written after ``source`` (or ``source`` is absent)."""
+    if not output.is_file():
+        return False
+    return not source.is_file() or output.stat().st_mtime_ns >= source.stat().st_mtime_ns
+
+
 def _diagnose_done(plan: Plan, entry: dict[str, Any]) -> bool:
+    """Done when the diagnosis was written after the current scores (a re-score, e.g. after a top-up, redoes it)."""
     paths = RunPaths(plan.run)
-    return paths.diagnosis_parquet.is_file() and paths.diagnosis_json.is_file()
+    return paths.diagnosis_parquet.is_file() and _newer_or_same(paths.diagnosis_json, paths.summary_json)
 
 
 register(StageSpec("diagnose", _load_diagnose, _run_diagnose, _diagnose_done))
@@ -298,8 +312,18 @@ def _run_select(plan: Plan) -> dict[str, Any]:
 
 
 def _select_done(plan: Plan, entry: dict[str, Any]) -> bool:
+    """Done when the selection covers as many images as the current scores (a top-up adds images)."""
+    import json
+
     paths = RunPaths(plan.run)
-    return paths.selection_parquet.is_file() and paths.selection_json.is_file()
+    if not (paths.selection_parquet.is_file() and paths.selection_json.is_file() and paths.summary_json.is_file()):
+        return False
+    try:
+        scored = json.loads(paths.summary_json.read_text(encoding="utf-8")).get("num_images")
+        selected = json.loads(paths.selection_json.read_text(encoding="utf-8")).get("num_scored")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return scored == selected
 
 
 register(StageSpec("select", _load_select, _run_select, _select_done,
@@ -328,8 +352,9 @@ def _run_release(plan: Plan) -> dict[str, Any]:
 
 
 def _release_done(plan: Plan, entry: dict[str, Any]) -> bool:
+    """Done when the release was written after the current selection (a new selection re-releases)."""
     rel = ReleasePaths(plan.release_out)
-    return rel.info_json.is_file() and rel.card.is_file()
+    return rel.card.is_file() and _newer_or_same(rel.info_json, RunPaths(plan.run).selection_json)
 
 
 register(StageSpec("release", _load_release, _run_release, _release_done,

@@ -759,6 +759,16 @@ def _reference_protocol_is_current(described: dict[str, Any] | None) -> bool:
     return not described or described.get("kind") == "statistics" or described.get("protocol") == PROTOCOL
 
 
+def is_finished(run: str | Path, cfg: ScoreConfig) -> bool:
+    """Whether ``RUN/scores/summary.json`` covers exactly the run's finished generated shards with ``cfg``'s
+    models and reference (what ``run_score`` would skip); false after a top-up added shards."""
+    from imagenet_plus.contract import done_shards
+
+    paths = RunPaths(Path(run))
+    stems = [t.name[: -len(".tar")] for t in done_shards(paths.generated)]
+    return bool(stems) and _finished_summary(paths, stems, cfg) is not None
+
+
 def _finished_summary(paths: RunPaths, stems: list[str], cfg: ScoreConfig) -> dict[str, Any] | None:
     """The summary of an earlier run with the same shards, models and reference (the stage is then a no-op)."""
     models_rec = _models_record(cfg)

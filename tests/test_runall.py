@@ -98,6 +98,7 @@ def stubs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
     monkeypatch.setattr(release, "run_release", rel)
     monkeypatch.setattr(report, "run_report", rep)
     monkeypatch.setattr(report, "is_up_to_date", lambda run, cfg: Path(run, "report", "index.html").is_file())
+    monkeypatch.setattr(score, "is_finished", lambda run, cfg: Path(run, "scores", "summary.json").is_file())
     monkeypatch.setattr(evaluate, "run_evaluate", ev)
     monkeypatch.setattr(publish, "run_publish", pub)
     return calls
@@ -141,6 +142,28 @@ def test_order_skip_and_rerun_after_change(tmp_path: Path, stubs: list) -> None:
     (run / "scores" / "summary.json").unlink()
     run_all(cfg, run)
     assert _stages(stubs) == ["score"]
+
+
+def test_scores_of_more_images_reselect_and_rerelease(tmp_path: Path, stubs: list) -> None:
+    """After a top-up is scored (summary.json covers more images than the selection), `run` selects and releases
+    again although their settings did not change; stages whose inputs did not change stay skipped."""
+    cfg = _cfg(tmp_path, MINI)
+    run = tmp_path / "run"
+    run_all(cfg, run)
+    stubs.clear()
+    (run / "scores" / "summary.json").write_text('{"num_images": 10}')
+    run_all(cfg, run)
+    assert _stages(stubs) == ["select", "release"]  # the stubbed report counts as up to date
+    stubs.clear()
+    run_all(cfg, run)
+    assert _stages(stubs) == ["select", "release"]  # the stub selection still says nothing of 10 images
+    (run / "selection.json").write_text('{"num_scored": 10}')
+    stubs.clear()
+    run_all(cfg, run)
+    assert _stages(stubs) == ["release"]  # a selection newer than the release
+    stubs.clear()
+    run_all(cfg, run)
+    assert stubs == []
 
 
 def test_evaluate_and_publish_when_configured(tmp_path: Path, stubs: list, monkeypatch: pytest.MonkeyPatch) -> None:
