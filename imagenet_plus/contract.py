@@ -47,6 +47,8 @@ SELECTION_PARQUET = "selection.parquet"
 #: ``diagnose``: one row per class (verdict and evidence) and the run-level summary beside it.
 DIAGNOSIS_PARQUET = "diagnosis.parquet"
 DIAGNOSIS_JSON = "diagnosis.json"
+#: ``diagnose``: per-class CLIP image centroids (``synthetic``, ``real`` with a reference, ``class_ids``).
+DIAGNOSIS_CENTROIDS = "diagnosis_centroids.npz"
 #: ``diagnose``: cached CLIP image embeddings of a real reference (per-class sums and samples).
 DIAGNOSIS_CACHE_DIR = "diagnosis-cache"
 SELECTION_JSON = "selection.json"
@@ -188,6 +190,7 @@ class RunPaths:
     selection_json = _Under(SELECTION_JSON)
     diagnosis_parquet = _Under(DIAGNOSIS_PARQUET)
     diagnosis_json = _Under(DIAGNOSIS_JSON)
+    diagnosis_centroids = _Under(DIAGNOSIS_CENTROIDS)
     diagnosis_cache = _Under(DIAGNOSIS_CACHE_DIR)
     thresholds_yaml = _Under(THRESHOLDS_YAML)
     pipeline_json = _Under(PIPELINE_JSON)

@@ -2,7 +2,8 @@
 
 Reads ``RUN/classes.json`` and the score stage's outputs (``RUN/scores/*.parquet``, the ``.clip.npy`` CLIP image
 embeddings beside them, ``class_text_embeddings.npy``), and optionally a real reference; writes
-``RUN/diagnosis.parquet`` (one row per class, label order) and ``RUN/diagnosis.json`` (the thresholds, counts per
+``RUN/diagnosis.parquet`` (one row per class, label order), ``RUN/diagnosis_centroids.npz`` (the per-class CLIP
+image centroids, synthetic and real, for the report's map) and ``RUN/diagnosis.json`` (the thresholds, counts per
 verdict, the flagged classes worst first, the overall CLIP geometry and the prompt strategy to switch each
 flagged class to). The score stage's ``summary.json`` is left alone (its presence marks ``score`` done).
 
@@ -76,6 +77,11 @@ REMEDY_STRATEGIES: dict[str, str | None] = {
     "low-diversity": "diverse",
     "low-adherence": "hypernym",
 }
+#: Arrays of ``RUN/diagnosis_centroids.npz``: per-class CLIP image centroids (``C×D`` float32, NaN rows for
+#: classes without images; ``real`` only with a reference) and the class ids of their rows (label order).
+CENTROIDS_SYNTHETIC = "synthetic"
+CENTROIDS_REAL = "real"
+CENTROIDS_CLASS_IDS = "class_ids"
 #: Image file suffixes read from a reference folder.
 REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -748,7 +754,7 @@ def read_remedy_strategies(run: str | Path) -> dict[str, str]:
 
 
 def run_diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> dict[str, Any]:
-    """Diagnose every class of a scored run; writes ``RUN/diagnosis.parquet`` and ``RUN/diagnosis.json``.
+    """Diagnose every class of a scored run; writes ``RUN/diagnosis.parquet``, ``.json`` and ``_centroids.npz``.
 
     Returns:
         The ``diagnosis.json`` content.
@@ -780,9 +786,30 @@ def run_diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> dict[str
     frame, summary = diagnose_frame(records, text_emb, scores, real, cfg)
     with atomic_file(paths.diagnosis_parquet) as f:
         frame.to_parquet(f, index=False)
+    write_centroids(paths.diagnosis_centroids, [str(r["id"]) for r in records], scores["acc"].centroids(),
+                    real.centroids() if real is not None else None)
     summary = json_safe(summary)
     write_json_atomic(paths.diagnosis_json, summary)
     return summary
+
+
+def write_centroids(path: Path, class_ids: Sequence[str], synthetic: np.ndarray, real: np.ndarray | None) -> None:
+    """Write the per-class centroids (``RUN/diagnosis_centroids.npz``, atomically) for the report's map.
+
+    Args:
+        path: the ``.npz`` to write.
+        class_ids: the class of each row (label order).
+        synthetic: ``C×D`` synthetic centroids (NaN rows for classes without images).
+        real: ``C×D`` real centroids, or None without a reference (the array is then left out).
+    """
+    from imagenet_plus.shards import atomic_file
+
+    arrays = {CENTROIDS_SYNTHETIC: np.asarray(synthetic, np.float32),
+              CENTROIDS_CLASS_IDS: np.asarray([str(c) for c in class_ids], dtype=np.str_)}
+    if real is not None:
+        arrays[CENTROIDS_REAL] = np.asarray(real, np.float32)
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
 
 
 def json_safe(value: Any) -> Any:

@@ -3,7 +3,8 @@
 Input: ``RUN/scores/*.parquet`` and ``RUN/scores/summary.json`` (required: run ``score`` first),
 ``RUN/scores/class_text_embeddings.npy`` (for the class map; the section is omitted with a note when
 it is absent), ``RUN/selection.parquet`` + ``RUN/selection.json`` (optional: without them the
-report shows scores only), ``RUN/diagnosis.parquet`` (optional: the diagnosis section),
+report shows scores only), ``RUN/diagnosis.parquet`` (optional: the diagnosis section;
+``RUN/diagnosis_centroids.npz`` beside it puts the real class centroids on its map),
 ``RUN/classes.json``, ``RUN/run.yaml`` and the images in ``RUN/generated/*.tar`` (for the contact
 sheets). No model is run. Every path comes from :class:`imagenet_plus.contract.RunPaths`.
 
@@ -148,12 +149,12 @@ def input_files(paths: RunPaths) -> list[Path]:
     files = [paths.summary_json, paths.classes_json, paths.run_yaml]
     files += paths.scored_parquets()
     optional = [paths.selection_parquet, paths.selection_json, paths.class_text_embeddings, paths.diagnosis_parquet,
-                paths.diagnosis_json]
+                paths.diagnosis_json, paths.diagnosis_centroids]
     return files + [p for p in optional if p.is_file()]
 
 
 def inputs_fingerprint(paths: RunPaths, cfg: ReportConfig) -> str:
-    """A hash of the report settings and of every input file (content; size and mtime for parquets)."""
+    """A hash of the report settings and of every input file (content; size and mtime for parquets and .npz)."""
     import hashlib
 
     from imagenet_plus.configio import config_to_dict
@@ -162,7 +163,7 @@ def inputs_fingerprint(paths: RunPaths, cfg: ReportConfig) -> str:
     for p in input_files(paths):
         if not p.exists():
             stats.append([p.name, None])
-        elif p.suffix == ".parquet":  # large: size and mtime
+        elif p.suffix in (".parquet", ".npz"):  # large: size and mtime
             st = p.stat()
             stats.append([p.name, st.st_size, st.st_mtime_ns])
         else:  # small, and rewritten with the same content by some stages (run.yaml): content hash
@@ -948,45 +949,107 @@ def class_centroids(paths: RunPaths, class_ids: list[str]) -> tuple[Any | None, 
         return sums / counts[:, None], None
 
 
-def plot_centroid_map(centroids: Any, diagnosis: Any, path: Path) -> str:
+def saved_centroids(paths: RunPaths, class_ids: list[str]) -> tuple[Any, Any | None] | None:
+    """The per-class centroids ``diagnose`` saved (``RUN/diagnosis_centroids.npz``), rows in ``class_ids`` order.
+
+    Returns:
+        ``(synthetic, real)`` (``C×D`` each, NaN rows for classes without data; ``real`` None when diagnose ran
+        without a reference), or None when the file is absent (a run diagnosed before it existed).
+
+    Raises:
+        UserError: the file is unreadable or its arrays disagree in shape.
+    """
+    import numpy as np
+
+    from imagenet_plus.diagnose import CENTROIDS_CLASS_IDS, CENTROIDS_REAL, CENTROIDS_SYNTHETIC
+
+    path = paths.diagnosis_centroids
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+        saved_ids = [str(c) for c in arrays[CENTROIDS_CLASS_IDS]]
+        syn = arrays[CENTROIDS_SYNTHETIC].astype(np.float64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"unreadable {path}: {type(exc).__name__}: {exc}: re-run 'imagenet-plus diagnose'") from None
+    real = arrays[CENTROIDS_REAL].astype(np.float64) if CENTROIDS_REAL in arrays else None
+    for name, a in ((CENTROIDS_SYNTHETIC, syn), (CENTROIDS_REAL, real)):
+        if a is not None and (a.ndim != 2 or len(a) != len(saved_ids)):
+            raise UserError(f"{path}: '{name}' has shape {a.shape} but '{CENTROIDS_CLASS_IDS}' has {len(saved_ids)} "
+                            "rows: re-run 'imagenet-plus diagnose'")
+    row = {c: i for i, c in enumerate(saved_ids)}
+    take = np.array([row.get(c, -1) for c in class_ids], dtype=np.int64)
+
+    def reorder(a: Any) -> Any:
+        out = np.full((len(class_ids), a.shape[1]), np.nan)
+        out[take >= 0] = a[take[take >= 0]]
+        return out
+
+    return reorder(syn), (reorder(real) if real is not None else None)
+
+
+def plot_centroid_map(centroids: Any, diagnosis: Any, path: Path, real: Any | None = None) -> str:
     """2D PCA map of the synthetic class centroids (CLIP image space), coloured by verdict.
+
+    With ``real`` (``C×D`` real centroids, same rows), one PCA is fitted on the synthetic and real centroids
+    together: synthetic centroids are dots, real ones crosses, and a thin line joins each class's pair.
 
     A flagged class gets an arrow to the first other class among its :data:`ARROW_COLUMNS` (the real centroid
     nearest to its synthetic one, else the class text nearest to it, else its zero-shot confusion): where its
-    images sit instead of where they belong.
+    images sit instead of where they belong. The arrow ends at that class's real centroid when ``real`` is given.
     """
     import numpy as np
 
     from imagenet_plus.diagnose import VERDICT_OK, VERDICTS
 
     plt = _plt()
-    ids = list(diagnosis["class_id"])  # row i of ``centroids`` is class ids[i]
+    ids = list(diagnosis["class_id"])  # row i of ``centroids`` (and of ``real``) is class ids[i]
     by_id = {c: i for i, c in enumerate(ids)}
     have = ~np.isnan(centroids).any(axis=1)
     xy = np.full((len(centroids), 2), np.nan)
-    xy[have] = pca_2d(centroids[have])
+    real_have = ~np.isnan(real).any(axis=1) if real is not None else np.zeros(len(centroids), dtype=bool)
+    real_xy = np.full((len(centroids), 2), np.nan)
+    projected = pca_2d(np.concatenate([centroids[have], real[real_have]]) if real is not None else centroids[have])
+    xy[have] = projected[:int(have.sum())]
+    real_xy[real_have] = projected[int(have.sum()):]
     fig, ax = plt.subplots(figsize=(8, 6.5))
     colors = {v: plt.get_cmap("tab10")(i) for i, v in enumerate((*VERDICTS, VERDICT_OK))}
     verdicts = diagnosis["verdict"].to_numpy()
+    for i in np.flatnonzero(have & real_have):
+        ax.plot([xy[i, 0], real_xy[i, 0]], [xy[i, 1], real_xy[i, 1]], color=colors.get(verdicts[i], "#999"),
+                lw=0.6, alpha=0.6, zorder=1)
     for verdict in (*VERDICTS, VERDICT_OK):
         m = (verdicts == verdict) & have
         if m.any():
             ax.scatter(xy[m, 0], xy[m, 1], s=40 if verdict != VERDICT_OK else 18, color=colors[verdict],
-                       label=verdict, alpha=0.8, edgecolors="white", linewidths=0.5)
+                       label=verdict, alpha=0.8, edgecolors="white", linewidths=0.5, zorder=2)
+        m = (verdicts == verdict) & real_have
+        if m.any():
+            ax.scatter(real_xy[m, 0], real_xy[m, 1], s=36 if verdict != VERDICT_OK else 18, marker="x",
+                       color=colors[verdict], alpha=0.8, linewidths=1.0, zorder=2)
+    end = real_xy if real is not None else xy
+    end_have = real_have if real is not None else have
     for src, row in enumerate(diagnosis.to_dict("records")):
         if row["verdict"] == VERDICT_OK:
             continue
         dst = next((by_id[t] for t in (row.get(c) for c in ARROW_COLUMNS) if t in by_id and by_id[t] != src), -1)
-        if dst >= 0 and have[src] and have[dst]:
-            ax.annotate("", xy=xy[dst], xytext=xy[src], arrowprops={"arrowstyle": "->", "color": "#555", "lw": 0.8})
+        if dst >= 0 and have[src] and end_have[dst]:
+            ax.annotate("", xy=end[dst], xytext=xy[src], arrowprops={"arrowstyle": "->", "color": "#555", "lw": 0.8})
     if len(ids) <= MAX_MAP_LABELS:
         for i, name in enumerate(diagnosis.get("name", diagnosis["class_id"])):
             if have[i]:
                 ax.annotate(str(name), xy[i], fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    ax.set_title("synthetic class centroids: PCA of CLIP image embeddings (arrow: class it sits nearer to)",
-                 fontsize=10)
+    if real is not None:
+        ax.scatter([], [], marker="o", color="#777", label="synthetic centroid")
+        ax.scatter([], [], marker="x", color="#777", label="real centroid")
+        ax.set_title("synthetic (dots) vs real (crosses) class centroids: one PCA of CLIP image embeddings\n"
+                     "(line: a class's pair; arrow: the real centroid a flagged class sits nearer to)", fontsize=10)
+    else:
+        ax.set_title("synthetic class centroids: PCA of CLIP image embeddings (arrow: class it sits nearer to)",
+                     fontsize=10)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return _save(fig, path)
@@ -1043,13 +1106,23 @@ def diagnosis_section(inputs: ReportInputs, table: Any, rows: Any, worst: list[s
     note = (inputs.diagnosis_summary or {}).get("note")
     if note:
         notes.append(str(note))
-    centroids, why = class_centroids(inputs.paths, list(diagnosis["class_id"]))
-    image = plot_centroid_map(centroids, diagnosis, out / "diagnosis_map.png") if centroids is not None else None
+    saved = saved_centroids(inputs.paths, list(diagnosis["class_id"]))
+    if saved is not None:
+        centroids, real = saved
+        why = None
+    else:  # diagnosed before the centroids were saved: the synthetic ones, streamed from the .clip.npy files
+        (centroids, why), real = class_centroids(inputs.paths, list(diagnosis["class_id"])), None
+    image = plot_centroid_map(centroids, diagnosis, out / "diagnosis_map.png", real) if centroids is not None else None
     if image is None:
         notes.append(f"No centroid map: {why}.")
+    elif real is not None:
+        notes.append("The map shows synthetic (dots) and real (crosses) class centroids in one PCA of CLIP image "
+                     "embeddings; a thin line joins each class's pair, and an arrow leads from a flagged class to "
+                     "the real centroid it sits nearer to.")
     else:
-        notes.append("Real class centroids are not on the map: the diagnosis gives, per class, the real class its "
-                     "synthetic centroid is nearest to (arrows) and the synthetic-vs-real centroid cosine (table).")
+        notes.append("Real class centroids are not on the map (diagnose ran without a reference, or before it saved "
+                     f"{inputs.paths.diagnosis_centroids.name}): arrows lead to the class a synthetic centroid is "
+                     "nearest to, and the table gives the synthetic-vs-real centroid cosine where known.")
     names = dict(zip(table["class_id"], table["name"], strict=True))
     sheets = diagnosis_sheets(inputs, rows, worst, cfg, names, out)
     return Section("diagnosis", "diagnosis", "Diagnosis: why classes fail (worst first)",

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from imagenet_plus.contract import RunPaths, score_table
-from imagenet_plus.diagnose import DiagnoseConfig, read_remedy_strategies, run_diagnose
+from imagenet_plus.diagnose import (
+    CENTROIDS_CLASS_IDS,
+    CENTROIDS_REAL,
+    CENTROIDS_SYNTHETIC,
+    DiagnoseConfig,
+    read_remedy_strategies,
+    run_diagnose,
+)
 from imagenet_plus.errors import UserError
 
 DIM = 16
@@ -249,3 +256,30 @@ def test_image_folder_reference_is_embedded_with_the_run_clip_and_cached(tmp_pat
 
     monkeypatch.setattr(clip_module, "ClipScorer", no_model)
     assert run_diagnose(run, cfg)["geometry"] == first["geometry"]
+
+
+def test_centroids_file_matches_direct_means_and_has_real_only_with_a_reference(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    text, syn, real = constructed(rng)
+    del syn[4]  # a class without images: a NaN row
+    run = write_scored_run(tmp_path / "run", text, syn)
+    paths = RunPaths(run)
+    run_diagnose(run, DiagnoseConfig())
+    with np.load(paths.diagnosis_centroids, allow_pickle=False) as data:
+        assert sorted(data.files) == sorted([CENTROIDS_CLASS_IDS, CENTROIDS_SYNTHETIC])
+        assert list(data[CENTROIDS_CLASS_IDS]) == [cid for cid, _ in CLASSES]
+        got = data[CENTROIDS_SYNTHETIC]
+    assert got.dtype == np.float32 and got.shape == (len(CLASSES), DIM)
+    for c in range(len(CLASSES)):
+        if c not in syn:
+            assert np.isnan(got[c]).all()
+            continue
+        x = syn[c].astype(np.float16).astype(np.float64)  # the normalised embeddings the .clip.npy holds
+        np.testing.assert_allclose(got[c], x.mean(axis=0), atol=1e-6)
+    run_diagnose(run, DiagnoseConfig(reference=str(write_npz_reference(tmp_path / "r.npz", real))))
+    with np.load(paths.diagnosis_centroids, allow_pickle=False) as data:
+        assert sorted(data.files) == sorted([CENTROIDS_CLASS_IDS, CENTROIDS_REAL, CENTROIDS_SYNTHETIC])
+        np.testing.assert_array_equal(data[CENTROIDS_SYNTHETIC], got)
+        for c in range(len(CLASSES)):
+            np.testing.assert_allclose(data[CENTROIDS_REAL][c], real[c].astype(np.float32).astype(np.float64).mean(0),
+                                       atol=1e-6)

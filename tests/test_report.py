@@ -477,3 +477,40 @@ def test_unreadable_diagnosis_is_named(scored_run: Path) -> None:
     with pytest.raises(UserError, match="diagnosis.parquet"):
         run_report(scored_run, ReportConfig())
     assert not (scored_run / "report").exists()
+
+
+def test_diagnosis_map_draws_saved_real_centroids(scored_run: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from imagenet_plus.contract import RunPaths
+    from imagenet_plus.diagnose import write_centroids
+    from imagenet_plus.report import ReportConfig, diagnosis_section, read_inputs, saved_centroids
+
+    worst_first = write_diagnosis(scored_run)
+    paths = RunPaths(scored_run)
+    label_order = sorted(worst_first)
+    rng = np.random.default_rng(5)
+    syn, real = rng.normal(size=(len(label_order), 8)), rng.normal(size=(len(label_order), 8))
+    syn[0] = np.nan  # a class without images
+    write_centroids(paths.diagnosis_centroids, label_order, syn, real)
+    got_syn, got_real = saved_centroids(paths, worst_first + ["not_in_file"])  # rows follow the asked order
+    order = [label_order.index(c) for c in worst_first]
+    np.testing.assert_allclose(got_syn[:-1], syn[order].astype(np.float32), equal_nan=True)
+    np.testing.assert_allclose(got_real[:-1], real[order].astype(np.float32))
+    assert np.isnan(got_syn[-1]).all() and np.isnan(got_real[-1]).all()
+
+    inputs = read_inputs(paths)
+    table = pd.DataFrame({"class_id": label_order, "name": label_order})
+    out = tmp_path / "out"
+    out.mkdir()
+    section = diagnosis_section(inputs, table, None, [], ReportConfig(), out)
+    assert section.data["image"] == "diagnosis_map.png" and (out / "diagnosis_map.png").stat().st_size > 0
+    assert any("real (crosses)" in n for n in section.data["notes"])
+    # without a reference the file holds no real centroids, and the note says they are not on the map
+    write_centroids(paths.diagnosis_centroids, label_order, real, None)
+    section = diagnosis_section(inputs, table, None, [], ReportConfig(), out)
+    assert section.data["image"] == "diagnosis_map.png"
+    assert any("Real class centroids are not on the map" in n for n in section.data["notes"])
+    paths.diagnosis_centroids.write_bytes(b"nope")
+    with pytest.raises(UserError, match="diagnosis_centroids.npz"):
+        saved_centroids(paths, worst_first)
