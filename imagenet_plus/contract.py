@@ -477,12 +477,13 @@ class ReleasePaths:
 
     root: Path
 
+    def shard(self, split: str, index: int) -> Path:
+        """``REL/data/{split}-NNNNN.tar``."""
+        return self.root / release_shard_name(split, index)
+
     card = _Under(CARD_NAME)
     info_json = _Under(INFO_NAME)
     data = _Under(RELEASE_DATA_DIR)
-
-    def shard(self, split: str, index: int) -> Path:
-        return self.root / release_shard_name(split, index)
 
 
 @dataclass(frozen=True)
