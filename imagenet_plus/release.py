@@ -78,6 +78,7 @@ from imagenet_plus.contract import (
     SelectionSummary,
     SplitInfo,
     read_class_records,
+    read_json,
     read_run_yaml,
     release_shard_name,
     run_paths,
@@ -726,12 +727,8 @@ def _metrics_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _read_json_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"unreadable {path}: {exc}") from None
+    """A JSON file of the run, ``{}`` when it is absent (``contract.read_json`` names a malformed one)."""
+    return read_json(path) if path.is_file() else {}
 
 
 #: Classes listed by name in the card's small-class line (the rest are counted).

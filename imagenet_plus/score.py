@@ -724,10 +724,15 @@ def run_dataset_pass(run: str | Path, reference: Any = None, *, stems: list[str]
 # the stage
 
 
-def _generated_stems(paths: RunPaths) -> list[str]:
+def _done_stems(paths: RunPaths) -> list[str]:
+    """Stems of the finished generated shards, sorted."""
     from imagenet_plus.contract import done_shards
 
-    stems = [t.name[: -len(".tar")] for t in done_shards(paths.generated)]
+    return [t.name[: -len(".tar")] for t in done_shards(paths.generated)]
+
+
+def _generated_stems(paths: RunPaths) -> list[str]:
+    stems = _done_stems(paths)
     if not stems:
         raise UserError(f"no generated shards in {paths.generated}: run 'imagenet-plus generate' first")
     return stems
@@ -762,10 +767,8 @@ def _reference_protocol_is_current(described: dict[str, Any] | None) -> bool:
 def is_finished(run: str | Path, cfg: ScoreConfig) -> bool:
     """Whether ``RUN/scores/summary.json`` covers exactly the run's finished generated shards with ``cfg``'s
     models and reference (what ``run_score`` would skip); false after a top-up added shards."""
-    from imagenet_plus.contract import done_shards
-
     paths = RunPaths(Path(run))
-    stems = [t.name[: -len(".tar")] for t in done_shards(paths.generated)]
+    stems = _done_stems(paths)
     return bool(stems) and _finished_summary(paths, stems, cfg) is not None
 
 
