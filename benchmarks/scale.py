@@ -267,7 +267,7 @@ def _print_table(stages: list[str], sizes: list[int], results: dict[int, dict[st
     if len(sizes) == 2:
         head += " | RSS ratio | time ratio"
     print(head + " |")
-    print("|---" * (head.count("|") + 1) + "|")
+    print("|---" * head.count("|") + "|")
     ratios = []
     for stage in stages:
         row = f"| {stage} | " + " | ".join(f"{results[n][stage][0]:.1f} / {results[n][stage][1]:.0f}" for n in sizes)

@@ -71,8 +71,9 @@ RELEASE_DATA_DIR = "data"
 #: Suffix of a file being written (renamed to its final name once complete).
 PARTIAL_SUFFIX = ".partial"
 
-#: Fixed tar member mtime, so the same samples always give the same bytes.
-TAR_MTIME = 1_700_000_000.0
+#: Fixed tar member mtime, so the same samples always give the same bytes (an int: a float makes tarfile
+#: put a 1 KiB pax header before every member).
+TAR_MTIME = 1_700_000_000
 #: Image members a sample may carry (the first present is the image); chosen by ``generate``'s image_format.
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 #: Image members accepted in a real reference or test set (JPEG files are often named ``.jpeg``).
@@ -106,17 +107,19 @@ def make_key(class_id: str, index: int) -> str:
     return key
 
 
+#: How webdataset splits a member name into sample key and extension (``webdataset.tariterators.base_plus_ext``:
+#: the key is everything before the first dot of the base name). Repeated here, not imported, because importing
+#: webdataset imports torch (~8 s and ~700 MiB), which release and select otherwise never need; a test
+#: checks the two agree.
+MEMBER_NAME_PATTERN = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
 def split_member_name(name: str) -> tuple[str, str]:
-    """A tar member name → (sample key, member extension), as webdataset groups them.
-
-    Uses webdataset's own splitter (the key is everything before the first dot of the base name).
-    """
-    from webdataset.tariterators import base_plus_ext
-
-    key, ext = base_plus_ext(name)
-    if key is None:
+    """A tar member name → (sample key, member extension), as webdataset groups them."""
+    match = MEMBER_NAME_PATTERN.match(name)
+    if match is None:
         raise UserError(f"tar member {name!r} has no extension: not a webdataset sample member")
-    return key, ext
+    return match.group(1), match.group(2)
 
 
 def image_member(sample: Mapping[str, Any], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> str | None:

@@ -119,86 +119,6 @@ def _open_shards(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             stream.close()
 
 
-def _octal_field(field: bytes) -> int:
-    """A tar header number: NUL/space-terminated octal, or GNU base-256 (high bit of the first byte set)."""
-    if field[:1] and field[0] & 0x80:
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def iter_tar_members(stream: Any, url: str) -> Iterator[tuple[str, bytes]]:
-    """``(name, data)`` of every regular file of a tar stream, in order (POSIX ustar/pax and GNU long names).
-
-    A lean reader of the 512-byte-block format, several times faster than ``tarfile`` on shards of small
-    members (``tarfile`` parses each member's pax header through a general-purpose path); it yields what
-    webdataset's ``tar_file_iterator`` yields (regular files, webdataset's ``__…__`` metadata names skipped).
-
-    Raises:
-        UserError: a bad header checksum, a bad number or a truncated member (naming ``url``).
-    """
-    read = stream.read
-    pax: dict[str, str] = {}
-    long_name: str | None = None
-    while True:
-        header = read(512)
-        if header == _ZERO_BLOCK:
-            return
-        if not header:
-            raise UserError(f"corrupt or truncated shard {url}: it ends without the end-of-archive blocks")
-        if len(header) < 512:
-            raise UserError(f"corrupt or truncated shard {url}: a header is cut short")
-        try:
-            checksum = _octal_field(header[148:156])
-            size = int(pax["size"]) if "size" in pax else _octal_field(header[124:136])
-        except ValueError:
-            raise UserError(f"corrupt or truncated shard {url}: unreadable header numbers") from None
-        if checksum != sum(header[:148]) + 256 + sum(header[156:]):
-            raise UserError(f"corrupt or truncated shard {url}: bad header checksum")
-        data = read(size)
-        if len(data) < size:
-            raise UserError(f"corrupt or truncated shard {url}: a member is cut short")
-        if size % 512 and len(read(512 - size % 512)) < 512 - size % 512:
-            raise UserError(f"corrupt or truncated shard {url}: a member is cut short")
-        kind = header[156:157]
-        if kind == b"x":  # pax extended header of the next member: "LEN key=value\n" records
-            pax = _pax_records(data, url)
-            continue
-        if kind == b"g":
-            continue
-        if kind == b"L":  # GNU long name of the next member
-            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            continue
-        name = pax.get("path") or long_name
-        if name is None:
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
-            if prefix:
-                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-        pax, long_name = {}, None
-        if kind in (b"0", b"\0", b"7") and not _META_NAME.match(name):
-            yield name, data
-
-
-_ZERO_BLOCK = bytes(512)
-_META_NAME = re.compile(r"__[^/]*__($|/)")
-
-
-def _pax_records(data: bytes, url: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data) and data[pos:pos + 1] != b"\0":
-        space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise UserError(f"corrupt or truncated shard {url}: bad pax record") from None
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
-        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return out
-
-
 def _samples(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """webdataset stage: opened shards → samples grouped by key (webdataset's grouping); a broken shard is a
     UserError naming it."""
@@ -206,10 +126,11 @@ def _samples(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
     import webdataset as wds
 
+    from imagenet_plus.shards import scan_tar
+
     for shard in _open_shards(urls):
         url = shard["url"]
-        members = ({"fname": name, "data": data, "__url__": url}
-                   for name, data in iter_tar_members(shard["stream"], url))
+        members = ({"fname": m.name, "data": m.data, "__url__": url} for m in scan_tar(shard["stream"], url))
         try:
             yield from wds.tariterators.group_by_keys(members)
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:

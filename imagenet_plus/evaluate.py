@@ -187,7 +187,7 @@ def read_release(rel: Path, split: str = "train") -> LabeledSet:
     Raises:
         UserError: no shards, a corrupt shard (named), or a sample without an image member.
     """
-    import tarfile
+    from imagenet_plus.shards import scan_tar
 
     shards = release_shards(rel, split)
     if not shards:
@@ -196,29 +196,26 @@ def read_release(rel: Path, split: str = "train") -> LabeledSet:
     class_ids: list[str] = []
     for shard in shards:
         try:
-            with tarfile.open(shard, "r:") as tf:
-                members = tf.getmembers()
-                by_key: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for m in members:
-                    if not m.isfile():
-                        continue
+            with open(shard, "rb") as f:
+                by_key: dict[str, dict[str, Any]] = {}
+                for m in scan_tar(f, str(shard), wanted=lambda name: name.endswith(".json")):
                     base = os.path.basename(m.name)
                     key, _, ext = base.partition(".")
                     prefix = os.path.dirname(m.name)
                     by_key.setdefault(f"{prefix}/{key}", {})[ext.lower()] = m
-                for full_key, parts in by_key.items():
-                    image = next((parts[e] for e in TAR_IMAGE_EXTENSIONS if e in parts), None)
-                    if image is None:
-                        raise UserError(f"{shard}: sample {full_key!r} has no image member")
-                    cid = _class_id_of_key(full_key.rsplit("/", 1)[-1])
-                    if cid is None and "json" in parts:
-                        meta = json.loads(tf.extractfile(parts["json"]).read())  # type: ignore[union-attr]
-                        cid = str(meta.get("class_id", "")) or None
-                    if cid is None:
-                        raise UserError(f"{shard}: cannot tell the class id of sample {full_key!r}")
-                    sources.append(TarMember(str(shard), image.offset_data, image.size))
-                    class_ids.append(cid)
-        except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as exc:
+            for full_key, parts in by_key.items():
+                image = next((parts[e] for e in TAR_IMAGE_EXTENSIONS if e in parts), None)
+                if image is None:
+                    raise UserError(f"{shard}: sample {full_key!r} has no image member")
+                cid = _class_id_of_key(full_key.rsplit("/", 1)[-1])
+                if cid is None and "json" in parts:
+                    meta = json.loads(parts["json"].data)
+                    cid = str(meta.get("class_id", "")) or None
+                if cid is None:
+                    raise UserError(f"{shard}: cannot tell the class id of sample {full_key!r}")
+                sources.append(TarMember(str(shard), image.offset, image.size))
+                class_ids.append(cid)
+        except (OSError, json.JSONDecodeError, ValueError) as exc:
             raise UserError(f"corrupt or truncated shard {shard}: {exc}") from None
     return LabeledSet(str(rel), sources, class_ids)
 

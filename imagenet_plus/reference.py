@@ -18,13 +18,18 @@ Features of folders and shards are cached under ``cache_dir("reference")`` keyed
 (relative names, sizes, modification times), the Inception weights and :data:`PROTOCOL`: a second run reads
 the features instead of running the network, without re-reading the images (an edited or replaced file
 changes its size or time, hence the key), and features cached under another protocol are extracted again.
+
+Under a multi-process launch every rank extracts one contiguous block (:func:`load_reference_part`, cut by
+:func:`part_block`) into a shared folder, and the main rank merges the blocks in order
+(:meth:`ReferenceParts.merge`): the same features and cache entry as one process's :func:`load_reference`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,7 +168,9 @@ def _iter_tars(tars: list[Path]) -> Iterator[tuple[bytes, str, str | None]]:
 
 
 def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, inception: Any, batch_size: int,
-             show_progress: bool) -> tuple[np.ndarray, list[str | None]]:
+             show_progress: bool, desc: str = "reference features",
+             check: Callable[[], None] | None = None) -> tuple[np.ndarray, list[str | None]]:
+    """Features and class ids of ``samples`` in order (``0×2048`` when there are none); ``check`` runs per batch."""
     from concurrent.futures import ThreadPoolExecutor
 
     from imagenet_plus.progress import progress_bar
@@ -172,11 +179,13 @@ def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, incep
 
     feats: list[np.ndarray] = []
     class_ids: list[str | None] = []
-    bar = progress_bar(total, "reference features", enabled=show_progress)
+    bar = progress_bar(total, desc, enabled=show_progress)
     with bar, ThreadPoolExecutor(max_workers=2) as pool:
         batch: list[tuple[bytes, str, str | None]] = []
 
         def flush() -> None:
+            if check is not None:
+                check()
             images = list(pool.map(lambda s: center_crop_resize(decode_image(s[0], f"in reference: {s[1]}")), batch))
             pool_feats, _ = inception.features(images)
             feats.append(pool_feats.numpy().astype(np.float32))
@@ -191,7 +200,7 @@ def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, incep
         if batch:
             flush()
     if not feats:
-        raise UserError("the reference holds no images")
+        return np.zeros((0, FEATURE_DIM), dtype=np.float32), class_ids
     return np.concatenate(feats), class_ids
 
 
@@ -237,8 +246,78 @@ def _load_statistics(path: Path) -> Reference:
                      class_ids=class_ids, stats={"mu": mu, "sigma": sigma})
 
 
+@dataclass(frozen=True)
+class _Source:
+    """A folder or shards reference: its items (image files or tars) in extraction order, and its content hash."""
+
+    path: Path
+    kind: str  # "folder" | "webdataset"
+    items: tuple[Path, ...]
+    content_hash: str
+
+    def samples(self, items: tuple[Path, ...]) -> Iterator[tuple[bytes, str, str | None]]:
+        """(bytes, name, class id) of the images of ``items`` (a slice of :attr:`items`), in order."""
+        return _iter_folder(self.path, list(items)) if self.kind == "folder" else _iter_tars(list(items))
+
+    def cache_file(self, weights_id: str) -> Path:
+        """The cache entry of these images' features under ``weights_id`` and :data:`PROTOCOL`."""
+        return cache_dir("reference") / f"{self.content_hash}-{weights_id}-{PROTOCOL}.npz"
+
+
+def _source(path: Path, kind: str) -> _Source:
+    """List a folder's images (or the shards) and hash their names, sizes and times (no image is read)."""
+    if kind == "folder":
+        items = _folder_images(path)
+        h = hashlib.sha256(b"folder")
+        for p in items:
+            _hash_file_stat(h, str(p.relative_to(path)), p)
+    else:
+        items = [path] if path.is_file() else _folder_tars(path)
+        h = hashlib.sha256(b"webdataset")
+        for p in items:
+            _hash_file_stat(h, p.name, p)
+    return _Source(path=path, kind=kind, items=tuple(items), content_hash=h.hexdigest()[:16])
+
+
+def _class_id_array(class_ids: list[str | None]) -> np.ndarray:
+    return np.array(["" if c is None else c for c in class_ids], dtype=str)
+
+
+def _read_features(path: Path) -> tuple[np.ndarray, list[str | None], dict[str, np.ndarray]] | None:
+    """(features, class ids, other arrays) of a cache entry or part file; ``None`` when missing or damaged."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        features = arrays.pop("features").astype(np.float32).reshape(-1, FEATURE_DIM)
+        class_ids = [str(c) or None for c in arrays.pop("class_ids").tolist()]
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged file is recomputed
+    if len(class_ids) != len(features):
+        return None
+    return features, class_ids, arrays
+
+
+def _check_count(path: Path, n: int) -> None:
+    if n == 0:
+        raise UserError(f"the reference {path} holds no images")
+    if n < 2:
+        raise UserError(f"reference {path} holds {n} image; FID needs at least 2")
+
+
+def _reference(source: _Source, weights_id: str, features: np.ndarray, class_ids: list[str | None]) -> Reference:
+    from imagenet_plus.metrics import fid_statistics
+
+    return Reference(path=str(source.path), kind=source.kind, content_hash=source.content_hash, weights_id=weights_id,
+                     features=features, class_ids=class_ids, stats=fid_statistics(features))
+
+
 def load_reference(spec: str | Path, inception: Any, batch_size: int = 32, show_progress: bool = True) -> Reference:
     """Real features of ``spec`` (from the cache when the same images and weights were seen before).
+
+    One process extracts every image; under a multi-process launch :func:`load_reference_part` shares the
+    work between the ranks and gives the same features and cache entry.
 
     Args:
         spec: an image folder, a ``.tar`` or folder of ``.tar`` shards, or a ``.npz`` statistics file.
@@ -248,44 +327,144 @@ def load_reference(spec: str | Path, inception: Any, batch_size: int = 32, show_
         show_progress: show a progress bar while extracting.
 
     Raises:
-        UserError: missing path, no images, an unreadable image or corrupt shard (named), a malformed
+        UserError: missing path, fewer than 2 images, an unreadable image or corrupt shard (named), a malformed
             statistics file.
     """
-    from imagenet_plus.metrics import fid_statistics
-
     path = Path(spec)
     kind = detect_kind(path)
     if kind == "statistics":
         return _load_statistics(path)
-    if kind == "folder":
-        files = _folder_images(path)
-        h = hashlib.sha256(b"folder")
-        for p in files:
-            _hash_file_stat(h, str(p.relative_to(path)), p)
-        samples: Iterator[tuple[bytes, str, str | None]] = _iter_folder(path, files)
-        total = len(files)
+    source = _source(path, kind)
+    cache_file = source.cache_file(inception.weights_id)
+    cached = _read_features(cache_file)
+    if cached is not None:
+        features, class_ids, _ = cached
     else:
-        tars = [path] if path.is_file() else _folder_tars(path)
-        h = hashlib.sha256(b"webdataset")
-        for p in tars:
-            _hash_file_stat(h, p.name, p)
-        samples = _iter_tars(tars)
-        total = 0
-    content_hash = h.hexdigest()[:16]
-    cache_file = cache_dir("reference") / f"{content_hash}-{inception.weights_id}-{PROTOCOL}.npz"
-    features: np.ndarray | None = None
-    if cache_file.is_file():
-        try:
-            with np.load(cache_file, allow_pickle=False) as data:
-                features = data["features"].astype(np.float32)
-                class_ids = [str(c) or None for c in data["class_ids"].tolist()]
-        except (OSError, ValueError, KeyError):
-            features = None  # a damaged cache entry is recomputed
-    if features is None:
-        features, class_ids = _extract(samples, total, inception, batch_size, show_progress)
-        if len(features) < 2:
-            raise UserError(f"reference {path} holds {len(features)} image; FID needs at least 2")
-        _write_npz_atomic(cache_file, features=features,
-                          class_ids=np.array(["" if c is None else c for c in class_ids], dtype=str))
-    return Reference(path=str(path), kind=kind, content_hash=content_hash, weights_id=inception.weights_id,
-                     features=features, class_ids=class_ids, stats=fid_statistics(features))
+        total = len(source.items) if kind == "folder" else 0
+        features, class_ids = _extract(source.samples(source.items), total, inception, batch_size, show_progress)
+        _check_count(path, len(features))
+        _write_npz_atomic(cache_file, features=features, class_ids=_class_id_array(class_ids))
+    return _reference(source, inception.weights_id, features, class_ids)
+
+
+def part_block(kind: str, num_items: int, rank: int, world_size: int, batch_size: int) -> tuple[int, int]:
+    """The items ``[start, stop)`` whose features rank ``rank`` of ``world_size`` extracts.
+
+    Contiguous blocks in rank order. For a folder the items are images and the blocks are cut at whole batches
+    of ``batch_size``, so every rank runs the very batches a single process would; for shards the items are
+    the ``.tar`` files (their sample counts are unknown before reading). A block may be empty.
+    """
+    if kind == "folder":
+        batches = -(-num_items // batch_size)
+        return (min(batches * rank // world_size * batch_size, num_items),
+                min(batches * (rank + 1) // world_size * batch_size, num_items))
+    return num_items * rank // world_size, num_items * (rank + 1) // world_size
+
+
+def _part_file(folder: Path, source: _Source, weights_id: str, rank: int, world_size: int) -> Path:
+    return Path(folder) / (f"reference-{source.content_hash}-{weights_id}-{PROTOCOL}"
+                           f"-part-{rank:05d}-of-{world_size:05d}.npz")
+
+
+@dataclass(frozen=True)
+class ReferenceParts:
+    """The main rank's handle on a reference whose features every rank extracts (:func:`load_reference_part`)."""
+
+    source: _Source
+    inception: Any
+    folder: Path
+    world_size: int
+    batch_size: int
+
+    def merge(self, show_progress: bool = True) -> Reference:
+        """Concatenate every rank's part in rank order, write the cache entry, and return the reference.
+
+        Call it once every rank has written its part (after ``FileRendezvous.wait_for_all``: a rank writes its
+        part before it scores). A part that is missing, damaged or covers other items (a rank that found the
+        features in its own node's cache, or saw another file list) is extracted here instead.
+
+        Raises:
+            UserError: fewer than 2 images in all, or an unreadable image or corrupt shard in a block
+                extracted here.
+        """
+        weights_id = self.inception.weights_id
+        features: list[np.ndarray] = []
+        class_ids: list[str | None] = []
+        for rank in range(self.world_size):
+            start, stop = part_block(self.source.kind, len(self.source.items), rank, self.world_size, self.batch_size)
+            part = _read_features(_part_file(self.folder, self.source, weights_id, rank, self.world_size))
+            if part is not None and part[2].get("block", np.zeros(0)).tolist() == [start, stop]:
+                feats, ids = part[0], part[1]
+            else:
+                print(f"warning: no reference part from rank {rank}: extracting its items [{start}, {stop}) "
+                      f"of {self.source.path} here", file=sys.stderr)
+                total = stop - start if self.source.kind == "folder" else 0
+                feats, ids = _extract(self.source.samples(self.source.items[start:stop]), total, self.inception,
+                                      self.batch_size, show_progress, f"reference features (rank {rank}'s part)")
+            features.append(feats)
+            class_ids.extend(ids)
+        merged = np.concatenate(features)
+        _check_count(self.source.path, len(merged))
+        _write_npz_atomic(self.source.cache_file(weights_id), features=merged, class_ids=_class_id_array(class_ids))
+        return _reference(self.source, weights_id, merged, class_ids)
+
+
+def load_reference_part(spec: str | Path, inception: Any, folder: str | Path, rank: int, world_size: int,
+                        batch_size: int = 32, show_progress: bool = True,
+                        check: Callable[[], None] | None = None) -> Reference | ReferenceParts | None:
+    """This rank's share of a reference under a multi-process launch (every rank calls it, before scoring).
+
+    Every rank lists and hashes the images (names, sizes, times: cheap) and looks in the cache. Cached: the
+    main rank (0) reads the entry, the others do nothing. Otherwise rank ``r`` extracts the features of its
+    block (:func:`part_block`: images cut at whole batches for a folder, ``.tar`` files for shards) at the
+    full batch size on its own device, and writes them atomically as one ``.npz`` part into ``folder`` (the
+    launch's rendezvous folder, shared by every node). The main rank then merges the parts in rank order
+    (:meth:`ReferenceParts.merge`) once every rank is done: the features are in the order of a single-process
+    :func:`load_reference`, so the cache entry and the metrics do not depend on the number of ranks (for a
+    folder the batches are the same too; for shards a batch may be cut at a rank's first ``.tar``, which
+    changes features only by floating-point rounding). A statistics ``.npz`` is read by the main rank alone.
+
+    Args:
+        spec: an image folder, a ``.tar`` or folder of ``.tar`` shards, or a ``.npz`` statistics file.
+        inception: a loaded Inception scorer (``None`` for a statistics file).
+        folder: where parts are written (the same folder on every rank).
+        rank: this process's rank; rank 0 merges.
+        world_size: number of ranks.
+        batch_size: images per network batch.
+        show_progress: show a progress bar of this rank's part (the main rank's only, in practice).
+        check: called before every batch; raises to stop (``FileRendezvous.check``: another rank failed).
+
+    Returns:
+        On the main rank, the :class:`Reference` (statistics file or cached features) or the
+        :class:`ReferenceParts` to merge; ``None`` on the other ranks.
+
+    Raises:
+        UserError: missing path, no images (or a folder of one), an unreadable image or corrupt shard in this
+            rank's block (named), a malformed statistics file, or whatever ``check`` raises.
+    """
+    path = Path(spec)
+    kind = detect_kind(path)
+    is_main = rank == 0
+    if kind == "statistics":
+        return _load_statistics(path) if is_main else None
+    source = _source(path, kind)
+    if kind == "folder":
+        _check_count(path, len(source.items))  # before any rank runs the network
+    cache_file = source.cache_file(inception.weights_id)
+    if is_main:
+        cached = _read_features(cache_file)
+        if cached is not None:
+            return _reference(source, inception.weights_id, cached[0], cached[1])
+    elif cache_file.is_file():
+        return None  # the main rank reads it (it extracts this block itself if its own cache lacks it)
+    start, stop = part_block(kind, len(source.items), rank, world_size, batch_size)
+    unit = "images" if kind == "folder" else "shards"
+    desc = f"reference features (rank {rank}'s part: {stop - start} of {len(source.items)} {unit})"
+    features, class_ids = _extract(source.samples(source.items[start:stop]), stop - start if kind == "folder" else 0,
+                                   inception, batch_size, show_progress, desc, check)
+    _write_npz_atomic(_part_file(Path(folder), source, inception.weights_id, rank, world_size), features=features,
+                      class_ids=_class_id_array(class_ids), block=np.array([start, stop], dtype=np.int64))
+    if not is_main:
+        return None
+    return ReferenceParts(source=source, inception=inception, folder=Path(folder), world_size=world_size,
+                          batch_size=batch_size)

@@ -45,8 +45,8 @@ import math
 import os
 import random
 import shutil
-import tarfile
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,7 +86,7 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.errors import UserError
 from imagenet_plus.progress import progress_bar
-from imagenet_plus.shards import PartialTarWriter, write_json_atomic
+from imagenet_plus.shards import PartialTarWriter, TarMember, scan_tar, write_json_atomic
 
 IMAGEFOLDER_MARKER = ".imagenet-plus-release.json"
 #: File extension of the image-folder export for each image member (ImageNet uses ``.JPEG``).
@@ -218,6 +218,38 @@ def _check_name(value: str, what: str, source: Path) -> None:
         raise UserError(f"{source}: {what} {value!r} is not a safe name (letters, digits, _ and - only)")
 
 
+class KeyRows:
+    """Kept key → row (0…n-1, in ``keys`` order), over one pandas hash index.
+
+    At ImageNet size a ``dict`` of a million keys costs ~100 bytes per key more (an int object and a dict slot
+    each); the index holds a pointer and a hash slot per key and looks many keys up in one call.
+
+    Raises:
+        UserError: a key appears twice.
+    """
+
+    def __init__(self, keys: list[str], source: Path) -> None:
+        import pandas as pd
+
+        self.index = pd.Index(keys, dtype=object)
+        if not self.index.is_unique:
+            dup = self.index[self.index.duplicated()][0]
+            raise UserError(f"{source}: key {dup!r} is listed twice")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __getitem__(self, key: str) -> int:
+        return int(self.index.get_loc(key))
+
+    def positions(self, keys: Any) -> Any:
+        """Rows of ``keys`` (an int64 array; -1 where a key is not kept)."""
+        return self.index.get_indexer(keys)
+
+
 @dataclass(frozen=True)
 class ReleasePlan:
     """What the release holds: the class set, the kept samples and their split, in write order.
@@ -232,7 +264,7 @@ class ReleasePlan:
     """
 
     classes: list[dict[str, Any]]
-    rows: dict[str, int]
+    rows: KeyRows
     class_index: Any
     composite: Any
     splits: dict[str, list[str]]
@@ -254,32 +286,44 @@ def plan_release(paths: RunPaths, cfg: ReleaseConfig) -> ReleasePlan:
             id not in ``classes.json``, or (``small_classes="error"``) a class too small for validation.
     """
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     classes = read_class_records(paths)
     for c in classes:
         _check_name(str(c.get("id")), "class id", paths.classes_json)
     position = {c["id"]: i for i, c in enumerate(classes)}
-    try:
-        sel = pd.read_parquet(paths.selection_parquet, columns=["key", "class_id", "kept", COMPOSITE])
+    try:  # arrow, not pandas, kept rows only: no Python object per row but the kept keys themselves
+        sel = pq.read_table(paths.selection_parquet, columns=["key", "class_id", "kept", COMPOSITE],
+                            filters=[("kept", "==", True)], read_dictionary=["class_id"])
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise UserError(f"unreadable {paths.selection_parquet}: {exc}") from None
-    sel = sel[sel["kept"].astype(bool)]
-    if sel.empty:
+    if sel.num_rows == 0:
         raise UserError(f"{paths.selection_parquet} keeps no image: loosen the thresholds and run select again")
-    keys = sel["key"].astype(str).tolist()
-    kept: dict[str, list[str]] = {c["id"]: [] for c in classes}
-    class_index = np.empty(len(keys), dtype=np.int32)
-    for i, (key, cid) in enumerate(zip(keys, sel["class_id"].astype(str), strict=True)):
+    keys: list[str] = sel["key"].cast("string").to_pylist()
+    composite = sel[COMPOSITE].cast("double").fill_null(float("nan")).to_numpy()
+    codes = sel["class_id"].combine_chunks()
+    del sel
+    if not isinstance(codes, pa.DictionaryArray):
+        codes = pc.dictionary_encode(codes.cast("string"))
+    code_ids = [str(c) for c in codes.dictionary.to_pylist()]
+    for cid in code_ids:
         if cid not in position:
             _check_name(cid, "class id", paths.selection_parquet)
             raise UserError(f"{paths.selection_parquet}: class id {cid!r} is not in {paths.classes_json}")
+    class_index = np.array([position[c] for c in code_ids], dtype=np.int32)[
+        codes.indices.to_numpy(zero_copy_only=False)]
+    for key in keys:
         _check_name(key, "key", paths.selection_parquet)
-        kept[cid].append(key)
-        class_index[i] = position[cid]
+    kept: dict[str, list[str]] = {c["id"]: [] for c in classes}
+    order = np.argsort(class_index, kind="stable")  # rows grouped by class, in file order within a class
+    ends = np.cumsum(np.bincount(class_index, minlength=len(classes)))
+    for ci, (start, end) in enumerate(zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True)):
+        kept[classes[ci]["id"]] = [keys[i] for i in order[start:end].tolist()]
     train, val = split_train_validation(kept, cfg.val_per_class, cfg.seed, cfg.small_classes)
-    return ReleasePlan(classes=classes, rows={k: i for i, k in enumerate(keys)}, class_index=class_index,
-                       composite=sel[COMPOSITE].to_numpy(dtype=np.float64, na_value=np.nan),
+    return ReleasePlan(classes=classes, rows=KeyRows(keys, paths.selection_parquet), class_index=class_index,
+                       composite=composite,
                        splits={"train": train, "validation": val}, small=small_classes(kept, cfg.val_per_class))
 
 
@@ -316,7 +360,7 @@ class SampleIndex:
         return next(iter(self.image_exts))
 
 
-def index_generated(paths: RunPaths, rows: dict[str, int]) -> SampleIndex:
+def index_generated(paths: RunPaths, rows: KeyRows) -> SampleIndex:
     """Read the tar headers of ``RUN/generated/*.tar`` (and the json of kept samples) once.
 
     Raises:
@@ -333,30 +377,35 @@ def index_generated(paths: RunPaths, rows: dict[str, int]) -> SampleIndex:
                       np.zeros(n, bool), set(), {}, set())
     for t, tar in enumerate(tars):
         try:
-            with tarfile.open(tar, "r:") as tf:
-                for info in tf:
-                    if info.isfile():
-                        _index_member(idx, tf, info, t, rows)
-        except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as exc:
+            with open(tar, "rb") as f:
+                members = list(scan_tar(f, str(tar), wanted=_is_json_member))
+            names = [split_member_name(m.name) for m in members]
+            where = rows.positions([key for key, _ in names]).tolist()
+            for member, (_, ext), r in zip(members, names, where, strict=True):
+                if r >= 0:
+                    _index_member(idx, member, ext, t, r)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"corrupt or truncated shard {tar}: a json member is not JSON ({exc})") from None
+        except OSError as exc:
             raise UserError(f"corrupt or truncated shard {tar}: {exc}") from None
     _check_index(idx, rows, paths)
     return idx
 
 
-def _index_member(idx: SampleIndex, tf: tarfile.TarFile, info: tarfile.TarInfo, t: int, rows: dict[str, int]) -> None:
-    key, ext = split_member_name(info.name)
-    r = rows.get(key)
-    if r is None:
-        return
+def _is_json_member(name: str) -> bool:
+    return name.endswith(".json")
+
+
+def _index_member(idx: SampleIndex, member: TarMember, ext: str, t: int, r: int) -> None:
     idx.tar[r] = t
     if ext in IMAGE_EXTENSIONS:
-        idx.image[r] = (info.offset_data, info.size)
+        idx.image[r] = (member.offset, member.size)
         idx.image_exts.add(ext)
     elif ext == "cls":
         idx.has_cls[r] = True
     elif ext == "json":
-        idx.json[r] = (info.offset_data, info.size)
-        meta = json.loads(tf.extractfile(info).read())  # type: ignore[union-attr]
+        idx.json[r] = (member.offset, member.size)
+        meta = json.loads(member.data)  # type: ignore[arg-type]
         if meta.get("scheduler"):
             idx.schedulers.add(str(meta["scheduler"]))
         for k, v in meta.items():
@@ -364,10 +413,10 @@ def _index_member(idx: SampleIndex, tf: tarfile.TarFile, info: tarfile.TarInfo, 
                 idx.extra_meta.setdefault(k, dtype)
 
 
-def _check_index(idx: SampleIndex, rows: dict[str, int], paths: RunPaths) -> None:
+def _check_index(idx: SampleIndex, rows: KeyRows, paths: RunPaths) -> None:
     import numpy as np
 
-    keys = list(rows)
+    keys = rows.index
     missing = sorted(keys[i] for i in np.flatnonzero(idx.tar < 0))
     if missing:
         raise UserError(f"key {missing[0]} is in {paths.selection_parquet} but in no shard of {paths.generated}")
@@ -418,9 +467,8 @@ class ScoreColumns:
         return out
 
 
-def read_release_scores(paths: RunPaths, rows: dict[str, int]) -> ScoreColumns:
+def read_release_scores(paths: RunPaths, rows: KeyRows) -> ScoreColumns:
     """The score columns of the kept rows, read file by file (only the release score columns)."""
-    import numpy as np
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -431,10 +479,10 @@ def read_release_scores(paths: RunPaths, rows: dict[str, int]) -> ScoreColumns:
             df = pd.read_parquet(f, columns=["key", *(c for c in out.names if c in names)])
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise UserError(f"unreadable scores file {f}: {exc}") from None
-        where = df["key"].map(rows)
-        found = where.notna().to_numpy()
+        where = rows.positions(df["key"])
+        found = where >= 0
         if found.any():
-            out.fill(where[found].to_numpy(dtype=np.int64), df[found])
+            out.fill(where[found], df[found])
     return out
 
 

@@ -798,14 +798,24 @@ def _prepare_scores_folder(paths: RunPaths, cfg: ScoreConfig) -> None:
         raise UserError(f"{paths.scores} was scored with other models ({changed}): delete that folder to rescore")
 
 
-def _load_reference(cfg: ScoreConfig, models: Scorers, dist: Any) -> Any:
-    """The real reference (main rank only; loaded before scoring so that a bad reference stops the stage early)."""
-    if not dist.is_main or cfg.reference is None:
+def _load_reference(cfg: ScoreConfig, models: Scorers, dist: Any, rdv: Any) -> Any:
+    """The real reference, loaded before scoring so that a bad reference stops the stage early.
+
+    One process: ``reference.load_reference``. Several: every rank extracts the features of its block of
+    the reference into the rendezvous folder (``reference.load_reference_part``; nothing when they are
+    cached) and goes on scoring; a bad image stops every rank. Returns the ``Reference`` or, when the parts
+    must still be merged (once every rank is done), the main rank's ``ReferenceParts``; ``None`` on the
+    other ranks and without a reference.
+    """
+    if cfg.reference is None:
         return None
-    from imagenet_plus.reference import load_reference
+    from imagenet_plus.reference import load_reference, load_reference_part
 
     inception = models.inception if not str(cfg.reference).endswith(".npz") else None
-    return load_reference(cfg.reference, inception, cfg.batch_size, show_progress=True)
+    if dist.world_size == 1:
+        return load_reference(cfg.reference, inception, cfg.batch_size, show_progress=True)
+    return load_reference_part(cfg.reference, inception, rdv.folder, dist.rank, dist.world_size, cfg.batch_size,
+                               show_progress=dist.is_main, check=lambda: rdv.check(every=1.0))
 
 
 def _score_own_shards(paths: RunPaths, stems: list[str], models: Scorers, cfg: ScoreConfig, num_classes: int,
@@ -855,12 +865,19 @@ def _scored_shards(paths: RunPaths, stems: list[str]) -> tuple[list[str], dict[s
 
 def _write_summary(paths: RunPaths, cfg: ScoreConfig, stems: list[str], classes: list[dict[str, Any]],
                    reference: Any, device: Any) -> dict[str, Any]:
-    """The dataset pass over the good shards, then ``summary.json`` with the run's metadata (written last)."""
+    """The dataset pass over the good shards, then ``summary.json`` with the run's metadata (written last).
+
+    ``reference`` may be the parts every rank extracted (``reference.ReferenceParts``): they are merged here
+    (and cached), once every rank is done.
+    """
     from imagenet_plus.contract import library_versions
+    from imagenet_plus.reference import ReferenceParts
     from imagenet_plus.scorers.inception import resolve_inception_weights
     from imagenet_plus.shards import write_json_atomic
 
     good, bad = _scored_shards(paths, stems)
+    if isinstance(reference, ReferenceParts):
+        reference = reference.merge(show_progress=True)
     models_rec = _models_record(cfg)
     write_json_atomic(paths.models_json, models_rec)
     summary = _dataset_pass(paths, good, classes, reference, device, cfg.metric_samples)
@@ -883,7 +900,9 @@ def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None)
     Under ``torchrun``/``accelerate launch`` each rank scores its own shards, marks itself done and returns
     ``None``; the main rank waits for the markers (no collective: no process-group timeout can fire), runs the
     dataset pass and returns the summary. A rank that fails marks it and every other rank stops within
-    seconds with an error naming it.
+    seconds with an error naming it. A reference folder or shards not yet cached is extracted by every rank
+    before it scores, one contiguous block each, into the rendezvous folder; the main rank merges the blocks
+    in order after the wait (the same features as one process), caches them and runs the dataset pass.
 
     Args:
         run: the run directory.
@@ -912,7 +931,7 @@ def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None)
     rdv = FileRendezvous.start(paths.markers / STAGE, dist)
     try:
         models = scorers or Scorers(cfg, dist.device, [ClassInfo.from_dict(c) for c in classes])
-        reference = _load_reference(cfg, models, dist)
+        reference = _load_reference(cfg, models, dist, rdv)
         _score_own_shards(paths, stems, models, cfg, len(classes), dist, rdv)
         if dist.is_main and not paths.class_text_embeddings.is_file():
             _save_npy_atomic(paths.class_text_embeddings, models.class_embeddings.astype(np.float16))

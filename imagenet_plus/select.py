@@ -9,7 +9,7 @@ Output:
 - ``RUN/selection.parquet``: every key with ``key``, ``label``, ``class_id``, ``kept`` (bool),
   ``reason`` (``"kept"`` or the first rule it failed: ``"nsfw"``, ``"duplicate"``, ``"clip_score<20"``,
   ``"clip_class_prob<0.5"``, ``"isc_kl<0.1"``, ``"realism<1"``, ``"not_top5"``, ``"class_fid>80"``,
-  ``"over_quota"``) and ``composite`` (float in [0, 1], higher is better);
+  ``"over_quota"``) and ``composite`` (float in [0, 1], higher is better); rows sorted by label, then key;
 - ``RUN/selection.json``: ``thresholds``, ``per_class_quota``, ``pass_rate`` {class_id: rate},
   ``kept`` {class_id: n}, ``short`` {class_id: missing count}, ``dropped_classes``, ``flagged_classes``.
   ``generate --top-up`` reads ``short`` and ``pass_rate``.
@@ -28,6 +28,11 @@ Quota: within a class, the passing samples are picked greedily by maximal margin
 candidate maximising ``(1 - diversity) * composite + diversity * min cosine distance to the picked
 ones``. Near-identical images thus score low once one of them is picked and do not fill the quota.
 Written by hand (a 20-line numpy loop) because no maintained library offers MMR over a score vector.
+
+Memory: about 40 bytes per image and no Python object per image. One pass over the scores files (one at a
+time) keeps each image's key (in one arrow string array), label, class code and the code of the first rule it
+fails; each composite column is then read again on its own and folded into a running mean; the output is
+written in row batches.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ from imagenet_plus.contract import (
     run_paths,
 )
 from imagenet_plus.errors import UserError
-from imagenet_plus.shards import write_bytes_atomic
+from imagenet_plus.shards import atomic_file
 
 #: Score columns averaged (as within-class percentile ranks) into the composite; absent/null ones are skipped.
 COMPOSITE_COLUMNS = (COL_CLIP_SCORE, COL_CLIP_CLASS_PROB, COL_ISC_KL, COL_CLASSIFIER_PROB, COL_REALISM)
@@ -168,19 +173,22 @@ class SelectConfig:
 
 
 class ClipRows:
-    """The CLIP image embeddings of a scores frame, read row by row from the shards' ``.clip.npy`` files.
+    """The CLIP image embeddings of the scored rows, read row by row from the shards' ``.clip.npy`` files.
 
     Nothing is loaded up front: :meth:`gather` memory-maps the few files that hold the rows asked for (a small
     LRU of maps, so open files stay bounded whatever the shard count) and copies only those rows, so picking the
-    quota of one class reads that class's rows only.
+    quota of one class reads that class's rows only. Rows are numbered across the files in order, so a row's
+    file is found from the files' first rows alone (no per-row table).
     """
 
     #: Memory maps kept open at once (each holds one file descriptor).
     MAX_OPEN = 16
 
-    def __init__(self, files: list[Path], shard: Any, row: Any, dim: int) -> None:
-        """``files[shard[i]]`` row ``row[i]`` is the embedding of frame row ``i``; ``dim`` its width."""
-        self.files, self.shard, self.row, self.dim = files, shard, row, dim
+    def __init__(self, files: list[Path], starts: Any, dim: int) -> None:
+        """``files[s]`` holds rows ``starts[s]`` to ``starts[s + 1] - 1`` (``len(starts) == len(files) + 1``)."""
+        import numpy as np
+
+        self.files, self.starts, self.dim = files, np.asarray(starts, dtype=np.int64), dim
         self._maps: dict[int, Any] = {}
 
     def _map(self, s: int) -> Any:
@@ -195,15 +203,15 @@ class ClipRows:
         return arr
 
     def gather(self, idx: Any) -> Any:
-        """float32 (len(idx), dim) embeddings of frame rows ``idx``."""
+        """float32 (len(idx), dim) embeddings of rows ``idx``."""
         import numpy as np
 
         idx = np.asarray(idx, dtype=np.int64)
         out = np.empty((len(idx), self.dim), dtype=np.float32)
-        shard = self.shard[idx]
+        shard = np.searchsorted(self.starts, idx, side="right") - 1
         for s in np.unique(shard):
             mask = shard == s
-            out[mask] = self._map(int(s))[self.row[idx[mask]]]
+            out[mask] = self._map(int(s))[idx[mask] - self.starts[s]]
         return out
 
     def close(self) -> None:
@@ -221,6 +229,16 @@ def _score_columns_of(f: Path) -> list[str]:
         raise UserError(f"unreadable scores file {f}: {exc}") from None
     check_score_columns(names, f)
     return [c for c in SELECT_COLUMNS if c in names]
+
+
+def _read_columns(f: Path, columns: list[str]) -> Any:
+    """The arrow table of ``columns`` of the scores file ``f``."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(f, columns=columns)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise UserError(f"unreadable scores file {f}: {exc}") from None
 
 
 def _clip_rows_of(files: ScoreFiles, n: int) -> tuple[Path, int]:
@@ -241,60 +259,243 @@ def _clip_rows_of(files: ScoreFiles, n: int) -> tuple[Path, int]:
     return npy, int(shape[1])
 
 
-def _read_scores(paths: RunPaths) -> tuple[Any, ClipRows]:
-    """The score columns select needs from every scores parquet, concatenated, and where their embeddings are.
+def _floats(table: Any, col: str) -> Any:
+    """Column ``col`` of an arrow table as float64 (NaN where null; all NaN when the table lacks it)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    Only :data:`SELECT_COLUMNS` are read and no embedding is loaded (see :class:`ClipRows`), so memory holds a
-    few numbers per image, not its features.
+    if col not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    return pc.cast(table.column(col), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def _bools(table: Any, col: str, value: bool) -> Any:
+    """Where column ``col`` of an arrow table equals ``value`` (False where null or when the table lacks it)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if col not in table.column_names:
+        return np.zeros(table.num_rows, dtype=bool)
+    column = pc.cast(table.column(col), pa.bool_())
+    return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+def _has_values(table: Any, col: str) -> bool:
+    """Whether column ``col`` of an arrow table has a non-null (and, for floats, non-NaN) value."""
+    import numpy as np
+    import pyarrow as pa
+
+    if col not in table.column_names or table.column(col).null_count == table.num_rows:
+        return False
+    if pa.types.is_floating(table.column(col).type):
+        return bool((~np.isnan(_floats(table, col))).any())
+    return True
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One per-image rule: its reason, the score column it needs values of, and where a shard fails it.
+
+    Attributes:
+        reason: the ``reason`` of the images that fail it first.
+        column: the score column that must have a value somewhere (else ``missing`` is raised), or None.
+        missing: the UserError message when ``column`` has no value in any scores file.
+        fails: ``fails(table, cls)``: bool array, where the rows of an arrow scores table fail the rule
+            (``cls``: the rows' class codes, indices into ``classes.json``).
+    """
+
+    reason: str
+    column: str | None
+    missing: str
+    fails: Any
+
+
+def rules_of(th: Thresholds, dropped: Any) -> list[Rule]:
+    """The rules in force under ``th``, in their fixed order (see the module docstring).
+
+    Args:
+        th: the thresholds.
+        dropped: class codes (indices into ``classes.json``) dropped by the class FID rule; may be empty.
     """
     import numpy as np
-    import pandas as pd
+
+    rules = []
+    if len(dropped):
+        rules.append(Rule(f"class_fid>{th.class_fid_max:g}", None, "",
+                          lambda t, cls, codes=np.asarray(dropped): np.isin(cls, codes)))
+    if th.drop_nsfw:
+        rules.append(Rule(REASON_NSFW, None, "",
+                          lambda t, cls, limit=th.nsfw_score_max: _bools(t, "nsfw", True)
+                          | (_floats(t, COL_NSFW_SCORE) > limit)))
+    if th.drop_duplicates:
+        rules.append(Rule(REASON_DUPLICATE, None, "", lambda t, cls: _is_duplicate(t)))
+    for col, key in ((COL_CLIP_SCORE, "clip_score_min"), (COL_CLIP_CLASS_PROB, "clip_class_prob_min"),
+                     (COL_ISC_KL, "isc_kl_min"), (COL_REALISM, "realism_min")):
+        limit = getattr(th, key)
+        if limit is not None:
+            missing = (f"{th.source}: key '{key}' is set but the scores have no '{col}' values "
+                       "(re-run 'imagenet-plus score' with the scorer that computes it, or remove the key)")
+            rules.append(Rule(f"{col}<{limit:g}", col, missing,
+                              lambda t, cls, col=col, limit=limit: _floats(t, col) < limit))
+    if th.classifier_top5:
+        missing = (f"{th.source}: key 'classifier_top5' is true but the scores have no ImageNet classifier results "
+                   "(only ImageNet-1k classes have them)")
+        rules.append(Rule(REASON_NOT_TOP5, COL_CLASSIFIER_TOP5, missing,
+                          lambda t, cls: _bools(t, COL_CLASSIFIER_TOP5, False)))
+    return rules
+
+
+def _is_duplicate(table: Any) -> Any:
+    """Rows whose ``dup_of`` is set (not null, not empty)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    dup = pc.cast(table.column(COL_DUP_OF), pa.string())
+    return pc.fill_null(pc.not_equal(dup, ""), False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """What select keeps of every scored row: a few bytes each, no Python object per row.
+
+    Rows are numbered across the scores files in file order, then row order.
+
+    Attributes:
+        files: the scores parquets, sorted.
+        columns: per file, the columns of :data:`SELECT_COLUMNS` it has.
+        starts: int64 (len(files) + 1,): the first row of each file, then the row count.
+        keys: the keys, one arrow string array.
+        label: int64 labels.
+        cls: int32 class codes (indices into ``classes.json``).
+        reason: uint8 code of the first rule each row fails (0: none; ``k``: ``rules[k - 1]``).
+        scored: the columns of :data:`COMPOSITE_COLUMNS` with a value somewhere.
+        clip: the CLIP embeddings of the rows.
+    """
+
+    files: list[Path]
+    columns: list[list[str]]
+    starts: Any
+    keys: Any
+    label: Any
+    cls: Any
+    reason: Any
+    scored: tuple[str, ...]
+    clip: ClipRows
+
+
+def read_scored_rows(paths: RunPaths, class_ids: list[str], rules: list[Rule]) -> ScoredRows:
+    """One pass over ``RUN/scores/*.parquet``: keys, labels, class codes and each row's first failed rule.
+
+    Only :data:`SELECT_COLUMNS` are read, one file at a time, and no embedding is loaded (see :class:`ClipRows`).
+
+    Raises:
+        UserError: no scores, an unreadable or incomplete scores file, CLIP embeddings missing or of the wrong
+            shape, a null key or label, a class id not in ``classes.json``, a key twice, or a rule on a score
+            that has no value in any file.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     files = paths.scored_parquets()
     if not files:
         raise UserError(f"no scores in {paths.scores}: run 'imagenet-plus score {paths.root}' first")
-    frames, npys, shard_of, row_of, dims = [], [], [], [], set()
-    for s, f in enumerate(files):
+    class_values = pa.array(class_ids, type=pa.string())
+    keys, labels, codes, reasons, columns_of, npys = [], [], [], [], [], []
+    starts, dims, seen, unknown = [0], set(), set(), set()
+    for f in files:
         columns = _score_columns_of(f)
-        try:
-            df = pd.read_parquet(f, columns=columns)
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise UserError(f"unreadable scores file {f}: {exc}") from None
-        npy, dim = _clip_rows_of(paths.score_files(f.stem), len(df))
-        frames.append(df)
+        table = _read_columns(f, columns)
+        n = table.num_rows
+        npy, dim = _clip_rows_of(paths.score_files(f.stem), n)
+        for name in ("key", "label"):
+            if table.column(name).null_count:
+                raise UserError(f"scores file {f} has a null '{name}'")
+        code = pc.index_in(table.column("class_id"), value_set=class_values)
+        if code.null_count:
+            unknown.update(pc.unique(pc.filter(table.column("class_id"), pc.is_null(code))).to_pylist())
+        cls = pc.fill_null(code, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+        reason = np.zeros(n, dtype=np.uint8)
+        for k, rule in enumerate(rules, start=1):
+            reason[np.asarray(rule.fails(table, cls), dtype=bool) & (reason == 0)] = k
+        seen.update(c for c in {*COMPOSITE_COLUMNS, *(r.column for r in rules if r.column)} if _has_values(table, c))
+        keys.extend(pc.cast(table.column("key"), pa.string()).chunks)
+        labels.append(pc.cast(table.column("label"), pa.int64()).to_numpy(zero_copy_only=False))
+        codes.append(cls)
+        reasons.append(reason)
+        columns_of.append(columns)
         npys.append(npy)
         dims.add(dim)
-        shard_of.append(np.full(len(df), s, dtype=np.int32))
-        row_of.append(np.arange(len(df), dtype=np.int64))
+        starts.append(starts[-1] + n)
+        del table
     if len(dims) > 1:
         raise UserError(f"CLIP embeddings in {paths.scores} have different widths {sorted(dims)}")
-    df = pd.concat(frames, ignore_index=True)
-    del frames
-    dup = df["key"][df["key"].duplicated()]
-    if len(dup):
-        raise UserError(f"key {dup.iloc[0]!r} appears twice in {paths.scores}")
-    return df, ClipRows(npys, np.concatenate(shard_of), np.concatenate(row_of), dims.pop())
+    if unknown:
+        raise UserError(f"scores in {paths.scores} name class id {sorted(map(str, unknown))[0]!r}, "
+                        f"not in {paths.classes_json}")
+    for rule in rules:
+        if rule.column is not None and rule.column not in seen:
+            raise UserError(rule.missing)
+    all_keys = pa.chunked_array(keys, type=pa.string()).combine_chunks()
+    del keys
+    return ScoredRows(files=files, columns=columns_of, starts=np.asarray(starts, dtype=np.int64), keys=all_keys,
+                      label=np.concatenate(labels), cls=np.concatenate(codes), reason=np.concatenate(reasons),
+                      scored=tuple(c for c in COMPOSITE_COLUMNS if c in seen),
+                      clip=ClipRows(npys, starts, dims.pop() if dims else 0))
 
 
-def composite_scores(df: Any) -> Any:
-    """Mean within-class percentile rank of the score columns present (see module docstring).
+#: Rows handled at once when checking keys and writing ``selection.parquet`` (bounds the per-batch copies).
+BATCH_ROWS = 65_536
 
-    Args:
-        df: a scores frame with ``class_id`` and some of :data:`COMPOSITE_COLUMNS`.
+
+def output_order(keys: Any, label: Any) -> Any:
+    """int64 row order of ``selection.parquet``: by label, then key; checks that no key appears twice.
+
+    Raises:
+        UserError: a key appears twice.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    by_key = pc.sort_indices(keys).to_numpy(zero_copy_only=False).astype(np.int64)
+    for i in range(0, max(len(by_key) - 1, 0), BATCH_ROWS):
+        run = keys.take(by_key[i:i + BATCH_ROWS + 1])
+        same = pc.equal(run.slice(0, len(run) - 1), run.slice(1)).to_numpy(zero_copy_only=False)
+        if same.any():
+            raise UserError(f"key {run[int(np.argmax(same))].as_py()!r} appears twice in the scores")
+    return by_key[np.argsort(label[by_key], kind="stable")]
+
+
+def composite_of(rows: ScoredRows) -> Any:
+    """float64 composite of every row: the mean within-class percentile rank of the score columns present.
+
+    Each column is read again from the scores files on its own, so one float column is held at a time.
 
     Returns:
-        A float Series in [0, 1] aligned with ``df`` (0.5 when no score column is present).
+        An array in [0, 1] (0.5 everywhere when no score column has a value; 0 for a row with none).
     """
+    import numpy as np
     import pandas as pd
 
-    ranks = []
-    for col in COMPOSITE_COLUMNS:
-        if col in df.columns and df[col].notna().any():
-            values = pd.to_numeric(df[col], errors="coerce")
-            ranks.append(values.groupby(df["class_id"]).rank(pct=True, method="average"))
-    if not ranks:
-        return pd.Series(0.5, index=df.index, dtype=float)
-    return pd.concat(ranks, axis=1).mean(axis=1, skipna=True).fillna(0.0)
+    n = len(rows.cls)
+    if not rows.scored:
+        return np.full(n, 0.5)
+    total = np.zeros(n)
+    count = np.zeros(n, dtype=np.int32)
+    for col in rows.scored:
+        values = np.empty(n)
+        for s, f in enumerate(rows.files):
+            lo, hi = rows.starts[s], rows.starts[s + 1]
+            values[lo:hi] = _floats(_read_columns(f, [col]), col) if col in rows.columns[s] else np.nan
+        ranks = pd.Series(values).groupby(rows.cls).rank(pct=True, method="average").to_numpy()
+        del values
+        ok = ~np.isnan(ranks)
+        total[ok] += ranks[ok]
+        count += ok
+        del ranks, ok
+    return np.divide(total, count, out=np.zeros(n), where=count > 0)
 
 
 def mmr_pick(composite: Any, embeddings: Any, k: int, diversity: float) -> list[int]:
@@ -331,92 +532,21 @@ def mmr_pick(composite: Any, embeddings: Any, k: int, diversity: float) -> list[
     return picked
 
 
-def _apply_rules(df: Any, th: Thresholds, class_fid: dict[str, float], drop_classes: set[str]) -> Any:
-    """The first failed rule of each row ("" when it passes every rule)."""
-    import numpy as np
-    import pandas as pd
+def pick_quota(rows: ScoredRows, composite: Any, quota: int, diversity: float) -> Any:
+    """Bool array: the rows kept, ``quota`` per class picked by :func:`mmr_pick` among the passing rows.
 
-    reason = pd.Series("", index=df.index, dtype=object)
-
-    def fail(mask: Any, text: str) -> None:
-        mask = mask.fillna(False).astype(bool) & (reason == "")
-        reason[mask] = text
-
-    def require_values(col: str, key: str) -> Any:
-        if col not in df.columns or df[col].isna().all():
-            raise UserError(
-                f"{th.source}: key '{key}' is set but the scores have no '{col}' values "
-                "(re-run 'imagenet-plus score' with the scorer that computes it, or remove the key)"
-            )
-        return pd.to_numeric(df[col], errors="coerce")
-
-    if drop_classes:
-        limit = th.class_fid_max
-        fail(pd.Series(np.isin(df["class_id"], sorted(drop_classes)), index=df.index), f"class_fid>{limit:g}")
-    if th.drop_nsfw:
-        flagged = df["nsfw"].astype("boolean")
-        if COL_NSFW_SCORE in df.columns:
-            flagged = flagged | (pd.to_numeric(df[COL_NSFW_SCORE], errors="coerce") > th.nsfw_score_max)
-        fail(flagged, REASON_NSFW)
-    if th.drop_duplicates:
-        fail(df[COL_DUP_OF].notna() & (df[COL_DUP_OF].astype(str) != ""), REASON_DUPLICATE)
-    for col, key in ((COL_CLIP_SCORE, "clip_score_min"), (COL_CLIP_CLASS_PROB, "clip_class_prob_min"),
-                     (COL_ISC_KL, "isc_kl_min"), (COL_REALISM, "realism_min")):
-        limit = getattr(th, key)
-        if limit is not None:
-            fail(require_values(col, key) < limit, f"{col}<{limit:g}")
-    if th.classifier_top5:
-        if COL_CLASSIFIER_TOP5 not in df.columns or df[COL_CLASSIFIER_TOP5].isna().all():
-            raise UserError(
-                f"{th.source}: key 'classifier_top5' is true but the scores have no ImageNet classifier results "
-                "(only ImageNet-1k classes have them)"
-            )
-        fail(df[COL_CLASSIFIER_TOP5].astype("boolean") == False, REASON_NOT_TOP5)  # noqa: E712 (nullable)
-    return reason
-
-
-def select_frame(df: Any, embeddings: Any, th: Thresholds, quota: int, class_fid: dict[str, float]) -> Any:
-    """Apply the rules and the per-class quota.
-
-    Args:
-        df: the concatenated scores frame.
-        embeddings: the CLIP image embeddings in row order: a (len(df), d) array, or a :class:`ClipRows`
-            (then each class's rows are read when its quota is picked).
-        th: the thresholds.
-        quota: images to keep per class.
-        class_fid: per-class FID from summary.json (may be empty).
-
-    Returns:
-        A frame with the columns of ``selection.parquet`` (``key``, ``label``, ``class_id``, ``kept``,
-        ``reason``, ``composite``).
+    A class's candidates are its passing rows in row order; only their embeddings are read.
     """
     import numpy as np
 
-    gather = embeddings.gather if isinstance(embeddings, ClipRows) else embeddings.__getitem__
-    bad = set()
-    if th.class_fid_max is not None:
-        bad = {c for c, fid in class_fid.items() if fid is not None and float(fid) > th.class_fid_max}
-    drop = bad if th.class_fid_action == "drop" else set()
-    reason = _apply_rules(df, th, class_fid, drop)
-    composite = composite_scores(df)
-    comp = composite.to_numpy()
-    passing = (reason == "").to_numpy()
-    kept = np.zeros(len(df), dtype=bool)
-    for _cid, idx in df.groupby("class_id", sort=True).indices.items():
-        cand = idx[passing[idx]]
-        if len(cand) == 0:
-            continue
-        order = mmr_pick(comp[cand], gather(cand), quota, th.diversity)
+    passing = np.flatnonzero(rows.reason == 0)
+    passing = passing[np.argsort(rows.cls[passing], kind="stable")]
+    bounds = np.flatnonzero(np.diff(rows.cls[passing])) + 1
+    kept = np.zeros(len(rows.cls), dtype=bool)
+    for cand in np.split(passing, bounds) if len(passing) else []:
+        order = mmr_pick(composite[cand], rows.clip.gather(cand), quota, diversity)
         kept[cand[order]] = True
-    out_reason = reason.copy()
-    out_reason[kept] = REASON_KEPT
-    out_reason[passing & ~kept] = REASON_OVER_QUOTA
-    out = df[["key", "label", "class_id"]].copy()
-    out["label"] = out["label"].astype("int64")
-    out["kept"] = kept
-    out["reason"] = out_reason.astype(str)
-    out[COMPOSITE] = composite.astype("float64")
-    return out[list(SELECTION_COLUMNS)].sort_values(["label", "key"], kind="stable").reset_index(drop=True)
+    return kept
 
 
 def _quota(paths: RunPaths, cfg: SelectConfig) -> int:
@@ -428,20 +558,37 @@ def _quota(paths: RunPaths, cfg: SelectConfig) -> int:
     return quota
 
 
-def summarize_selection(sel: Any, class_ids: list[str], th: Thresholds, quota: int,
+def summarize_selection(cls: Any, reason: Any, names: list[str], class_ids: list[str], th: Thresholds, quota: int,
                         class_fid: dict[str, Any]) -> SelectionSummary:
-    """``selection.json`` of a selection frame: per-class pass rates, kept counts, short and dropped classes."""
+    """``selection.json`` of a selection: per-class pass rates, kept counts, short and dropped classes.
+
+    Args:
+        cls: each row's class code (index into ``class_ids``).
+        reason: each row's reason code (index into ``names``).
+        names: the reason of each code.
+        class_ids: the class ids of ``classes.json``, in label order.
+        th: the thresholds.
+        quota: images to keep per class.
+        class_fid: per-class FID from summary.json (may be empty).
+    """
+    import numpy as np
+
     flagged = []
     if th.class_fid_max is not None:
         flagged = sorted(c for c, f in class_fid.items() if f is not None and float(f) > th.class_fid_max)
     dropped = flagged if th.class_fid_action == "drop" else []
-    total = sel.groupby("class_id")["key"].count()
-    passed = sel[sel["reason"].isin(list(PASSED_REASONS))].groupby("class_id")["key"].count()
-    kept = sel[sel["kept"]].groupby("class_id")["key"].count()
-    pass_rate = {c: round(float(passed.get(c, 0)) / float(total.get(c, 0)), 6) if total.get(c, 0) else 0.0
+    codes = len(class_ids)
+    passed_codes = [k for k, name in enumerate(names) if name in PASSED_REASONS]
+    total = np.bincount(cls, minlength=codes)
+    passed = np.bincount(cls[np.isin(reason, passed_codes)], minlength=codes)
+    kept = np.bincount(cls[reason == names.index(REASON_KEPT)], minlength=codes)
+    first = {}
+    for i, c in enumerate(class_ids):
+        first.setdefault(c, i)
+    pass_rate = {c: round(float(passed[first[c]]) / float(total[first[c]]), 6) if total[first[c]] else 0.0
                  for c in class_ids}
-    kept_n = {c: int(kept.get(c, 0)) for c in class_ids}
-    reasons = sel["reason"].value_counts().to_dict()
+    kept_n = {c: int(kept[first[c]]) for c in class_ids}
+    per_reason = np.bincount(reason, minlength=len(names))
     return SelectionSummary(
         thresholds=th.to_dict(),
         per_class_quota=quota,
@@ -450,17 +597,43 @@ def summarize_selection(sel: Any, class_ids: list[str], th: Thresholds, quota: i
         short={c: quota - kept_n[c] for c in class_ids if kept_n[c] < quota and c not in dropped},
         dropped_classes=dropped,
         flagged_classes=flagged if th.class_fid_action == "flag" else [],
-        reasons={str(k): int(v) for k, v in sorted(reasons.items())},
-        num_kept=int(sel["kept"].sum()),
-        num_scored=len(sel),
+        reasons={names[k]: int(per_reason[k]) for k in sorted(np.flatnonzero(per_reason), key=lambda k: names[k])},
+        num_kept=int(kept.sum()),
+        num_scored=len(cls),
     )
+
+
+def write_selection(path: Path, rows: ScoredRows, order: Any, class_ids: list[str], reason: Any,
+                    names: list[str], composite: Any) -> None:
+    """Write ``selection.parquet`` (columns :data:`~imagenet_plus.contract.SELECTION_COLUMNS`) in ``order``.
+
+    Written :data:`BATCH_ROWS` rows at a time (one row group each), atomically.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"key": pa.string(), "label": pa.int64(), "class_id": pa.string(), "kept": pa.bool_(),
+             "reason": pa.string(), COMPOSITE: pa.float64()}
+    schema = pa.schema([(name, types[name]) for name in SELECTION_COLUMNS])
+    class_values = pa.array(class_ids, type=pa.string())
+    reason_values = pa.array(names, type=pa.string())
+    kept_code = names.index(REASON_KEPT)
+    with atomic_file(path) as f, pq.ParquetWriter(f, schema) as writer:
+        for i in range(0, len(order), BATCH_ROWS):
+            idx = order[i:i + BATCH_ROWS]
+            code = reason[idx]
+            writer.write_table(pa.table([rows.keys.take(idx), pa.array(rows.label[idx], type=pa.int64()),
+                                         class_values.take(rows.cls[idx]), pa.array(code == kept_code),
+                                         reason_values.take(code), pa.array(composite[idx], type=pa.float64())],
+                                        schema=schema))
 
 
 def run_select(run: str | Path, cfg: SelectConfig) -> dict[str, Any]:
     """Select the images to release: ``RUN/scores`` → ``RUN/selection.parquet`` + ``RUN/selection.json``.
 
-    Memory: the score columns of :data:`SELECT_COLUMNS` (a few numbers per image); CLIP embeddings are read
-    one class at a time (see :class:`ClipRows`).
+    Memory: about 40 bytes per image (its key in one arrow array, label, class code, reason code, composite)
+    plus per-class and per-batch buffers; scores files are read one at a time, each composite column on its own,
+    and CLIP embeddings one class at a time (see :class:`ClipRows`).
 
     Args:
         run: the run directory.
@@ -472,28 +645,34 @@ def run_select(run: str | Path, cfg: SelectConfig) -> dict[str, Any]:
     Raises:
         UserError: no run directory, ``score`` not run yet, malformed thresholds or scores.
     """
-    import io
-
     paths = run_paths(run)
     if not paths.summary_json.is_file():
         raise UserError(f"{paths.summary_json} not found: run 'imagenet-plus score {paths.root}' before select")
     th = load_thresholds(cfg.thresholds)
     summary = read_json(paths.summary_json)
     quota = _quota(paths, cfg)
-    df, emb = _read_scores(paths)
+    if not paths.scored_parquets():
+        raise UserError(f"no scores in {paths.scores}: run 'imagenet-plus score {paths.root}' first")
     class_ids = [c["id"] for c in read_class_records(paths)]
-    unknown = sorted(set(df["class_id"]) - set(class_ids))
-    if unknown:
-        raise UserError(f"scores in {paths.scores} name class id {unknown[0]!r}, not in {paths.classes_json}")
     class_fid = {cid: v.get("fid") for cid, v in (summary.get("per_class") or {}).items() if isinstance(v, dict)}
+    dropped: list[int] = []
+    if th.class_fid_max is not None and th.class_fid_action == "drop":
+        bad = {c for c, fid in class_fid.items() if fid is not None and float(fid) > th.class_fid_max}
+        dropped = [i for i, c in enumerate(class_ids) if c in bad]
+    rules = rules_of(th, dropped)
+    names = ["", *(r.reason for r in rules), REASON_KEPT, REASON_OVER_QUOTA]
+    rows = read_scored_rows(paths, class_ids, rules)
     try:
-        sel = select_frame(df, emb, th, quota, class_fid)
+        order = output_order(rows.keys, rows.label)
+        composite = composite_of(rows)
+        kept = pick_quota(rows, composite, quota, th.diversity)
     finally:
-        emb.close()
-    del df
-    result = summarize_selection(sel, class_ids, th, quota, class_fid)
-    buf = io.BytesIO()
-    sel.to_parquet(buf, index=False)
-    write_bytes_atomic(paths.selection_parquet, buf.getvalue())
+        rows.clip.close()
+    reason = rows.reason.copy()
+    reason[(reason == 0) & kept] = names.index(REASON_KEPT)
+    reason[reason == 0] = names.index(REASON_OVER_QUOTA)
+    del kept
+    result = summarize_selection(rows.cls, reason, names, class_ids, th, quota, class_fid)
+    write_selection(paths.selection_parquet, rows, order, class_ids, reason, names, composite)
     result.write(paths.selection_json)
     return result.to_dict()

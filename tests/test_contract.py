@@ -180,3 +180,13 @@ def test_split_member_name_agrees_with_webdataset(tmp_path: Path) -> None:
     assert contract.image_member({"cls": 1}) is None
     with pytest.raises(UserError, match="no extension"):
         split_member_name("README")
+    from webdataset.tariterators import base_plus_ext
+
+    names = ("a.b.c", "dir/x_1.seg.png", "d.ir/x.png", "noext", ".hidden", "dir/.x", "k.", "a/b/c.d/e.f.g", "é_1.jpg")
+    for name in names:
+        expected = base_plus_ext(name)
+        if expected == (None, None):
+            with pytest.raises(UserError):
+                split_member_name(name)
+        else:
+            assert split_member_name(name) == expected, name

@@ -125,3 +125,80 @@ def test_a_bad_shard_on_one_rank_stops_every_rank(tmp_path: Path):
         result.stderr[-3000:]
     assert not (run / "scores" / "summary.json").exists()
     assert seconds < 300  # a timeout (30 min for gloo) is never waited for
+
+
+#: Runs the CLI after making every rank record the reference part it wrote (block and rows) in RECORD_DIR.
+RECORDING_CLI = """
+import json, os, sys
+from pathlib import Path
+import numpy as np
+import imagenet_plus.reference as reference
+
+original = reference.load_reference_part
+
+def recording(spec, inception, folder, rank, world_size, *args, **kwargs):
+    result = original(spec, inception, folder, rank, world_size, *args, **kwargs)
+    for part in Path(folder).glob(f"reference-*-part-{rank:05d}-of-{world_size:05d}.npz"):
+        with np.load(part) as data:
+            record = {"block": data["block"].tolist(), "rows": len(data["features"]), "world_size": world_size}
+        Path(os.environ["RECORD_DIR"], f"rank-{rank}.json").write_text(json.dumps(record))
+    return result
+
+reference.load_reference_part = recording
+from imagenet_plus.cli import main
+
+sys.argv = ["imagenet-plus", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_every_rank_extracts_its_block_of_the_reference(tmp_path: Path):
+    """torchrun, 2 ranks, an uncached 5-image reference folder in batches of 2: rank 0 extracts images 0-1, rank 1
+    images 2-4. The merged cache entry equals a one-process ``load_reference`` (made first, with one thread as the
+    ranks have, then removed from the cache) bit for bit, and summary.json's FID is the FID of the scored
+    features against it."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from imagenet_plus import metrics
+    from imagenet_plus.reference import load_reference
+    from imagenet_plus.scorers.inception import InceptionScorer
+
+    run = write_fake_run(tmp_path / "run", per_class=1, shard_size=1, size=32)
+    ref = tmp_path / "ref"
+    rng = np.random.default_rng(5)
+    for c, (wnid, count) in enumerate((("n01440764", 2), ("n02102040", 2), ("n03000684", 1))):
+        (ref / wnid).mkdir(parents=True)
+        for i in range(count):
+            img = np.clip(np.array([80 * c, 60, 200 - 50 * c]) + rng.normal(0, 50, (40, 56, 3)), 0, 255)
+            Image.fromarray(img.astype(np.uint8)).save(ref / wnid / f"{i}.png")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1): the same kernels, hence the same bits
+    try:
+        single = load_reference(ref, InceptionScorer("tiny-random", "cpu"), batch_size=2, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    (entry,) = (Path(os.environ["IMAGENET_PLUS_CACHE"]) / "reference").glob(f"{single.content_hash}-*.npz")
+    entry.unlink()
+
+    script = tmp_path / "recording_cli.py"
+    script.write_text(RECORDING_CLI)
+    (tmp_path / "records").mkdir()
+    result, _ = _torchrun(script, ["score", str(run), *TINY_FLAGS, "--batch-size", "2", "--reference", str(ref)],
+                          {"RECORD_DIR": str(tmp_path / "records")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "records").iterdir()}
+    assert records == {"rank-0.json": {"block": [0, 2], "rows": 2, "world_size": 2},
+                       "rank-1.json": {"block": [2, 5], "rows": 3, "world_size": 2}}
+    assert "no reference part" not in result.stderr and not (run / "markers").exists()
+    with np.load(entry) as data:  # written again, by the main rank's merge
+        np.testing.assert_array_equal(data["features"], single.features)
+        assert data["class_ids"].tolist() == single.class_ids == ["n01440764"] * 2 + ["n02102040"] * 2 + ["n03000684"]
+    summary = json.loads((run / "scores" / "summary.json").read_text())
+    assert summary["reference"] == single.describe() and summary["reference"]["num_images"] == 5
+    generated = np.concatenate([np.load(p) for p in sorted((run / "scores").glob("*.inception.npy"))])
+    # The pass's FID comes from streamed moments, metrics.fid from one covariance; with 3 images in 2048
+    # dimensions both covariances are rank-deficient and the matrix square root amplifies rounding (seen: 2e-6).
+    assert summary["fid"] == pytest.approx(metrics.fid(generated, single.features), rel=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,131 @@ def test_cache_key_includes_the_protocol(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(reference, "PROTOCOL", "older-protocol-v1")
     load_reference(ref_dir, fake, batch_size=8, show_progress=False)
     assert fake.calls == 2
+
+
+def _cache_arrays(cache: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for f in sorted((cache / "reference").glob("*.npz")):
+        with np.load(f) as data:
+            out[f.name] = (data["features"], data["class_ids"])
+    return out
+
+
+def _two_ranks(spec: Path, parts: Path, fake, batch_size: int, check=None):
+    """Rank 1 then rank 0 of a simulated 2-process launch (rank 0 would be the one that merges)."""
+    from imagenet_plus.reference import load_reference_part
+
+    parts.mkdir(exist_ok=True)
+    other = load_reference_part(spec, fake, parts, rank=1, world_size=2, batch_size=batch_size, show_progress=False,
+                                check=check)
+    main = load_reference_part(spec, fake, parts, rank=0, world_size=2, batch_size=batch_size, show_progress=False,
+                               check=check)
+    return main, other
+
+
+@pytest.mark.parametrize("kind", ["folder", "webdataset"])
+def test_ranks_extract_their_blocks_and_the_merge_equals_one_process(tmp_path: Path, monkeypatch, kind):
+    """Two simulated ranks extract one block each; the merged features, class ids and cache entry are those of
+    a single-process load_reference (in its own cache folder), in order."""
+    from imagenet_plus.reference import ReferenceParts, part_block
+    from imagenet_plus.shards import PartialTarWriter
+
+    if kind == "folder":  # 7 images in batches of 2: 4 batches, rank 0 gets images 0-3, rank 1 images 4-6
+        spec = _folder(tmp_path / "val", per_class=3)
+        (spec / "n03000684").mkdir()
+        (spec / "n03000684" / "odd.png").write_bytes(_png(77, size=(31, 17)))
+        expected_blocks = [(0, 4), (4, 7)]
+    else:  # 3 tars of 3 samples: rank 0 gets tar 0, rank 1 tars 1-2
+        spec = tmp_path / "shards"
+        spec.mkdir()
+        for t in range(3):
+            with PartialTarWriter(spec / f"real-{t:05d}.tar") as w:
+                for i in range(3):
+                    w.write({"__key__": f"s{t}{i}", "png": _png(10 * t + i),
+                             "json": json.dumps({"class_id": f"c{(t + i) % 2}"}).encode()})
+        expected_blocks = [(0, 1), (1, 3)]
+    single_cache, multi_cache = tmp_path / "cache-single", tmp_path / "cache-multi"
+    monkeypatch.setenv("IMAGENET_PLUS_CACHE", str(single_cache))
+    single = load_reference(spec, FakeInception(), batch_size=2, show_progress=False)
+    monkeypatch.setenv("IMAGENET_PLUS_CACHE", str(multi_cache))
+    fake = FakeInception()
+    main, other = _two_ranks(spec, tmp_path / "parts", fake, batch_size=2)
+    assert other is None and isinstance(main, ReferenceParts)
+    num_items = len(list(spec.rglob("*.png"))) if kind == "folder" else 3
+    assert [part_block(kind, num_items, r, 2, 2) for r in range(2)] == expected_blocks
+    parts = sorted((tmp_path / "parts").glob("*.npz"))
+    assert [p.name.rsplit("-part-", 1)[1] for p in parts] == ["00000-of-00002.npz", "00001-of-00002.npz"]
+    rows = []
+    for p in parts:
+        with np.load(p) as data:
+            rows.append(len(data["features"]))
+    assert rows == ([4, 3] if kind == "folder" else [3, 6])
+    assert not list((multi_cache / "reference").glob("*.npz"))  # the main rank writes the cache once merged
+    merged = main.merge(show_progress=False)
+    np.testing.assert_array_equal(merged.features, single.features)
+    assert merged.class_ids == single.class_ids and merged.content_hash == single.content_hash
+    np.testing.assert_allclose(merged.stats["sigma"], single.stats["sigma"], rtol=1e-6, atol=1e-9)
+    assert merged.describe() == single.describe()
+    one, two = _cache_arrays(single_cache), _cache_arrays(multi_cache)
+    assert list(one) == list(two) and len(one) == 1
+    for name in one:
+        np.testing.assert_array_equal(one[name][0], two[name][0])
+        np.testing.assert_array_equal(one[name][1], two[name][1])
+    # a second launch finds the cache: rank 0 returns the reference, rank 1 does nothing, no network call
+    calls = fake.calls
+    main, other = _two_ranks(spec, tmp_path / "parts2", fake, batch_size=2)
+    assert other is None and fake.calls == calls and not list((tmp_path / "parts2").iterdir())
+    np.testing.assert_array_equal(main.features, single.features)
+
+
+def test_a_missing_part_is_extracted_by_the_main_rank(tmp_path: Path, capsys):
+    """A rank that wrote no part (its node's cache had the features) leaves its block to the main rank."""
+    from imagenet_plus.reference import load_reference_part
+
+    spec = _folder(tmp_path / "val")
+    single = load_reference(spec, FakeInception(), batch_size=2, show_progress=False)
+    for f in (Path(os.environ["IMAGENET_PLUS_CACHE"]) / "reference").glob(f"{single.content_hash}-*"):
+        f.unlink()
+    main = load_reference_part(spec, FakeInception(), tmp_path, rank=0, world_size=2, batch_size=2,
+                               show_progress=False)
+    merged = main.merge(show_progress=False)
+    assert "no reference part from rank 1: extracting its items [2, 6)" in capsys.readouterr().err
+    np.testing.assert_array_equal(merged.features, single.features)
+    assert merged.class_ids == single.class_ids
+
+
+def test_a_bad_image_in_one_block_fails_that_rank_and_check_stops_the_other(tmp_path: Path):
+    from imagenet_plus.reference import load_reference_part
+
+    spec = _folder(tmp_path / "val", per_class=4)
+    (spec / "n02102040" / "img_3.png").write_bytes(b"\x89PNG broken")  # the last image: rank 1's block
+    fake = FakeInception()
+    with pytest.raises(UserError, match="unreadable image in reference: .*img_3.png"):
+        load_reference_part(spec, fake, tmp_path, rank=1, world_size=2, batch_size=2, show_progress=False)
+    assert not list(tmp_path.glob("*.npz")) and fake.calls == 1  # its first batch was good
+    fake.calls = 0
+
+    def another_rank_failed():
+        raise UserError("rank 1 failed, stopping: unreadable image")
+
+    with pytest.raises(UserError, match="rank 1 failed"):
+        load_reference_part(spec, fake, tmp_path, rank=0, world_size=2, batch_size=2, show_progress=False,
+                            check=another_rank_failed)
+    assert fake.calls == 0 and not list(tmp_path.glob("*.npz"))
+    spec = _folder(tmp_path / "one" / "val", per_class=1, classes=("n01440764",))
+    with pytest.raises(UserError, match="val holds 1 image; FID needs at least 2"):  # before any extraction
+        load_reference_part(spec, fake, tmp_path, rank=1, world_size=2, batch_size=2, show_progress=False)
+    assert fake.calls == 0
+    with pytest.raises(UserError, match="val holds 1 image; FID needs at least 2"):
+        load_reference(spec, fake, show_progress=False)
+
+
+def test_statistics_file_is_read_by_the_main_rank_only(tmp_path: Path):
+    from imagenet_plus.reference import load_reference_part
+
+    ref = load_reference(_folder(tmp_path / "val"), FakeInception(), show_progress=False)
+    save_reference(ref, tmp_path / "ref.npz")
+    assert load_reference_part(tmp_path / "ref.npz", None, tmp_path, rank=1, world_size=2) is None
+    main = load_reference_part(tmp_path / "ref.npz", None, tmp_path, rank=0, world_size=2)
+    assert main.kind == "statistics"
+    np.testing.assert_array_equal(main.features, ref.features)

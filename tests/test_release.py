@@ -341,3 +341,15 @@ def test_unsafe_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="selection.parquet: key '../../n01440764_000000' is not a safe name"):
         run_release(run, tmp_path / "rel", ReleaseConfig(val_per_class=1, imagefolder=str(tmp_path / "if")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_key_kept_twice_is_refused(tmp_path: Path) -> None:
+    import pandas as pd
+
+    run = _selected_run(tmp_path, per_class=3)
+    sel = pd.read_parquet(run / "selection.parquet")
+    kept = sel[sel["kept"]]
+    pd.concat([sel, kept.iloc[:1]]).to_parquet(run / "selection.parquet", index=False)
+    with pytest.raises(UserError, match=f"selection.parquet: key '{kept['key'].iloc[0]}' is listed twice"):
+        run_release(run, tmp_path / "rel", ReleaseConfig(val_per_class=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
