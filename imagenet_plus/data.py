@@ -122,19 +122,10 @@ def _open_shards(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 def _samples(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """webdataset stage: opened shards → samples grouped by key (webdataset's grouping); a broken shard is a
     UserError naming it."""
-    import tarfile
-
-    import webdataset as wds
-
-    from imagenet_plus.shards import scan_tar
+    from imagenet_plus.shards import iter_samples
 
     for shard in _open_shards(urls):
-        url = shard["url"]
-        members = ({"fname": m.name, "data": m.data, "__url__": url} for m in scan_tar(shard["stream"], url))
-        try:
-            yield from wds.tariterators.group_by_keys(members)
-        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            raise UserError(f"corrupt or truncated shard {url}: {exc}") from None
+        yield from iter_samples(shard["stream"], shard["url"])
 
 
 def decode_jpeg_uint8(data: bytes) -> Any:

@@ -290,26 +290,39 @@ def scan_tar(stream: BinaryIO, url: str, wanted: Callable[[str], bool] | None = 
             yield TarMember(name, offset, size, None)
 
 
+def iter_samples(stream: BinaryIO, url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one tar stream, grouped by webdataset's ``group_by_keys`` (``__key__``, ``__url__`` and
+    raw member bytes by extension).
+
+    Raises:
+        UserError: the stream is truncated or not a tar (the message names ``url``).
+    """
+    import webdataset as wds
+
+    files = ({"fname": m.name, "data": m.data, "__url__": url} for m in scan_tar(stream, url))
+    try:
+        yield from wds.tariterators.group_by_keys(files)
+    except (EOFError, OSError, ValueError) as exc:
+        reason = str(exc.args[0]) if exc.args else type(exc).__name__
+        raise UserError(f"corrupt or truncated shard {url}: {reason.split(' @ ')[0]}") from None
+
+
 def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield the samples of one tar shard as dicts (``__key__`` plus raw member bytes by extension).
 
     Raises:
         UserError: the shard is missing, truncated or not a tar file (the message names it).
     """
-    import webdataset as wds
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"shard not found: {p}")
     try:
         with open(p, "rb") as stream:
-            files = ({"fname": m.name, "data": m.data, "__url__": str(p)} for m in scan_tar(stream, str(p)))
-            for sample in wds.tariterators.group_by_keys(files):
+            for sample in iter_samples(stream, str(p)):
                 sample.pop("__url__", None)
                 yield sample
-    except (EOFError, OSError, ValueError) as exc:
-        reason = str(exc.args[0]) if exc.args else type(exc).__name__
-        raise UserError(f"corrupt or truncated shard {p}: {reason.split(' @ ')[0]}") from None
+    except OSError as exc:
+        raise UserError(f"corrupt or truncated shard {p}: {exc}") from None
 
 
 def read_stats(path: Path) -> dict[str, Any]:
