@@ -70,9 +70,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from imagenet_plus.config import GenerateConfig
-    from imagenet_plus.generate import run_generate
-    from imagenet_plus.models import DiffusersSource, load_pipeline, pipeline_kwargs
+    from imagenet_plus.generate.config import GenerateConfig
+    from imagenet_plus.generate.stage import run_generate
+    from imagenet_plus.models.diffusion import DiffusersSource, load_pipeline, pipeline_kwargs
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))

@@ -80,7 +80,8 @@ def fabricate(root: Path, classes: int, images: int, shard_size: int, clip_dim: 
     import pyarrow.parquet as pq
 
     from imagenet_plus.contract import RunPaths, make_key, score_table, shard_name, write_run_yaml
-    from imagenet_plus.shards import PartialTarWriter, atomic_file, write_json_atomic
+    from imagenet_plus.io.atomic import atomic_file, write_json_atomic
+    from imagenet_plus.io.tar import PartialTarWriter
 
     paths = RunPaths(root)
     paths.generated.mkdir(parents=True)
@@ -143,13 +144,13 @@ def run_stage(stage: str, run: Path) -> None:
         import numpy as np
 
         from imagenet_plus.contract import run_paths
-        from imagenet_plus.score import run_dataset_pass
-        from imagenet_plus.shards import write_json_atomic
+        from imagenet_plus.io.atomic import write_json_atomic
+        from imagenet_plus.score.stage import run_dataset_pass
 
         reference = None
         ref_file = run.parent / "reference.npz"
         if ref_file.is_file():
-            from imagenet_plus.reference import Reference
+            from imagenet_plus.score.reference import Reference
 
             data = np.load(ref_file)
             reference = Reference(path=str(ref_file), kind="folder", content_hash="fabricated", weights_id=None,
@@ -162,19 +163,19 @@ def run_stage(stage: str, run: Path) -> None:
         write_json_atomic(paths.summary_json, summary)
     elif stage == "select":
         from imagenet_plus.contract import read_run_yaml, run_paths
-        from imagenet_plus.select import SelectConfig, run_select
+        from imagenet_plus.select.stage import SelectConfig, run_select
 
         per_class = int(read_run_yaml(run_paths(run))["config"]["images_per_class"])
         run_select(run, SelectConfig(per_class=max(1, per_class * 4 // 5)))
     elif stage == "release":
         from imagenet_plus.contract import read_run_yaml, run_paths
-        from imagenet_plus.release import ReleaseConfig, run_release
+        from imagenet_plus.release.stage import ReleaseConfig, run_release
 
         per_class = int(read_run_yaml(run_paths(run))["config"]["images_per_class"])
         run_release(run, run.parent / "release",
                     ReleaseConfig(val_per_class=max(1, per_class // 20), shard_size=1000, small_classes="train"))
     elif stage == "report":
-        from imagenet_plus.report import ReportConfig, run_report
+        from imagenet_plus.report.stage import ReportConfig, run_report
 
         run_report(run, ReportConfig())
     else:

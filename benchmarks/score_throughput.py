@@ -41,7 +41,8 @@ def write_run(root: Path, images: int, resolution: int, shard_size: int) -> Path
     from PIL import Image
 
     from imagenet_plus.contract import make_key, shard_name
-    from imagenet_plus.shards import PartialTarWriter, write_json_atomic
+    from imagenet_plus.io.atomic import write_json_atomic
+    from imagenet_plus.io.tar import PartialTarWriter
 
     (root / "generated").mkdir(parents=True)
     classes = [{"label": i, "id": wnid, "name": name, "lemmas": [name], "definition": "", "hypernym": "",
@@ -75,7 +76,7 @@ def build_models(folder: Path) -> tuple[str, str]:
     from timm.models import save_for_hf
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from imagenet_plus.tiny import tiny_clip_tokenizer
+    from imagenet_plus.models.tiny import tiny_clip_tokenizer
 
     torch.manual_seed(0)
     clip_dir, cls_dir = folder / "clip-b32", folder / "resnet50"
@@ -116,12 +117,12 @@ def main() -> None:
     os.environ.setdefault("IMAGENET_PLUS_CACHE", str(work / "cache"))
     import torch
 
-    from imagenet_plus.classes import ClassInfo
+    from imagenet_plus.classes.sets import ClassInfo
     from imagenet_plus.contract import read_class_records, run_paths
-    from imagenet_plus.distributed import init_dist
-    from imagenet_plus.score import ScoreConfig, Scorers, run_score
-    from imagenet_plus.scorers import decode_image
-    from imagenet_plus.shards import iter_shard
+    from imagenet_plus.io.tar import iter_shard
+    from imagenet_plus.pipeline.ranks import init_dist
+    from imagenet_plus.score.scorers import decode_image
+    from imagenet_plus.score.stage import ScoreConfig, Scorers, run_score
 
     if not torch.cuda.is_available():
         torch.set_num_threads(args.threads)

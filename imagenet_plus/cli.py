@@ -35,7 +35,7 @@ def classes_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON objects instead of a table.")] = False,
 ) -> None:
     """Resolve a class set and print it in label order."""
-    from imagenet_plus.classes import print_classes, resolve_classes
+    from imagenet_plus.classes.sets import print_classes, resolve_classes
 
     print_classes(resolve_classes(spec, class_limit=class_limit), as_json=as_json)
 
@@ -88,8 +88,8 @@ def generate_cmd(
     ] = False,
 ) -> None:
     """Generate images into RUN/generated/*.tar (resumable; use 'accelerate launch -m imagenet_plus' for N GPUs)."""
-    from imagenet_plus.config import load_generate_config
-    from imagenet_plus.generate import run_generate
+    from imagenet_plus.generate.config import load_generate_config
+    from imagenet_plus.generate.stage import run_generate
 
     overrides = dict(
         classes=classes,
@@ -145,7 +145,7 @@ def score_cmd(
     ] = None,
 ) -> None:
     """Score every image (CLIP, Inception, classifier, realism) and the set (FID/KID/IS/PR) into RUN/scores."""
-    from imagenet_plus.score import load_score_config, run_score
+    from imagenet_plus.score.stage import load_score_config, run_score
 
     cfg = load_score_config(dict(reference=reference, clip_model=clip_model, inception_weights=inception_weights,
                                  classifier=classifier, nsfw_model=nsfw_model, batch_size=batch_size,
@@ -184,8 +184,8 @@ def diagnose_cmd(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (embedding a reference folder).")] = None,
 ) -> None:
     """Per class: why it is weak (ambiguous, concept failure, low diversity, low adherence) and what to do."""
-    from imagenet_plus.configio import config_from_mapping
-    from imagenet_plus.diagnose import DiagnoseConfig, run_diagnose
+    from imagenet_plus.diagnose.stage import DiagnoseConfig, run_diagnose
+    from imagenet_plus.pipeline.config import config_from_mapping
 
     flags = dict(reference=reference, max_confusion=max_confusion, min_vendi=min_vendi,
                  max_pairwise_similarity=max_pairwise_similarity, min_diversity_ratio=min_diversity_ratio,
@@ -206,8 +206,8 @@ def select_cmd(
     ] = None,
 ) -> None:
     """Filter by thresholds and keep the best diverse N per class: writes RUN/selection.parquet and selection.json."""
-    from imagenet_plus.configio import config_from_mapping
-    from imagenet_plus.select import SelectConfig, run_select
+    from imagenet_plus.pipeline.config import config_from_mapping
+    from imagenet_plus.select.stage import SelectConfig, run_select
 
     flags = dict(thresholds=str(thresholds) if thresholds else None, per_class=per_class)
     summary = run_select(run, config_from_mapping(SelectConfig, flags, "command line"))
@@ -232,8 +232,8 @@ def release_cmd(
         help="Dataset licence when the model's is unknown (or to override it): a Hub id or other:NAME:LINK.")] = None,
 ) -> None:
     """Write the release: REL/README.md (card), REL/_info.json, REL/data/{train,validation}-NNNNN.tar."""
-    from imagenet_plus.configio import config_from_mapping
-    from imagenet_plus.release import ReleaseConfig, run_release
+    from imagenet_plus.pipeline.config import config_from_mapping
+    from imagenet_plus.release.stage import ReleaseConfig, run_release
 
     flags = dict(val_per_class=val_per_class, shard_size=shard_size,
                  imagefolder=str(imagefolder) if imagefolder else None, seed=seed, small_classes=small_classes,
@@ -255,8 +255,8 @@ def publish_cmd(
     ] = False,
 ) -> None:
     """Validate the release, then make the Hub repo equal to it (token from HF_TOKEN or 'hf auth login'; resumable)."""
-    from imagenet_plus.configio import config_from_mapping
-    from imagenet_plus.publish import PublishConfig, run_publish
+    from imagenet_plus.pipeline.config import config_from_mapping
+    from imagenet_plus.publish.stage import PublishConfig, run_publish
 
     flags = dict(repo_id=repo_id, private=private, revision=revision, tag=tag, dry_run=dry_run)
     print(run_publish(rel, config_from_mapping(PublishConfig, flags, "command line")))
@@ -273,8 +273,8 @@ def report_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the class sample.")] = None,
 ) -> None:
     """Write RUN/report/index.html with score histograms, per-class and per-group rates, a class map, contact sheets."""
-    from imagenet_plus.configio import config_from_mapping
-    from imagenet_plus.report import ReportConfig, run_report
+    from imagenet_plus.pipeline.config import config_from_mapping
+    from imagenet_plus.report.stage import ReportConfig, run_report
 
     flags = dict(sample_classes=sample_classes, sheet_images=sheet_images, thumb_size=thumb_size, seed=seed)
     cfg = config_from_mapping(ReportConfig, flags, "command line")
@@ -307,8 +307,8 @@ def evaluate_cmd(
     ] = None,
 ) -> None:
     """Train on synthetic images and test on real ones (accuracy, macro P/R/F1, ROC-AUC, top-5); writes eval.json."""
-    from imagenet_plus.configio import config_from_mapping
-    from imagenet_plus.evaluate import EvaluateConfig, run_evaluate
+    from imagenet_plus.evaluate.stage import EvaluateConfig, run_evaluate
+    from imagenet_plus.pipeline.config import config_from_mapping
 
     flags = dict(
         train=train,
@@ -341,7 +341,7 @@ def run_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory (created if missing).")],
 ) -> None:
     """Run every stage: generate, score, select, release, report (+ evaluate, publish); done stages are skipped."""
-    from imagenet_plus.runall import run_all
+    from imagenet_plus.pipeline.runner import run_all
 
     run_all(config, out)
 

@@ -122,7 +122,7 @@ def _open_shards(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 def _samples(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """webdataset stage: opened shards → samples grouped by key (webdataset's grouping); a broken shard is a
     UserError naming it."""
-    from imagenet_plus.shards import iter_samples
+    from imagenet_plus.io.tar import iter_samples
 
     for shard in _open_shards(urls):
         yield from iter_samples(shard["stream"], shard["url"])

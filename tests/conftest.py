@@ -71,7 +71,8 @@ def write_fake_run(root: Path, per_class: int = 8, shard_size: int = 10, size: i
     from PIL import Image
 
     from imagenet_plus.contract import make_key, shard_name
-    from imagenet_plus.shards import PartialTarWriter, write_json_atomic
+    from imagenet_plus.io.atomic import write_json_atomic
+    from imagenet_plus.io.tar import PartialTarWriter
 
     classes = classes or FAKE_CLASSES
     root = Path(root)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from imagenet_plus.contract import RunPaths
-from imagenet_plus.shards import iter_shard
+from imagenet_plus.io.tar import iter_shard
 
 
 def write_fake_scores(run: Path, seed: int = 0, dim: int = 16, dup_every: int = 0, nsfw_keys: tuple[str, ...] = (),
@@ -75,8 +75,8 @@ def make_release(tmp: Path, per_class: int = 8, quota: int = 6, val_per_class: i
     """A fake run → fake scores → real select → real release; returns the release folder."""
     from conftest import write_fake_run
 
-    from imagenet_plus.release import ReleaseConfig, run_release
-    from imagenet_plus.select import SelectConfig, run_select
+    from imagenet_plus.release.stage import ReleaseConfig, run_release
+    from imagenet_plus.select.stage import SelectConfig, run_select
 
     run = write_fake_run(tmp / "run", per_class=per_class, shard_size=10, size=size)
     write_fake_scores(run)

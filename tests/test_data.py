@@ -176,7 +176,7 @@ def test_webdataset_backend_streams_from_the_hub(rel: Path, monkeypatch: pytest.
     from hub_server import FakeHub
     from huggingface_hub import constants
 
-    from imagenet_plus.publish import PublishConfig, run_publish
+    from imagenet_plus.publish.stage import PublishConfig, run_publish
 
     with FakeHub() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)

@@ -34,7 +34,7 @@ def test_demo_command_is_the_documented_one() -> None:
 
 def test_every_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every shipped config loads and validates (paths relative to the repository root, as documented)."""
-    from imagenet_plus.runall import load_plan
+    from imagenet_plus.pipeline.runner import load_plan
 
     monkeypatch.chdir(REPO)
     configs = sorted((REPO / "configs").glob("*.yaml"))
@@ -55,7 +55,7 @@ def test_every_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_fruits_class_list_resolves() -> None:
-    from imagenet_plus.classes import resolve_classes
+    from imagenet_plus.classes.sets import resolve_classes
 
     classes = resolve_classes(str(REPO / "configs" / "fruits.csv"))
     assert len(classes) >= 10

@@ -1,0 +1,116 @@
+"""The data contract: every file the pipeline writes or reads, owned in one place.
+
+Stages, tests and the dataset builder import file names, paths, column tables, member names, records and
+the "done" rules from here; no other module spells them. ARCHITECTURE.md describes the same contract in
+prose and points here as its source of truth.
+
+- :mod:`~imagenet_plus.contract.names`: file and folder names, keys, shard and member names, sample fields.
+- :mod:`~imagenet_plus.contract.paths`: ``RunPaths`` / ``ReleasePaths`` and the done rules of shards.
+- :mod:`~imagenet_plus.contract.columns`: the column tables of the parquet files (scores, selection).
+- :mod:`~imagenet_plus.contract.records`: typed JSON/YAML records with ``read``/``write``.
+
+```
+RUN/run.yaml                     resolved config, config hash, library versions, plan segments (written first)
+RUN/classes.json                 the class set in label order
+RUN/generated/00000.tar          a finished shard (00000.tar.partial while written) + 00000.json stats
+RUN/scores/00000.parquet         one row per sample (the score table) + 00000.{inception,clip,logits}.npy features
+RUN/scores/models.json           the scorers the shards were computed with
+RUN/scores/class_text_embeddings.npy   C×D CLIP text embeddings of the zero-shot class texts
+RUN/scores/summary.json          dataset metrics; written last: the stage is done when it lists every shard
+RUN/selection.parquet            every key: kept yes/no, the reason, the composite (+ selection.json summary)
+RUN/thresholds.yaml              thresholds written by `run` from a config's inline `select.thresholds`
+RUN/pipeline.json                `run`'s record of finished stages
+RUN/report/index.html            the report
+REL/README.md, REL/_info.json, REL/data/{split}-NNNNN.tar       a release
+```
+"""
+
+from imagenet_plus.contract.columns import (  # noqa: F401
+    COL_CLASSIFIER_PROB,
+    COL_CLASSIFIER_TOP1,
+    COL_CLASSIFIER_TOP5,
+    COL_CLIP_CLASS_PROB,
+    COL_CLIP_CLASS_RANK,
+    COL_CLIP_CLASS_SCORE,
+    COL_CLIP_SCORE,
+    COL_DUP_OF,
+    COL_ISC_KL,
+    COL_NSFW_SCORE,
+    COL_REALISM,
+    COMPOSITE,
+    DATASET_PASS_COLUMNS,
+    PASSED_REASONS,
+    REASON_DUPLICATE,
+    REASON_KEPT,
+    REASON_NOT_TOP5,
+    REASON_NSFW,
+    REASON_OVER_QUOTA,
+    RELEASE_SCORE_FIELDS,
+    REQUIRED_SCORE_COLUMNS,
+    SCORE_COLUMNS,
+    SELECTION_COLUMNS,
+    check_score_columns,
+    score_schema,
+    score_table,
+)
+from imagenet_plus.contract.names import (  # noqa: F401
+    CARD_NAME,
+    CLASS_TEXT_EMBEDDINGS,
+    CLASSES_JSON,
+    DIAGNOSIS_CACHE_DIR,
+    DIAGNOSIS_CENTROIDS,
+    DIAGNOSIS_JSON,
+    DIAGNOSIS_PARQUET,
+    EVAL_JSON,
+    GENERATED_DIR,
+    IMAGE_EXTENSIONS,
+    INFO_NAME,
+    KEY_PATTERN,
+    MARKERS_DIR,
+    MEMBER_NAME_PATTERN,
+    MODELS_JSON,
+    PARTIAL_SUFFIX,
+    PIPELINE_FAILED,
+    PIPELINE_JSON,
+    READ_IMAGE_EXTENSIONS,
+    RECORDED_LIBRARIES,
+    RELEASE_DATA_DIR,
+    REPORT_DIR,
+    REPORT_INDEX,
+    REPORT_JSON,
+    RUN_YAML,
+    SAMPLE_FIELDS,
+    SCORES_DIR,
+    SCORES_MEMBER,
+    SELECTION_JSON,
+    SELECTION_PARQUET,
+    SPLITS,
+    SUMMARY_JSON,
+    TAR_MTIME,
+    THRESHOLDS_YAML,
+    image_member,
+    make_key,
+    release_shard_name,
+    shard_name,
+    split_member_name,
+)
+from imagenet_plus.contract.paths import (  # noqa: F401
+    ReleasePaths,
+    RunPaths,
+    ScoreFiles,
+    clean_partials,
+    done_shards,
+    generated_done,
+    run_paths,
+)
+from imagenet_plus.contract.records import (  # noqa: F401
+    ReleaseInfo,
+    SelectionSummary,
+    SplitInfo,
+    check_relative_name,
+    library_versions,
+    read_class_records,
+    read_json,
+    read_run_yaml,
+    write_run_yaml,
+)

@@ -1,0 +1,124 @@
+"""Names of the contract: files and folders, keys, shard and member names, the sample's json fields.
+
+Every file name a stage writes or reads is spelled here once; ``imagenet_plus.contract.paths`` builds
+paths from these names, ``imagenet_plus.contract.records`` reads and writes their contents.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from imagenet_plus.errors import UserError
+
+# ------------------------------------------------------------------------------------------------------------
+# file names
+
+RUN_YAML = "run.yaml"
+CLASSES_JSON = "classes.json"
+GENERATED_DIR = "generated"
+SCORES_DIR = "scores"
+SUMMARY_JSON = "summary.json"
+MODELS_JSON = "models.json"
+CLASS_TEXT_EMBEDDINGS = "class_text_embeddings.npy"
+SELECTION_PARQUET = "selection.parquet"
+#: ``diagnose``: one row per class (verdict and evidence) and the run-level summary beside it.
+DIAGNOSIS_PARQUET = "diagnosis.parquet"
+DIAGNOSIS_JSON = "diagnosis.json"
+#: ``diagnose``: per-class CLIP image centroids (``synthetic``, ``real`` with a reference, ``class_ids``).
+DIAGNOSIS_CENTROIDS = "diagnosis_centroids.npz"
+#: ``diagnose``: cached CLIP image embeddings of a real reference (per-class sums and samples).
+DIAGNOSIS_CACHE_DIR = "diagnosis-cache"
+SELECTION_JSON = "selection.json"
+THRESHOLDS_YAML = "thresholds.yaml"
+PIPELINE_JSON = "pipeline.json"
+#: Written by ``run``'s main process when a stage fails under a multi-process launch (the others stop waiting).
+PIPELINE_FAILED = "pipeline.failed"
+#: ``evaluate``'s result file inside its output folder.
+EVAL_JSON = "eval.json"
+#: Folder of the rank markers multi-process stages rendezvous through (``markers/{stage}/{job}/rank-NNNNN.*``).
+MARKERS_DIR = "markers"
+REPORT_DIR = "report"
+REPORT_INDEX = "index.html"
+#: The report's record: headline numbers and the fingerprint of its inputs (``run`` skips an up-to-date report).
+REPORT_JSON = "report.json"
+#: Release: timm's split description and the card.
+INFO_NAME = "_info.json"
+CARD_NAME = "README.md"
+RELEASE_DATA_DIR = "data"
+#: Suffix of a file being written (renamed to its final name once complete).
+PARTIAL_SUFFIX = ".partial"
+
+#: Fixed tar member mtime, so the same samples always give the same bytes (an int: a float makes tarfile
+#: put a 1 KiB pax header before every member).
+TAR_MTIME = 1_700_000_000
+#: Image members a sample may carry (the first present is the image); chosen by ``generate``'s image_format.
+IMAGE_EXTENSIONS = ("jpg", "png", "webp")
+#: Image members accepted in a real reference or test set (JPEG files are often named ``.jpeg``).
+READ_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+#: Keys are ``{class_id}_{index:06d}``; no dots (datasets/webdataset split keys at the first dot).
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+#: Release splits, in order.
+SPLITS = ("train", "validation")
+
+#: Libraries whose versions are recorded in run.yaml and the dataset card.
+RECORDED_LIBRARIES = (
+    "imagenet-plus", "torch", "diffusers", "transformers", "accelerate", "webdataset", "datasets", "huggingface-hub",
+    "timm", "torch-fidelity", "torchmetrics", "nltk",
+)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# keys and shard names
+
+
+def shard_name(index: int) -> str:
+    """``7`` → ``00007`` (the stem of a generated shard's files)."""
+    return f"{index:05d}"
+
+
+def make_key(class_id: str, index: int) -> str:
+    """The sample key ``{class_id}_{index:06d}``."""
+    key = f"{class_id}_{index:06d}"
+    if not KEY_PATTERN.match(key):
+        raise UserError(f"class id {class_id!r} gives an invalid sample key {key!r} (letters, digits, _ and - only)")
+    return key
+
+
+#: How webdataset splits a member name into sample key and extension (``webdataset.tariterators.base_plus_ext``:
+#: the key is everything before the first dot of the base name). Repeated here, not imported, because importing
+#: webdataset imports torch (~8 s and ~700 MiB), which release and select otherwise never need; a test
+#: checks the two agree.
+MEMBER_NAME_PATTERN = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """A tar member name → (sample key, member extension), as webdataset groups them."""
+    match = MEMBER_NAME_PATTERN.match(name)
+    if match is None:
+        raise UserError(f"tar member {name!r} has no extension: not a webdataset sample member")
+    return match.group(1), match.group(2)
+
+
+def image_member(sample: Mapping[str, Any], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> str | None:
+    """The image member of a sample (the first of ``extensions`` present), or ``None``."""
+    return next((e for e in extensions if e in sample), None)
+
+
+def release_shard_name(split: str, index: int) -> str:
+    """``('train', 3)`` → ``data/train-00003.tar`` (relative to the release folder)."""
+    return f"{RELEASE_DATA_DIR}/{split}-{index:05d}.tar"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the sample's json member
+
+#: Fields of a generated sample's ``json`` member and their ``datasets`` dtypes (release shards add ``scores``).
+SAMPLE_FIELDS: dict[str, str] = {
+    "class_id": "string", "class_name": "string", "label": "int64", "prompt": "string", "negative_prompt": "string",
+    "seed": "int64", "model": "string", "scheduler": "string", "steps": "int64", "guidance": "float64",
+    "width": "int64", "height": "int64", "attempt": "int64", "nsfw": "bool", "strategy": "string", "index": "int64",
+}
+#: The member of a release sample's json that holds its scores.
+SCORES_MEMBER = "scores"

@@ -1,0 +1,10 @@
+"""Stage ``generate``: class set + config → ``RUN/generated/NNNNN.{tar,json}`` (``RUN/run.yaml``, ``RUN/classes.json``).
+
+``plan`` places every (class, index) in a shard with its seed; ``stage`` runs the model over the shards this
+process owns and writes them crash-safely; ``config`` is the run's frozen settings.
+"""
+
+from imagenet_plus.generate.config import GenerateConfig, load_generate_config
+from imagenet_plus.generate.stage import GenerateResult, planned_keys, run_generate, shard_stats
+
+__all__ = ["GenerateConfig", "GenerateResult", "load_generate_config", "planned_keys", "run_generate", "shard_stats"]
