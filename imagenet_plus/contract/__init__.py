@@ -4,10 +4,12 @@ Stages, tests and the dataset builder import file names, paths, column tables, m
 the "done" rules from here; no other module spells them. ARCHITECTURE.md describes the same contract in
 prose and points here as its source of truth.
 
-- :mod:`~imagenet_plus.contract.names`: file and folder names, keys, shard and member names, sample fields.
-- :mod:`~imagenet_plus.contract.paths`: ``RunPaths`` / ``ReleasePaths`` and the done rules of shards.
-- :mod:`~imagenet_plus.contract.columns`: the column tables of the parquet files (scores, selection).
-- :mod:`~imagenet_plus.contract.records`: typed JSON/YAML records with ``read``/``write``.
+- ``names``: file and folder names, keys, shard and member names, image extensions.
+- ``paths``: ``RunPaths`` / ``ReleasePaths`` (every path below ``RUN/`` and ``REL/``).
+- ``records``: the base of the typed records (``read``/``write``, keys checked on read).
+- one module per file family, each owning its names, columns and typed records: ``run`` (run.yaml,
+  classes.json), ``generated`` (shards: sample fields, done rules), ``scores`` (the score table),
+  ``selection``, ``release`` (``_info.json``).
 
 ```
 RUN/run.yaml                     resolved config, config hash, library versions, plan segments (written first)
@@ -25,34 +27,7 @@ REL/README.md, REL/_info.json, REL/data/{split}-NNNNN.tar       a release
 ```
 """
 
-from imagenet_plus.contract.columns import (  # noqa: F401
-    COL_CLASSIFIER_PROB,
-    COL_CLASSIFIER_TOP1,
-    COL_CLASSIFIER_TOP5,
-    COL_CLIP_CLASS_PROB,
-    COL_CLIP_CLASS_RANK,
-    COL_CLIP_CLASS_SCORE,
-    COL_CLIP_SCORE,
-    COL_DUP_OF,
-    COL_ISC_KL,
-    COL_NSFW_SCORE,
-    COL_REALISM,
-    COMPOSITE,
-    DATASET_PASS_COLUMNS,
-    PASSED_REASONS,
-    REASON_DUPLICATE,
-    REASON_KEPT,
-    REASON_NOT_TOP5,
-    REASON_NSFW,
-    REASON_OVER_QUOTA,
-    RELEASE_SCORE_FIELDS,
-    REQUIRED_SCORE_COLUMNS,
-    SCORE_COLUMNS,
-    SELECTION_COLUMNS,
-    check_score_columns,
-    score_schema,
-    score_table,
-)
+from imagenet_plus.contract.generated import SAMPLE_FIELDS, clean_partials, done_shards, generated_done  # noqa: F401
 from imagenet_plus.contract.names import (  # noqa: F401
     CARD_NAME,
     CLASS_TEXT_EMBEDDINGS,
@@ -79,9 +54,7 @@ from imagenet_plus.contract.names import (  # noqa: F401
     REPORT_INDEX,
     REPORT_JSON,
     RUN_YAML,
-    SAMPLE_FIELDS,
     SCORES_DIR,
-    SCORES_MEMBER,
     SELECTION_JSON,
     SELECTION_PARQUET,
     SPLITS,
@@ -94,23 +67,38 @@ from imagenet_plus.contract.names import (  # noqa: F401
     shard_name,
     split_member_name,
 )
-from imagenet_plus.contract.paths import (  # noqa: F401
-    ReleasePaths,
-    RunPaths,
-    ScoreFiles,
-    clean_partials,
-    done_shards,
-    generated_done,
-    run_paths,
+from imagenet_plus.contract.paths import ReleasePaths, RunPaths, ScoreFiles, run_paths  # noqa: F401
+from imagenet_plus.contract.records import JsonRecord, dataclass_from_dict, read_json  # noqa: F401
+from imagenet_plus.contract.release import SCORES_MEMBER, ReleaseInfo, SplitInfo, check_relative_name  # noqa: F401
+from imagenet_plus.contract.run import library_versions, read_class_records, read_run_yaml, write_run_yaml  # noqa: F401
+from imagenet_plus.contract.scores import (  # noqa: F401
+    COL_CLASSIFIER_PROB,
+    COL_CLASSIFIER_TOP1,
+    COL_CLASSIFIER_TOP5,
+    COL_CLIP_CLASS_PROB,
+    COL_CLIP_CLASS_RANK,
+    COL_CLIP_CLASS_SCORE,
+    COL_CLIP_SCORE,
+    COL_DUP_OF,
+    COL_ISC_KL,
+    COL_NSFW_SCORE,
+    COL_REALISM,
+    COMPOSITE,
+    DATASET_PASS_COLUMNS,
+    RELEASE_SCORE_FIELDS,
+    REQUIRED_SCORE_COLUMNS,
+    SCORE_COLUMNS,
+    check_score_columns,
+    score_schema,
+    score_table,
 )
-from imagenet_plus.contract.records import (  # noqa: F401
-    ReleaseInfo,
+from imagenet_plus.contract.selection import (  # noqa: F401
+    PASSED_REASONS,
+    REASON_DUPLICATE,
+    REASON_KEPT,
+    REASON_NOT_TOP5,
+    REASON_NSFW,
+    REASON_OVER_QUOTA,
+    SELECTION_COLUMNS,
     SelectionSummary,
-    SplitInfo,
-    check_relative_name,
-    library_versions,
-    read_class_records,
-    read_json,
-    read_run_yaml,
-    write_run_yaml,
 )

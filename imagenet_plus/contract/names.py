@@ -114,11 +114,3 @@ def release_shard_name(split: str, index: int) -> str:
 # ------------------------------------------------------------------------------------------------------------
 # the sample's json member
 
-#: Fields of a generated sample's ``json`` member and their ``datasets`` dtypes (release shards add ``scores``).
-SAMPLE_FIELDS: dict[str, str] = {
-    "class_id": "string", "class_name": "string", "label": "int64", "prompt": "string", "negative_prompt": "string",
-    "seed": "int64", "model": "string", "scheduler": "string", "steps": "int64", "guidance": "float64",
-    "width": "int64", "height": "int64", "attempt": "int64", "nsfw": "bool", "strategy": "string", "index": "int64",
-}
-#: The member of a release sample's json that holds its scores.
-SCORES_MEMBER = "scores"

@@ -125,7 +125,6 @@ class RunPaths:
         return sorted(self.scores.glob("*.parquet")) if self.scores.is_dir() else []
 
 
-
 def run_paths(run: str | Path, must_exist: bool = True) -> RunPaths:
     """Check that ``run`` is a run directory (has run.yaml) and return its paths.
 
@@ -143,33 +142,6 @@ def run_paths(run: str | Path, must_exist: bool = True) -> RunPaths:
 
 # ------------------------------------------------------------------------------------------------------------
 # generated shards: the done rules
-
-
-def generated_done(tar: Path) -> bool:
-    """A generated shard is done when its ``.tar`` and its stats ``.json`` both exist."""
-    return tar.is_file() and tar.with_suffix(".json").is_file()
-
-
-def clean_partials(folder: Path) -> list[Path]:
-    """Delete leftovers of a killed writer: ``*.partial`` files and tars that have no stats JSON."""
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for p in sorted(folder.glob(f"*{PARTIAL_SUFFIX}")):
-        p.unlink(missing_ok=True)
-        removed.append(p)
-    for tar in sorted(folder.glob("*.tar")):
-        if not generated_done(tar):
-            tar.unlink(missing_ok=True)
-            removed.append(tar)
-    return removed
-
-
-def done_shards(folder: Path) -> list[Path]:
-    """The finished shards of a folder (``.tar`` with its ``.json`` beside it), sorted by name."""
-    if not folder.is_dir():
-        return []
-    return [t for t in sorted(folder.glob("*.tar")) if generated_done(t)]
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""Column tables of the contract's parquet files: scores and selection.
+"""The score files: the column table of ``RUN/scores/NNNNN.parquet``.
 
-One table per file; its arrow schema, required columns and the card's feature types derive from it.
+Its arrow schema, required columns, the card's feature types and the builder's columns derive from it.
 """
 
 from __future__ import annotations
@@ -105,12 +105,3 @@ def check_score_columns(names: Iterable[str], source: Path | str) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # selection
 
-REASON_KEPT = "kept"
-REASON_OVER_QUOTA = "over_quota"
-REASON_NSFW = "nsfw"
-REASON_DUPLICATE = "duplicate"
-REASON_NOT_TOP5 = "not_top5"
-#: Reasons that mean "passed every threshold".
-PASSED_REASONS = (REASON_KEPT, REASON_OVER_QUOTA)
-#: Columns of ``selection.parquet``, in order.
-SELECTION_COLUMNS = ("key", "label", "class_id", "kept", "reason", COMPOSITE)
