@@ -38,7 +38,7 @@ from imagenet_plus.contract import INFO_NAME  # noqa: E402
 
 def build_release(tmp: Path, images: int, size: int) -> Path:
     from imagenet_plus.release.stage import ReleaseConfig, run_release
-    from imagenet_plus.select.stage import SelectConfig, run_select
+    from imagenet_plus.select import SelectConfig, run_select
 
     classes = [{"label": i, "id": f"n{i:08d}", "name": f"class {i}", "lemmas": [f"class {i}"], "definition": "",
                 "hypernym": "", "group": ""} for i in range(10)]

@@ -163,7 +163,7 @@ def run_stage(stage: str, run: Path) -> None:
         write_json_atomic(paths.summary_json, summary)
     elif stage == "select":
         from imagenet_plus.contract import read_run_yaml, run_paths
-        from imagenet_plus.select.stage import SelectConfig, run_select
+        from imagenet_plus.select import SelectConfig, run_select
 
         per_class = int(read_run_yaml(run_paths(run))["config"]["images_per_class"])
         run_select(run, SelectConfig(per_class=max(1, per_class * 4 // 5)))

@@ -14,6 +14,9 @@ from typing import Annotated, Optional
 import typer
 
 from imagenet_plus.errors import UserError
+from imagenet_plus.pipeline.config import load_config, with_config_options
+from imagenet_plus.pipeline.log import report_error, setup_logging
+from imagenet_plus.select.config import SelectConfig
 
 app = typer.Typer(
     name="imagenet-plus",
@@ -198,19 +201,12 @@ def diagnose_cmd(
 # --------------------------------------------------------------------------------------------------
 # select / release / publish
 @app.command("select")
-def select_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory (scored).")],
-    thresholds: Annotated[Optional[Path], typer.Option(help="Thresholds YAML (see docs/release.md).")] = None,
-    per_class: Annotated[
-        Optional[int], typer.Option(help="Images to keep per class (default: images-per-class).")
-    ] = None,
-) -> None:
+@with_config_options(SelectConfig)
+def select_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored).")], flags: dict) -> None:
     """Filter by thresholds and keep the best diverse N per class: writes RUN/selection.parquet and selection.json."""
-    from imagenet_plus.pipeline.config import config_from_mapping
-    from imagenet_plus.select.stage import SelectConfig, run_select
+    from imagenet_plus.select import run_select
 
-    flags = dict(thresholds=str(thresholds) if thresholds else None, per_class=per_class)
-    summary = run_select(run, config_from_mapping(SelectConfig, flags, "command line"))
+    summary = run_select(run, load_config(SelectConfig, None, flags, "command line"))
     short = summary["short"]
     print(f"kept {summary['num_kept']} of {summary['num_scored']} images; {len(short)} class(es) short of "
           f"{summary['per_class_quota']}" + (" (top up with 'imagenet-plus generate --top-up')" if short else ""))
@@ -349,22 +345,30 @@ def run_cmd(
 # (end report-evaluate-run)
 
 
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
+        "Log debug messages and show the full traceback of errors (or set IMAGENET_PLUS_DEBUG=1).")
+    )] = False,
+) -> None:
+    """Build a synthetic, quality-filtered ImageNet clone with diffusion models, and publish it."""
+    setup_logging(verbose)
+
+
 def main() -> None:
-    """Console-script entry point: usage mistakes and :class:`UserError` are short messages with exit status 2.
+    """Console-script entry point: usage mistakes and user errors are short messages with exit status 2.
 
     typer runs in its standalone mode, so whichever click it uses (the ``click`` package, or the copy that
     typer >= 0.29 carries as ``typer._click``, whose exceptions are not ``click``'s classes) prints its own
-    usage errors (the usage line and one ``Error:`` line, exit 2) and help. Only our own errors are caught
-    here: a :class:`UserError` becomes one ``error: ...`` line on stderr with exit status 2.
+    usage errors (the usage line and one ``Error:`` line, exit 2) and help. Our own errors go through
+    :func:`~imagenet_plus.pipeline.log.report_error`: a :class:`~imagenet_plus.errors.UserError` is one
+    ``error: ...`` line on stderr with exit status 2 (plus its traceback under ``--verbose``).
     """
+    setup_logging()
     try:
         app(prog_name="imagenet-plus")
-    except UserError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # raised outside click's own handling (e.g. while importing a stage)
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except (UserError, KeyboardInterrupt) as exc:  # KeyboardInterrupt: raised outside click's own handling
+        sys.exit(report_error(exc))
 
 
 if __name__ == "__main__":

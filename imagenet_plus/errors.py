@@ -1,15 +1,22 @@
-"""User-facing errors.
+"""Errors the user can act on, typed so that code tells them apart by class, never by message text.
 
-Every problem caused by the user's input (a bad flag, a missing file, a malformed shard) is raised as
-:class:`UserError`. The CLI prints its message as one line on stderr and exits with status 2; no
-traceback is shown. Programming errors are left as ordinary exceptions so that they stay visible.
+Every problem caused by the user's input or environment (a bad flag, a missing file, a corrupt shard, a
+model that cannot be loaded, another process on the same run) is a :class:`UserError` or one of its
+subclasses. The CLI prints its message as one line on stderr (``error: …``) and exits with status 2.
+Programming errors stay ordinary exceptions, so their traceback is shown.
+
+With ``--verbose`` or ``IMAGENET_PLUS_DEBUG=1`` the CLI also prints the full traceback of a
+:class:`UserError`, including the library exception it was raised from (``raise … from None`` hides
+the cause from users, not from this switch): what broke on a user's cluster can then be seen.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class UserError(Exception):
-    """An error in the user's input, reported as one line naming the culprit."""
+    """An error in the user's input or environment, reported as one line naming the culprit."""
 
     def __init__(self, message: str) -> None:
         # Keep it to one line whatever the caller passes (paths or nested errors may carry newlines).
@@ -19,3 +26,35 @@ class UserError(Exception):
     def message(self) -> str:
         """The one-line message."""
         return str(self.args[0])
+
+
+class ConfigError(UserError):
+    """A setting in a config file or on the command line is unknown, of the wrong type or out of range."""
+
+
+class CorruptShard(UserError):
+    """A shard (generated tar, scores parquet, release tar) does not read back as written.
+
+    Attributes:
+        path: the shard.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        super().__init__(f"corrupt or truncated shard {self.path}: {reason}")
+
+
+class PeerRankFailed(UserError):
+    """Another process of a multi-process launch failed; this one stops too (its own work is kept).
+
+    Attributes:
+        rank: the rank that failed.
+    """
+
+    def __init__(self, rank: int, reason: str) -> None:
+        self.rank = rank
+        super().__init__(f"rank {rank} failed: {reason}")
+
+
+class ModelUnavailable(UserError):
+    """A model (generator, scorer, captioner) cannot be loaded: absent locally, unreachable, or malformed."""

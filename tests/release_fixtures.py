@@ -76,7 +76,7 @@ def make_release(tmp: Path, per_class: int = 8, quota: int = 6, val_per_class: i
     from conftest import write_fake_run
 
     from imagenet_plus.release.stage import ReleaseConfig, run_release
-    from imagenet_plus.select.stage import SelectConfig, run_select
+    from imagenet_plus.select import SelectConfig, run_select
 
     run = write_fake_run(tmp / "run", per_class=per_class, shard_size=10, size=size)
     write_fake_scores(run)

@@ -9,7 +9,7 @@ prose and points here as its source of truth.
 - ``records``: the base of the typed records (``read``/``write``, keys checked on read).
 - one module per file family, each owning its names, columns and typed records: ``run`` (run.yaml,
   classes.json), ``generated`` (shards: sample fields, done rules), ``scores`` (the score table),
-  ``selection``, ``release`` (``_info.json``).
+  ``selection``, ``release`` (``_info.json``), ``state`` (``state/{stage}.json``: what a stage was made from).
 
 ```
 RUN/run.yaml                     resolved config, config hash, library versions, plan segments (written first)
@@ -102,3 +102,4 @@ from imagenet_plus.contract.selection import (  # noqa: F401
     SELECTION_COLUMNS,
     SelectionSummary,
 )
+from imagenet_plus.contract.state import StageState  # noqa: F401

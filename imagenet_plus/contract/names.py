@@ -37,6 +37,8 @@ PIPELINE_JSON = "pipeline.json"
 PIPELINE_FAILED = "pipeline.failed"
 #: ``evaluate``'s result file inside its output folder.
 EVAL_JSON = "eval.json"
+#: Folder of the stages' records (``state/{stage}.json``): what each finished stage was made from.
+STATE_DIR = "state"
 #: Folder of the rank markers multi-process stages rendezvous through (``markers/{stage}/{job}/rank-NNNNN.*``).
 MARKERS_DIR = "markers"
 REPORT_DIR = "report"

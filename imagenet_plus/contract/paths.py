@@ -33,6 +33,7 @@ from imagenet_plus.contract.names import (
     SCORES_DIR,
     SELECTION_JSON,
     SELECTION_PARQUET,
+    STATE_DIR,
     SUMMARY_JSON,
     THRESHOLDS_YAML,
     release_shard_name,
@@ -111,6 +112,10 @@ class RunPaths:
     report_json = _Under(REPORT_DIR, REPORT_JSON)
     #: Per-rank done/failed files of multi-process stages (see ``distributed.FileRendezvous``).
     markers = _Under(MARKERS_DIR)
+
+    def stage_state(self, stage: str) -> Path:
+        """``RUN/state/{stage}.json``: the record of what the stage's current outputs were made from."""
+        return self.root / STATE_DIR / f"{stage}.json"
 
     def generated_tar(self, index: int) -> Path:
         """``RUN/generated/NNNNN.tar`` of shard ``index``."""

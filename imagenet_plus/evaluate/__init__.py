@@ -1,5 +1,14 @@
 """Stage ``evaluate``: ``REL/`` (synthetic train set) + real test images → ``OUT/eval.json`` + plots."""
 
-from imagenet_plus.evaluate.stage import EvaluateConfig, run_evaluate
+from typing import TYPE_CHECKING
 
+from imagenet_plus.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from imagenet_plus.evaluate.stage import EvaluateConfig, run_evaluate
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "EvaluateConfig": "stage",
+    "run_evaluate": "stage",
+})
 __all__ = ["EvaluateConfig", "run_evaluate"]

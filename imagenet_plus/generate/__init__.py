@@ -4,7 +4,20 @@
 process owns and writes them crash-safely; ``config`` is the run's frozen settings.
 """
 
-from imagenet_plus.generate.config import GenerateConfig, load_generate_config
-from imagenet_plus.generate.stage import GenerateResult, planned_keys, run_generate, shard_stats
+from typing import TYPE_CHECKING
 
+from imagenet_plus.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from imagenet_plus.generate.config import GenerateConfig, load_generate_config
+    from imagenet_plus.generate.stage import GenerateResult, planned_keys, run_generate, shard_stats
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "GenerateConfig": "config",
+    "load_generate_config": "config",
+    "GenerateResult": "stage",
+    "planned_keys": "stage",
+    "run_generate": "stage",
+    "shard_stats": "stage",
+})
 __all__ = ["GenerateConfig", "GenerateResult", "load_generate_config", "planned_keys", "run_generate", "shard_stats"]

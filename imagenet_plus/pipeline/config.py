@@ -1,10 +1,13 @@
-"""Loading frozen config dataclasses from YAML files and CLI flags, validated on load.
+"""Settings of every stage: declared once, as fields of a frozen dataclass, loaded from YAML and flags.
 
-Every stage has one frozen dataclass for its settings. This module turns a mapping (a YAML file, a
-YAML section, or the flags a user gave) into such a dataclass: keys may be written as the CLI flag
-(``images-per-class``) or as the field (``images_per_class``); unknown keys and values of the wrong
-type are rejected with a :class:`~imagenet_plus.errors.UserError` naming the key and the source.
-Range checks live in each dataclass's ``__post_init__`` and raise ``UserError`` too.
+Every stage has one frozen dataclass for its settings. A field declared with :func:`setting` carries its
+help text; from it come the stage's command-line options (:func:`config_options`, used by ``cli.py``:
+``--images-per-class`` for ``images_per_class``) and its YAML keys (``images-per-class`` or
+``images_per_class``), so a setting is written once. :func:`config_from_mapping` turns a mapping (a YAML
+file, a YAML section, or the flags a user gave) into the dataclass; unknown keys and values of the wrong
+type are a :class:`~imagenet_plus.errors.ConfigError` naming the key and the source. Range checks live
+in each dataclass's ``__post_init__`` and raise ``ConfigError`` too. :func:`load_config` is the one
+loader: a file's mapping, overridden by the flags given.
 """
 
 from __future__ import annotations
@@ -18,9 +21,120 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from imagenet_plus.errors import UserError
+from imagenet_plus.errors import ConfigError, UserError
 
 T = TypeVar("T")
+
+#: Key of a field's metadata that holds its :class:`Setting`.
+SETTING = "imagenet_plus.setting"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """How a config field is offered to users: its help text, and whether it is a command-line option.
+
+    Attributes:
+        help: one line for ``--help`` (and the docs).
+        cli: offered as ``--field-name`` (a setting only a config file gives, like a nested mapping, is not).
+    """
+
+    help: str
+    cli: bool = True
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, cli: bool = True,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config dataclass field with its help text: the one place a stage setting is declared.
+
+    ``batch_size: int = setting(32, "Images per network batch.")`` gives the YAML key ``batch-size`` /
+    ``batch_size`` and the option ``--batch-size`` with that help.
+    """
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={SETTING: Setting(help=help, cli=cli)})
+
+
+def settings_of(cls: type) -> dict[str, Setting]:
+    """The declared settings of a config dataclass, in field order (fields without :func:`setting` are internal)."""
+    out = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        spec = f.metadata.get(SETTING)
+        if spec is not None and f.init:
+            out[f.name] = spec
+    return out
+
+
+def flag_name(field: str) -> str:
+    """``images_per_class`` → ``--images-per-class``."""
+    return "--" + field.replace("_", "-")
+
+
+def _option_type(annotation: Any) -> Any:
+    """The type a command-line option of a field takes (``None`` = the field's default, so always Optional)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _option_type(args[0])
+        return str  # a union of several types (e.g. a number or a range) is parsed by the config's coercion
+    if origin is tuple:
+        return str  # a comma list
+    if annotation in (int, float, str, bool):
+        return annotation
+    return str
+
+
+def config_options(cls: type) -> list[Any]:
+    """``inspect.Parameter``s for typer: one ``--flag`` per declared setting of ``cls``, each defaulting to None.
+
+    An option left out is None, so the config file's value (or the dataclass default) stands. Booleans get
+    ``--flag/--no-flag``.
+    """
+    import inspect
+    from typing import Annotated, Optional
+
+    import typer
+
+    hints = typing.get_type_hints(cls)
+    params = []
+    for name, spec in settings_of(cls).items():
+        if not spec.cli:
+            continue
+        kind = _option_type(hints[name])
+        decl = f"{flag_name(name)}/--no-{name.replace('_', '-')}" if kind is bool else flag_name(name)
+        annotation = Annotated[Optional[kind], typer.Option(decl, help=spec.help)]  # noqa: UP045 (typer < 0.20)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    return params
+
+
+def with_config_options(*classes: type) -> Any:
+    """Decorate a typer command so it also takes every setting of ``classes`` as an option.
+
+    The command keeps its own parameters (positional arguments, ``--config``, ``--out``, …) and gets one more,
+    ``flags``: ``{field: value}`` of the settings given on the command line (left-out options are absent).
+    """
+    import functools
+    import inspect
+
+    def decorate(func: Any) -> Any:
+        own = [p for p in inspect.signature(func).parameters.values() if p.name != "flags"]
+        own_hints = typing.get_type_hints(func, include_extras=True)
+        extra: list[Any] = []
+        for cls in classes:
+            extra += [p for p in config_options(cls) if p.name not in {q.name for q in own + extra}]
+        names = {p.name for p in extra}
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            flags = {k: v for k, v in kwargs.items() if k in names and v is not None}
+            return func(**{k: v for k, v in kwargs.items() if k not in names}, flags=flags)
+
+        params = [p.replace(annotation=own_hints.get(p.name, p.annotation)) for p in own]
+        command.__signature__ = inspect.Signature(params + extra)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params + extra}
+        del command.__wrapped__  # typer must read the new signature, not the wrapped function's
+        return command
+
+    return decorate
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -82,17 +196,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(v, item_type, where) for v in value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise UserError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if annotation is int:
         if isinstance(value, bool):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
         if isinstance(value, int):
             return value
         if isinstance(value, str):
@@ -102,10 +216,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 pass
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise UserError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is float:
         if isinstance(value, bool):
-            raise UserError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
@@ -113,11 +227,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise UserError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
 
 
@@ -142,14 +256,32 @@ def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], source: str) -
         name = field_name(raw_key)
         if name not in fields or not fields[name].init:
             known = ", ".join(sorted(k.replace("_", "-") for k, f in fields.items() if f.init))
-            raise UserError(f"{source}: unknown key '{raw_key}' (known keys: {known})")
+            raise ConfigError(f"{source}: unknown key '{raw_key}' (known keys: {known})")
         if value is None:
             continue
         values[name] = _coerce(value, hints[name], f"{source}: key '{raw_key}'")
     try:
         return cls(**values)
     except TypeError as exc:  # a required field is missing
-        raise UserError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(cls: type[T], file_mapping: Mapping[str, Any] | None, flags: Mapping[str, Any] | None,
+                source: str) -> T:
+    """The one config loader: a file's (or section's) keys, overridden by the flags given, as ``cls``.
+
+    Errors in the file's keys name ``source``; a bad flag value names ``command line``.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type, a value out of range.
+    """
+    file_mapping = dict(file_mapping or {})
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    if not flags:
+        return config_from_mapping(cls, file_mapping, source)
+    if file_mapping:
+        config_from_mapping(cls, file_mapping, source)  # a bad key of the file is named with the file
+    return config_from_mapping(cls, merge_config(file_mapping, flags), "command line" if not file_mapping else source)
 
 
 def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,7 +314,7 @@ def require_positive(source: str, **values: int | float | None) -> None:
     """Raise ``UserError`` naming the first value that is not strictly positive."""
     for name, value in values.items():
         if value is not None and value <= 0:
-            raise UserError(f"{source}: '{name.replace('_', '-')}' must be positive, got {value}")
+            raise ConfigError(f"{source}: '{name.replace('_', '-')}' must be positive, got {value}")
 
 
 #: Keys of a config file that hold the settings of later stages (read by ``imagenet-plus run``).

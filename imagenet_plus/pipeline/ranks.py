@@ -22,15 +22,17 @@ environment variable; default: torch's own, 10 minutes for NCCL, 30 for gloo), h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.errors import UserError
+from imagenet_plus.errors import PeerRankFailed, UserError
 
 #: Environment variable holding the process-group timeout in seconds.
 PG_TIMEOUT_ENV = "IMAGENET_PLUS_PG_TIMEOUT"
@@ -206,7 +208,7 @@ class FileRendezvous:
         """Raise when another rank failed (looks at the folder at most once per ``every`` seconds).
 
         Raises:
-            UserError: naming the failed rank and its error.
+            PeerRankFailed: naming the failed rank and its error.
         """
         now = time.monotonic()
         if self.world_size == 1 or now - self._last_check < every:
@@ -215,7 +217,7 @@ class FileRendezvous:
         failed = self.failures()
         if failed:
             rank, message = next(iter(failed.items()))
-            raise UserError(f"rank {rank} failed, stopping: {message}")
+            raise PeerRankFailed(rank, f"stopping: {message}")
 
     def finished(self) -> list[int]:
         """The ranks that marked their part done."""
@@ -246,3 +248,22 @@ class FileRendezvous:
                 folder.rmdir()
             except OSError:
                 break  # not empty (another stage's markers) or already gone
+
+
+@contextlib.contextmanager
+def rank_share(folder: Path, dist: Dist) -> Iterator[FileRendezvous]:
+    """The sequence every multi-process stage follows around this rank's share of the work.
+
+    ``with rank_share(paths.markers / STAGE, dist) as rdv:`` starts the launch's rendezvous; inside, the
+    rank does its shards (calling ``rdv.check()`` between batches to stop when another rank failed). An
+    exception marks this rank failed for the others and propagates; a normal exit marks it done. What comes
+    after (every rank waits for all, or only the main one does and then works on the whole run) is the
+    stage's: ``rdv.wait_for_all()`` then ``rdv.close()`` on the rank that outlives the others.
+    """
+    rdv = FileRendezvous.start(folder, dist)
+    try:
+        yield rdv
+    except BaseException as exc:
+        rdv.fail(exc)
+        raise
+    rdv.done()

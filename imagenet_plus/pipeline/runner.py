@@ -270,7 +270,7 @@ register(StageSpec("diagnose", _load_diagnose, _run_diagnose, _diagnose_done))
 
 def _inline_thresholds(src: ConfigSource, sel: dict[str, Any]) -> dict[str, Any] | None:
     """Take ``thresholds`` out of the select section when it is a mapping (validated); check a file path."""
-    from imagenet_plus.select.stage import Thresholds
+    from imagenet_plus.select import Thresholds
 
     raw = sel.get("thresholds")
     if isinstance(raw, dict):
@@ -286,7 +286,7 @@ def _inline_thresholds(src: ConfigSource, sel: dict[str, Any]) -> dict[str, Any]
 
 
 def _load_select(src: ConfigSource) -> dict[str, Any]:
-    from imagenet_plus.select.stage import SelectConfig
+    from imagenet_plus.select import SelectConfig
 
     sel = dict(src.sections.get("select", {}))
     inline = _inline_thresholds(src, sel)

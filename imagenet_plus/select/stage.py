@@ -37,8 +37,7 @@ written in row batches.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,105 +70,13 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import atomic_file
-from imagenet_plus.pipeline.config import config_from_mapping, load_yaml_mapping
+from imagenet_plus.select.config import SelectConfig, Thresholds, load_thresholds
 
 #: Score columns averaged (as within-class percentile ranks) into the composite; absent/null ones are skipped.
 COMPOSITE_COLUMNS = (COL_CLIP_SCORE, COL_CLIP_CLASS_PROB, COL_ISC_KL, COL_CLASSIFIER_PROB, COL_REALISM)
 #: Every score column select reads (the rest of a scores parquet is never loaded).
 SELECT_COLUMNS = tuple(dict.fromkeys((*REQUIRED_SCORE_COLUMNS, *COMPOSITE_COLUMNS, COL_CLASSIFIER_TOP5,
                                       COL_NSFW_SCORE)))
-CLASS_FID_ACTIONS = ("flag", "drop")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Per-image and per-class filters, loaded from a thresholds YAML (keys as below, ``-`` or ``_``).
-
-    Attributes:
-        clip_score_min: minimum CLIP score of the image against its prompt (0..100), or None.
-        clip_class_prob_min: minimum zero-shot probability of the target class (0..1), or None.
-        isc_kl_min: minimum per-image Inception-Score KL term (>= 0), or None.
-        realism_min: minimum realism score (Kynkäänniemi et al.; >= 0), or None.
-        classifier_top5: require the ImageNet classifier to have the class in its top 5.
-        drop_duplicates: drop images marked as near-duplicates (``dup_of`` set).
-        drop_nsfw: drop images flagged NSFW: by the generator's safety checker (``nsfw``) or by score's
-            independent detector (``nsfw_score`` above ``nsfw_score_max``).
-        nsfw_score_max: highest P(nsfw) from score's NSFW detector an image may have (0..1).
-        class_fid_max: a class whose FID exceeds this is flagged or dropped, or None.
-        class_fid_action: ``flag`` (list it in selection.json) or ``drop`` (drop all its images).
-        diversity: weight of CLIP diversity against the composite when filling the quota (0..1).
-    """
-
-    clip_score_min: float | None = None
-    clip_class_prob_min: float | None = None
-    isc_kl_min: float | None = None
-    realism_min: float | None = None
-    classifier_top5: bool = False
-    drop_duplicates: bool = True
-    drop_nsfw: bool = True
-    nsfw_score_max: float = 0.5
-    class_fid_max: float | None = None
-    class_fid_action: str = "flag"
-    diversity: float = 0.3
-    source: str = "thresholds"
-
-    def __post_init__(self) -> None:
-        src = self.source
-        ranges = {
-            "clip_score_min": (0.0, 100.0),
-            "clip_class_prob_min": (0.0, 1.0),
-            "nsfw_score_max": (0.0, 1.0),
-            "isc_kl_min": (0.0, math.inf),
-            "realism_min": (0.0, math.inf),
-            "class_fid_max": (0.0, math.inf),
-            "diversity": (0.0, 1.0),
-        }
-        for name, (lo, hi) in ranges.items():
-            value = getattr(self, name)
-            if value is not None and not lo <= value <= hi:  # NaN fails the comparison too
-                raise UserError(f"{src}: key '{name}' is out of range: {value} (must be within {lo:g}..{hi:g})")
-        if self.class_fid_action not in CLASS_FID_ACTIONS:
-            raise UserError(
-                f"{src}: key 'class_fid_action' must be one of {', '.join(CLASS_FID_ACTIONS)}, "
-                f"got {self.class_fid_action!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The thresholds as written to selection.json (without ``source``)."""
-        out = asdict(self)
-        out.pop("source")
-        return out
-
-
-def load_thresholds(path: str | Path | None) -> Thresholds:
-    """Read a thresholds YAML (None gives the defaults).
-
-    Raises:
-        UserError: the file is missing or malformed, has an unknown key, or a value out of range.
-    """
-    if path is None:
-        return Thresholds()
-    mapping = load_yaml_mapping(path)
-    if "source" in mapping:
-        raise UserError(f"{path}: unknown key 'source'")
-    return config_from_mapping(Thresholds, {**mapping, "source": str(path)}, str(path))
-
-
-@dataclass(frozen=True)
-class SelectConfig:
-    """Settings of ``imagenet-plus select`` (fields are its flags).
-
-    Attributes:
-        thresholds: the thresholds YAML, or None for the defaults (only nsfw and duplicates dropped).
-        per_class: images to keep per class; None means the run's ``images_per_class``.
-    """
-
-    thresholds: str | None = None
-    per_class: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.per_class is not None and self.per_class <= 0:
-            raise UserError(f"select config: 'per-class' must be positive, got {self.per_class}")
 
 
 class ClipRows:

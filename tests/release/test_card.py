@@ -113,7 +113,7 @@ def test_card_lists_diagnosis_when_the_run_was_diagnosed(tmp_path: Path) -> None
     from release_fixtures import write_fake_scores
 
     from imagenet_plus.release.stage import ReleaseConfig, run_release
-    from imagenet_plus.select.stage import SelectConfig, run_select
+    from imagenet_plus.select import SelectConfig, run_select
 
     run = write_fake_run(tmp_path / "run", per_class=6, shard_size=10, size=32)
     write_fake_scores(run)

@@ -17,7 +17,7 @@ from imagenet_plus.contract import INFO_NAME
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.tar import iter_shard
 from imagenet_plus.release.stage import ReleaseConfig, num_shards_for, run_release, split_evenly
-from imagenet_plus.select.stage import SelectConfig, run_select
+from imagenet_plus.select import SelectConfig, run_select
 
 WNIDS = [c["id"] for c in FAKE_CLASSES]
 

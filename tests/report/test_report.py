@@ -77,7 +77,7 @@ def write_scores(run: Path, dim: int = 8, seed: int = 0, text_embeddings: bool =
 
 
 def select(run: Path, per_class: int = 4) -> dict:
-    from imagenet_plus.select.stage import SelectConfig, run_select
+    from imagenet_plus.select import SelectConfig, run_select
 
     th = run / "thresholds.yaml"
     th.write_text("clip_score_min: 22\nclip_class_prob_min: 0.2\n")

@@ -125,7 +125,7 @@ def test_score_writes_nsfw_score_and_select_drops_the_flagged(tmp_path: Path, wi
 
     from imagenet_plus.contract import COL_NSFW_SCORE, REASON_NSFW, RunPaths
     from imagenet_plus.score.stage import ScoreConfig, run_score
-    from imagenet_plus.select.stage import SelectConfig, run_select
+    from imagenet_plus.select import SelectConfig, run_select
 
     run = write_fake_run(tmp_path / "run", per_class=2, shard_size=4, size=40)
     detector = str(_detector(tmp_path / "detector", winner))

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from imagenet_plus.cli import app
 from imagenet_plus.errors import UserError
-from imagenet_plus.select.stage import SelectConfig, Thresholds, load_thresholds, mmr_pick, run_select
+from imagenet_plus.select.config import SelectConfig, Thresholds, load_thresholds
+from imagenet_plus.select.stage import mmr_pick, run_select
 
 runner = CliRunner()
 
