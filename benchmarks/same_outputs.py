@@ -1,0 +1,123 @@
+"""Same config, two versions of the code: are the outputs byte-identical (apart from timestamps)?
+
+Runs ``imagenet-plus run --config CONFIG`` with the code of ``--before`` (a git revision, checked out with
+``git archive`` into a temporary folder) and with the code of ``--after`` (a revision, or ``.`` for the
+working tree), each in its own run folder but with one shared cache (the tiny models are then the same
+files), then compares every file of the two run folders (the release inside them included):
+
+- tar files member by member (names and bytes);
+- JSON files after dropping the keys that record *when* or *how fast* (``created``, ``finished``,
+  ``seconds``, …: :data:`VOLATILE_KEYS`);
+- the report's HTML after removing those same values where the page prints them;
+- everything else byte for byte.
+
+Files that exist on one side only are listed as such (a new record such as ``RUN/state/`` is expected
+after a change that adds it: ``--ignore state`` leaves a folder out). The last line is
+``same_outputs_differences=N`` (0 when the two runs agree).
+
+    python benchmarks/same_outputs.py --before 99bd8f3 --after . --ignore state --ignore pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: JSON keys whose values record time or speed, not content.
+VOLATILE_KEYS = frozenset({"created", "finished", "seconds", "img_per_s", "images_per_second", "elapsed",
+                           "generated_at", "duration"})
+
+
+def checkout(rev: str, dest: Path) -> Path:
+    """The tree of ``rev`` (``.`` = the working tree itself) as a folder to put on PYTHONPATH."""
+    if rev == ".":
+        return REPO
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def run_demo(tree: Path, config: Path, out: Path, cache: Path) -> None:
+    """``imagenet-plus run`` with the code in ``tree``."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "IMAGENET_PLUS_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-m", "imagenet_plus", "run", "--config", str(config), "--out", str(out)],
+                   check=True, env=env, cwd=tree, stdout=subprocess.DEVNULL)
+
+
+def _strip(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def _tar_members(path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read() if m.isfile() else b"") for m in tar.getmembers()]
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two output files hold the same content (see the module docstring for what is ignored)."""
+    if a.suffix == ".tar":
+        return _tar_members(a) == _tar_members(b)
+    if a.suffix == ".json":
+        try:
+            return _strip(json.loads(a.read_text())) == _strip(json.loads(b.read_text()))
+        except ValueError:
+            pass
+    if a.suffix == ".html":
+        volatile = re.compile(r"\d+(\.\d+)? ?s\b|\d{4}-\d\d-\d\dT[\d:]+Z?")
+        return volatile.sub("", a.read_text()) == volatile.sub("", b.read_text())
+    return a.read_bytes() == b.read_bytes()
+
+
+def compare(before: Path, after: Path, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Differences between two run folders, one line each (empty: the same)."""
+
+    def files(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+                and not any(part in ignore for part in p.relative_to(root).parts)}
+
+    a, b = files(before), files(after)
+    out = [f"only before: {name}" for name in sorted(a - b)] + [f"only after: {name}" for name in sorted(b - a)]
+    out += [f"differs: {name}" for name in sorted(a & b) if not same_file(before / name, after / name)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="git revision of the old code")
+    parser.add_argument("--after", default=".", help="git revision of the new code, or . (working tree)")
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--ignore", action="append", default=[], help="a file or folder name left out")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="same-outputs-") as tmp:
+        tmp_path = Path(tmp)
+        runs = {}
+        for side in ("before", "after"):
+            tree = checkout(getattr(args, side), tmp_path / f"{side}-code")
+            runs[side] = tmp_path / f"{side}-run"
+            run_demo(tree, Path(args.config).resolve(), runs[side], tmp_path / "cache")
+            print(f"{side}: {getattr(args, side)} ran in {runs[side]}", file=sys.stderr)
+        diffs = compare(runs["before"], runs["after"], tuple(args.ignore))
+    for line in diffs:
+        print(line)
+    print(f"same_outputs_differences={len(diffs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
