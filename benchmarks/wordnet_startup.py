@@ -5,7 +5,8 @@ Through nltk's reader that costs about 10 s and 0.4 GB in each process (``import
 read twice and the lemma map built from ``index.*``). Through the compact index of
 :mod:`imagenet_plus.wordnet` (made once, kept in the imagenet-plus cache) it reads only the rows it needs.
 
-Workloads, each one fresh process, timed with its peak resident memory (``os.wait4``'s ``ru_maxrss``):
+Workloads, each one fresh process, timed (wall-clock seconds, and in parentheses the CPU seconds the process
+used, which a busy machine stretches less) with its peak resident memory (``os.wait4``'s ``ru_maxrss``):
 
 - ``classes imagenet-1k``: the command line, table printed (N = 1,000);
 - ``resolve imagenet-1k``: ``resolve_classes("imagenet-1k")`` alone, as ``generate``'s start-up does (N = 1,000);
@@ -45,8 +46,8 @@ WORKLOADS = (
 INDEX_ENV = "IMAGENET_PLUS_WORDNET_INDEX"
 
 
-def run_child(args: list[str], index: bool) -> tuple[float, float, bytes]:
-    """Run ``python args`` in a child process: (seconds, its peak RSS in MiB, its stdout).
+def run_child(args: list[str], index: bool) -> tuple[float, float, float, bytes]:
+    """Run ``python args`` in a child process: (seconds, its CPU seconds, its peak RSS in MiB, its stdout).
 
     The parent imports nothing heavy: Linux carries the parent's high-water RSS into a child across
     fork/exec, so a fat parent would inflate every child's ``ru_maxrss``.
@@ -64,7 +65,7 @@ def run_child(args: list[str], index: bool) -> tuple[float, float, bytes]:
             tail = stderr.decode(errors="replace").strip().splitlines()[-15:]
             raise SystemExit(f"{' '.join(args[:3])} failed (exit {proc.returncode}):\n" + "\n".join(tail))
         out.seek(0)
-        return seconds, usage.ru_maxrss / 1024.0, out.read()  # Linux: KiB
+        return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, out.read()  # Linux: KiB
 
 
 def main() -> None:
@@ -72,28 +73,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each workload before and after (best kept)")
     args = parser.parse_args()
 
-    seconds, _, _ = run_child(["-c", RESOLVE, "wordnet:tench.n.01"], index=True)  # makes the index if missing
+    seconds, _, _, _ = run_child(["-c", RESOLVE, "wordnet:tench.n.01"], index=True)  # makes the index if missing
     print(f"warm-up (makes the index once if the cache has none): {seconds:.1f} s")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    header = f"{'workload':<30} {'N':>7} {'before s':>9} {'after s':>8} {'speedup':>8} {'before MiB':>11} " \
-             f"{'after MiB':>10} {'RSS ratio':>10}"
+    header = f"{'workload':<28} {'N':>6} {'before s (cpu)':>15} {'after s (cpu)':>14} {'speedup':>8} " \
+             f"{'before MiB':>11} {'after MiB':>10} {'RSS ratio':>10}"
     print(header)
     print("-" * len(header))
     speedups = []
     for name, n, child in WORKLOADS:
         best = {True: float("inf"), False: float("inf")}
+        cpu = {True: float("inf"), False: float("inf")}
         rss = {True: 0.0, False: 0.0}
         outputs: dict[bool, bytes] = {}
         for _ in range(args.repeats):
             for index in (False, True):
-                s, mib, out = run_child(child, index)
-                best[index], rss[index] = min(best[index], s), max(rss[index], mib)
+                s, c, mib, out = run_child(child, index)
+                best[index], cpu[index], rss[index] = min(best[index], s), min(cpu[index], c), max(rss[index], mib)
                 if outputs.setdefault(index, out) != out:
                     raise SystemExit(f"{name}: two runs printed different output")
         if outputs[False] != outputs[True]:
             raise SystemExit(f"{name}: the index and nltk's reader give different classes")
         speedups.append(best[False] / best[True])
-        print(f"{name:<30} {n:>7,} {best[False]:>9.2f} {best[True]:>8.2f} {speedups[-1]:>7.1f}x {rss[False]:>11.0f} "
+        before, after = f"{best[False]:.2f} ({cpu[False]:.2f})", f"{best[True]:.2f} ({cpu[True]:.2f})"
+        print(f"{name:<28} {n:>6,} {before:>15} {after:>14} {speedups[-1]:>7.1f}x {rss[False]:>11.0f} "
               f"{rss[True]:>10.0f} {rss[False] / rss[True]:>9.1f}x")
     print("outputs of before and after identical: yes")
     print(f"wordnet_startup_speedup={min(speedups):.1f}")

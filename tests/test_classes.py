@@ -83,7 +83,10 @@ def _raw_first_parent(wn, synset) -> str:  # type: ignore[no-untyped-def]
     return wn.synset_from_pos_and_offset("n", int(parents[0])).lemma_names()[0] if parents else ""
 
 
-def test_imagenet_1k_info_is_timms() -> None:
+def test_imagenet_1k_info_is_timms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    from types import SimpleNamespace
+
     from timm.data import ImageNetInfo
 
     from imagenet_plus.classes import imagenet_1k_info
@@ -93,6 +96,12 @@ def test_imagenet_1k_info_is_timms() -> None:
     assert wnids == list(info.label_names()) and len(wnids) == 1000
     assert {w: lemmas[w] for w in wnids} == info.label_descriptions(as_dict=True)
     assert {w: f"{lemmas[w]}: {definitions[w]}" for w in wnids} == info.label_descriptions(detailed=True, as_dict=True)
+    # timm's files not found as plain files (a zipped install): read through ImageNetInfo, same result
+    real = importlib.util.find_spec
+    fake = SimpleNamespace(submodule_search_locations=[str(tmp_path)])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "timm" else real(name, *a))
+    w2, l2, d2 = imagenet_1k_info()
+    assert w2 == wnids and all(l2[w] == lemmas[w] and d2[w] == definitions[w] for w in wnids)
 
 
 def test_class_sets_read_through_nltk_are_the_same(imagenet: list[ClassInfo], monkeypatch: pytest.MonkeyPatch) -> None:

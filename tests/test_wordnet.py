@@ -360,7 +360,8 @@ def test_build_is_atomic_and_replaces_what_it_supersedes(wn, tmp_path: Path,  # 
     assert sorted(tmp_path.iterdir()) == [second]  # the superseded and the damaged index are gone, no temp file left
 
 
-def test_damaged_index_is_rebuilt(wn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_or_stale_index_is_rebuilt(wn, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     builds = []
 
     def rows(reader):  # type: ignore[no-untyped-def]
@@ -368,16 +369,21 @@ def test_damaged_index_is_rebuilt(wn, tmp_path: Path, monkeypatch: pytest.Monkey
         return _TINY_ROWS
 
     monkeypatch.setattr(wnmod, "_index_rows", rows)
-    first = wnmod.open_index(tmp_path)
+    folder = tmp_path / "cache"
+    first = wnmod.open_index(folder)
     assert first is not None and len(builds) == 1
-    assert wnmod.open_index(tmp_path).path == first.path and len(builds) == 1  # type: ignore[union-attr]
+    assert wnmod.open_index(folder).path == first.path and len(builds) == 1  # type: ignore[union-attr]
     data = bytearray(first.path.read_bytes())
     data[-10] ^= 0xFF
     first.path.write_bytes(bytes(data))
-    again = wnmod.open_index(tmp_path)
+    again = wnmod.open_index(folder)  # damaged: rebuilt
     assert again is not None and len(builds) == 2
-    assert wnmod.find_index(tmp_path, wnmod.source_fingerprint()) == again.path
+    assert wnmod.find_index(folder, wnmod.source_fingerprint()) == again.path
     assert again.by_wnid("n00000001").name == "thing.n.01"
+    monkeypatch.setenv("WNSEARCHDIR", str(_fake_dict(tmp_path / "dict", "new")))  # stale: a WordNet copy appeared
+    third = wnmod.open_index(folder)
+    assert third is not None and len(builds) == 3 and third.path != again.path
+    assert list(folder.iterdir()) == [third.path]  # the stale one (same WordNet copy read by nltk) is gone
 
 
 def test_switch_reads_through_nltk(monkeypatch: pytest.MonkeyPatch) -> None:
