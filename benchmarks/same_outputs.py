@@ -32,8 +32,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: JSON keys whose values record time or speed, not content.
-VOLATILE_KEYS = frozenset({"created", "finished", "seconds", "img_per_s", "images_per_second", "elapsed",
+#: JSON keys whose values record time or speed, not content (a fingerprint hashes input files' modification times).
+VOLATILE_KEYS = frozenset({"created", "finished", "seconds", "img_per_s", "images_per_second", "elapsed", "fingerprint",
                            "generated_at", "duration"})
 
 
@@ -69,18 +69,23 @@ def _tar_members(path: Path) -> list[tuple[str, bytes]]:
         return [(m.name, tar.extractfile(m).read() if m.isfile() else b"") for m in tar.getmembers()]
 
 
-def same_file(a: Path, b: Path) -> bool:
+def _text(path: Path, root: Path) -> str:
+    """A text output with its own run folder's path replaced by ``RUN`` (the two runs live in two folders)."""
+    return path.read_text(encoding="utf-8").replace(str(root), "RUN")
+
+
+def same_file(a: Path, b: Path, root_a: Path, root_b: Path) -> bool:
     """Whether two output files hold the same content (see the module docstring for what is ignored)."""
     if a.suffix == ".tar":
         return _tar_members(a) == _tar_members(b)
     if a.suffix == ".json":
         try:
-            return _strip(json.loads(a.read_text())) == _strip(json.loads(b.read_text()))
+            return _strip(json.loads(_text(a, root_a))) == _strip(json.loads(_text(b, root_b)))
         except ValueError:
             pass
-    if a.suffix == ".html":
-        volatile = re.compile(r"\d+(\.\d+)? ?s\b|\d{4}-\d\d-\d\dT[\d:]+Z?")
-        return volatile.sub("", a.read_text()) == volatile.sub("", b.read_text())
+    if a.suffix in (".html", ".md", ".csv", ".yaml"):
+        volatile = re.compile(r"\d+(\.\d+)? ?s\b|\d{4}-\d\d-\d\d[T ][\d:]+Z?")
+        return volatile.sub("", _text(a, root_a)) == volatile.sub("", _text(b, root_b))
     return a.read_bytes() == b.read_bytes()
 
 
@@ -93,7 +98,8 @@ def compare(before: Path, after: Path, ignore: tuple[str, ...] = ()) -> list[str
 
     a, b = files(before), files(after)
     out = [f"only before: {name}" for name in sorted(a - b)] + [f"only after: {name}" for name in sorted(b - a)]
-    out += [f"differs: {name}" for name in sorted(a & b) if not same_file(before / name, after / name)]
+    out += [f"differs: {name}" for name in sorted(a & b)
+            if not same_file(before / name, after / name, before, after)]
     return out
 
 
@@ -103,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", default=".", help="git revision of the new code, or . (working tree)")
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     parser.add_argument("--ignore", action="append", default=[], help="a file or folder name left out")
+    parser.add_argument("--keep", help="run in this (new) folder and keep it, to look at the differences")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="same-outputs-") as tmp:
-        tmp_path = Path(tmp)
+        tmp_path = Path(args.keep) if args.keep else Path(tmp)
         runs = {}
         for side in ("before", "after"):
             tree = checkout(getattr(args, side), tmp_path / f"{side}-code")

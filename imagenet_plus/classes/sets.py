@@ -26,10 +26,13 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagenet_plus.contract import KEY_PATTERN
 from imagenet_plus.errors import UserError
+
+if TYPE_CHECKING:
+    from imagenet_plus.classes.wordnet import SynsetInfo
 
 #: The spec of the ImageNet-1k class set.
 IMAGENET_1K = "imagenet-1k"
@@ -162,24 +165,54 @@ def resolve_classes(spec: str, class_limit: int | None = None) -> list[ClassInfo
     return classes  # never empty: a WordNet subtree holds its root, an empty file is an error
 
 
-def imagenet_1k_classes(class_limit: int | None = None) -> list[ClassInfo]:
-    """The ImageNet-1k classes in label order (timm's shipped info + WordNet hypernym and group)."""
-    from timm.data import ImageNetInfo
+def imagenet_1k_info() -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """The ImageNet-1k class info timm ships: wnids in label order, ``wnid → "lemma, lemma"``, ``wnid → definition``.
 
-    from imagenet_plus.classes import wordnet as wnmod
+    Read from timm's package folder without importing timm, because ``import timm`` imports torch and
+    torchvision (3.6 to 8 s and 1.1 GB of memory measured, most of what ``classes imagenet-1k`` cost). The
+    files are the ones ``timm.data.ImageNetInfo`` reads, parsed as it parses them (one wnid a line;
+    tab-separated ``wnid, text`` rows read with :mod:`csv`); ``tests/test_classes.py`` compares the result with
+    ``ImageNetInfo``. A timm installed other than as plain files (zipped) is read through ``ImageNetInfo``.
+
+    Raises:
+        UserError: timm is not installed.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("timm")
+    if spec is None:
+        raise UserError("imagenet-1k needs timm's ImageNet class info: pip install timm")
+    folders = [Path(p) / "data" / "_info" for p in (spec.submodule_search_locations or [])]
+    names = ("imagenet_synsets.txt", "imagenet_synset_to_lemma.txt", "imagenet_synset_to_definition.txt")
+    for folder in folders:
+        if all((folder / name).is_file() for name in names):
+            synsets, lemmas, definitions = ((folder / name).read_bytes().decode("utf-8") for name in names)
+            return (synsets.splitlines(), dict(csv.reader(lemmas.splitlines(), delimiter="\t")),
+                    dict(csv.reader(definitions.splitlines(), delimiter="\t")))
+    from timm.data import ImageNetInfo
 
     info = ImageNetInfo("imagenet-1k")
     wnids = list(info.label_names())
-    lemma_text = info.label_descriptions(as_dict=True)
-    detailed = info.label_descriptions(detailed=True, as_dict=True)
+    return wnids, {w: info.label_name_to_description(w) for w in wnids}, {
+        w: info.label_name_to_description(w, detailed=True)[len(info.label_name_to_description(w)) + 2 :]
+        for w in wnids}
+
+
+def imagenet_1k_classes(class_limit: int | None = None) -> list[ClassInfo]:
+    """The ImageNet-1k classes in label order (timm's shipped info + WordNet hypernym and group)."""
+    from imagenet_plus.classes import wordnet as wnmod
+
+    wnids, lemma_text, definitions = imagenet_1k_info()
     if class_limit is not None:
         wnids = wnids[:class_limit]
+    wn = wnmod.lookup()
     out = []
     for label, wnid in enumerate(wnids):
         lemmas = tuple(x.strip() for x in lemma_text[wnid].split(", ") if x.strip())
-        # timm's detailed description is "lemma, lemma: definition"
-        definition = detailed[wnid][len(lemma_text[wnid]) :].lstrip(":").strip()
-        synset = wnmod.synset_of_wnid(wnid)
+        # as timm's detailed description "lemma, lemma: definition" is cut after the lemmas
+        detailed = f"{lemma_text[wnid]}: {definitions[wnid]}"
+        definition = detailed[len(lemma_text[wnid]) :].lstrip(":").strip()
+        info = wn.by_wnid(wnid)
         out.append(
             ClassInfo(
                 label=label,
@@ -187,8 +220,8 @@ def imagenet_1k_classes(class_limit: int | None = None) -> list[ClassInfo]:
                 name=lemmas[0],
                 lemmas=lemmas,
                 definition=definition,
-                hypernym=wnmod.first_hypernym_name(synset),
-                group=wnmod.lexname(synset),
+                hypernym=wnmod.readable(info.hypernym),
+                group=info.lexname,
             )
         )
     return out
@@ -208,28 +241,29 @@ def wordnet_classes(target: str, class_limit: int | None = None) -> list[ClassIn
 
     if not target:
         raise UserError("'wordnet:' needs a synset, like wordnet:object.n.01 or wordnet:n00002684")
-    root = wnmod.synset_of_wnid(target) if wnmod.is_wnid(target) else wnmod.synset_by_name(target)
-    if root.pos() != "n":
-        raise UserError(f"wordnet:{target} is not a noun synset ({root.name()}): image classes must be nouns")
-    synsets = wnmod.hyponym_closure(root, include_root=True, instances=False)
+    wn = wnmod.lookup()
+    root = wn.by_wnid(target) if wnmod.is_wnid(target) else wn.by_name(target)
+    if root.pos != "n":
+        raise UserError(f"wordnet:{target} is not a noun synset ({root.name}): image classes must be nouns")
+    synsets = wn.subtree(root, instances=False)
     if class_limit is not None:
         synsets = synsets[:class_limit]
     return [synset_class(label, s) for label, s in enumerate(synsets)]
 
 
-def synset_class(label: int, synset: Any) -> ClassInfo:
+def synset_class(label: int, synset: SynsetInfo) -> ClassInfo:
     """A :class:`ClassInfo` for a WordNet synset."""
     from imagenet_plus.classes import wordnet as wnmod
 
-    lemmas = tuple(wnmod.readable(x) for x in synset.lemma_names())
+    lemmas = tuple(wnmod.readable(x) for x in synset.lemma_names)
     return ClassInfo(
         label=label,
-        id=wnmod.wnid_of(synset),
+        id=synset.wnid,
         name=lemmas[0],
         lemmas=lemmas,
-        definition=str(synset.definition()),
-        hypernym=wnmod.first_hypernym_name(synset),
-        group=wnmod.lexname(synset),
+        definition=synset.definition,
+        hypernym=wnmod.readable(synset.hypernym),
+        group=synset.lexname,
     )
 
 
@@ -372,7 +406,7 @@ def file_classes(path: Path, class_limit: int | None = None) -> list[ClassInfo]:
             from imagenet_plus.classes import wordnet as wnmod
 
             try:
-                synset = wnmod.synset_of_wnid(raw_id)
+                synset = wnmod.lookup().by_wnid(raw_id)
             except UserError as exc:
                 raise UserError(f"{path}: {where}: {exc.message}") from None
             base = synset_class(label, synset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,10 +54,71 @@ def test_imagenet_1k_order_and_content(imagenet: list[ClassInfo]) -> None:
     ids = [c.id for c in imagenet]
     assert ids == sorted(ids) == list(ImageNetInfo("imagenet-1k").label_names())
     assert all(c.hypernym and c.group.startswith("noun.") and c.definition for c in imagenet)
-    for c in imagenet:  # lemmas and definitions agree with WordNet itself
-        synset = wnmod.synset_of_wnid(c.id)
-        assert c.lemmas == tuple(wnmod.readable(x) for x in synset.lemma_names())
-        assert c.definition == synset.definition()
+    wn = wnmod.wordnet()
+    for c in imagenet:  # every field agrees with nltk's reader and the raw data file (the index answered them)
+        synset = wn.synset_from_pos_and_offset("n", int(c.id[1:]))
+        assert c.lemmas == tuple(x.replace("_", " ") for x in synset.lemma_names())
+        assert c.definition == synset.definition() and c.group == synset.lexname()
+        assert c.hypernym == _raw_first_parent(wn, synset).replace("_", " ")
+
+
+_DATA_NOUN: list[bytes] = []
+
+
+def _raw_first_parent(wn, synset) -> str:  # type: ignore[no-untyped-def]
+    """First lemma of the first '@' (else '@i') pointer of a noun's line in data.noun, found with a regex."""
+    if not _DATA_NOUN:
+        with wn.abspath("data.noun").open() as f:
+            _DATA_NOUN.append(f.read())
+    data, at = _DATA_NOUN[0], synset.offset()
+    head = data[at : data.index(b"\n", at)].decode("utf-8").split("|")[0]
+    found = re.findall(r" (@i?) (\d{8}) n [0-9a-f]{4}", head)
+    parents = [o for sym, o in found if sym == "@"] or [o for sym, o in found if sym == "@i"]
+    return wn.synset_from_pos_and_offset("n", int(parents[0])).lemma_names()[0] if parents else ""
+
+
+def test_imagenet_1k_info_is_timms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    from types import SimpleNamespace
+
+    from timm.data import ImageNetInfo
+
+    from imagenet_plus.classes.sets import imagenet_1k_info
+
+    info = ImageNetInfo("imagenet-1k")
+    wnids, lemmas, definitions = imagenet_1k_info()
+    assert wnids == list(info.label_names()) and len(wnids) == 1000
+    assert {w: lemmas[w] for w in wnids} == info.label_descriptions(as_dict=True)
+    assert {w: f"{lemmas[w]}: {definitions[w]}" for w in wnids} == info.label_descriptions(detailed=True, as_dict=True)
+    # timm's files not found as plain files (a zipped install): read through ImageNetInfo, same result
+    real = importlib.util.find_spec
+    fake = SimpleNamespace(submodule_search_locations=[str(tmp_path)])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "timm" else real(name, *a))
+    w2, l2, d2 = imagenet_1k_info()
+    assert w2 == wnids and all(l2[w] == lemmas[w] and d2[w] == definitions[w] for w in wnids)
+
+
+def test_class_sets_read_through_nltk_are_the_same(imagenet: list[ClassInfo], monkeypatch: pytest.MonkeyPatch) -> None:
+    """IMAGENET_PLUS_WORDNET_INDEX=0 (the benchmark's "before") gives the classes the index gives."""
+    dog = resolve_classes("wordnet:dog.n.01")
+    monkeypatch.setenv(wnmod.INDEX_ENV, "0")
+    wnmod.lookup.cache_clear()
+    try:
+        assert isinstance(wnmod.lookup(), wnmod.NltkWordNet)
+        assert resolve_classes("imagenet-1k") == imagenet
+        assert resolve_classes("wordnet:dog.n.01") == dog
+    finally:
+        wnmod.lookup.cache_clear()
+
+
+def test_imagenet_1k_start_up_loads_neither_nltk_nor_timm(imagenet: list[ClassInfo]) -> None:
+    """With the index made, resolving imagenet-1k imports neither nltk nor timm (nor torch through it)."""
+    code = ("import sys, json; from imagenet_plus.classes import resolve_classes; c = resolve_classes('imagenet-1k'); "
+            "heavy = sorted(m for m in ('nltk', 'timm', 'torch') if m in sys.modules); "
+            "print(json.dumps([len(c), c[517].hypernym, heavy]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [1000, "lifting device", []]
 
 
 def test_imagenet_cranes_differ_by_hypernym(imagenet: list[ClassInfo]) -> None:
@@ -104,6 +166,14 @@ def test_wordnet_object_subtree_count() -> None:
     assert len(classes) == 29_581  # 29,580 hyponyms + the root
     assert classes[0].id == "n00002684"  # object.n.01 has the smallest offset of its subtree
     assert len({c.id for c in classes}) == len(classes)
+    wn = wnmod.wordnet()  # every class as nltk's reader and the raw data file give it
+    obj = wn.synset("object.n.01")
+    synsets = sorted(set(obj.closure(lambda s: s.hyponyms())) | {obj}, key=lambda s: s.offset())
+    assert [c.id for c in classes] == [f"n{s.offset():08d}" for s in synsets]
+    for c, s in zip(classes, synsets):
+        assert c.lemmas == tuple(x.replace("_", " ") for x in s.lemma_names()) and c.name == c.lemmas[0]
+        assert (c.definition, c.group) == (s.definition(), s.lexname())
+        assert c.hypernym == _raw_first_parent(wn, s).replace("_", " ")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,10 +392,12 @@ def test_missing_wordnet_via_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(nltk.data, "find", not_found)
     monkeypatch.setattr(wnmod, "system_wordnet_dirs", lambda: [tmp_path])
     wnmod.wordnet.cache_clear()
+    wnmod.lookup.cache_clear()
     try:
         code, out, err = run_main(["classes", "wordnet:dog.n.01"], monkeypatch, capsys)
     finally:
         wnmod.wordnet.cache_clear()
+        wnmod.lookup.cache_clear()
     assert code == 2 and "Traceback" not in out + err
     assert err.startswith("error: WordNet 3.0 not found") and "apt-get install wordnet-base wordnet-sense-index" in err
 

@@ -1,9 +1,13 @@
-"""WordNet offline: the nltk folder built from the system's WordNet 3.0, lookups, closures, errors."""
+"""WordNet offline: the nltk folder built from the system's WordNet 3.0, lookups, closures, errors, and the
+compact index (compared with nltk's reader itself; damaged, stale and foreign indexes never used)."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import random
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -187,3 +191,205 @@ def test_noun_sense_count_reads_the_index(wn) -> None:  # type: ignore[no-untype
     assert wnmod.noun_sense_count("toilet tissue") == counts["toilet_tissue"]
     assert wnmod.noun_sense_count("maillot") == counts["maillot"] == 2
     assert wnmod.noun_sense_count("zorblax") == 0 and wnmod.noun_sense_count("  ") == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The compact index, checked against nltk's reader and the raw data files
+
+
+@pytest.fixture(scope="module")
+def index() -> wnmod.WordNetIndex:
+    built = wnmod.open_index(wnmod.cache_dir("wordnet"))  # the session's cache: built here or by an earlier test
+    assert isinstance(built, wnmod.WordNetIndex)
+    return built
+
+
+_DATA: dict[str, bytes] = {}
+
+
+def _raw_first_parent(wn, synset) -> str:  # type: ignore[no-untyped-def]
+    """First lemma of the first '@' (else '@i') pointer of the synset's line, read with a regex from the file."""
+    pos = "a" if synset.pos() == "s" else synset.pos()
+    if pos not in _DATA:
+        with wn.abspath(f"data.{ {'n': 'noun', 'v': 'verb', 'a': 'adj', 'r': 'adv'}[pos] }").open() as f:
+            _DATA[pos] = f.read()
+    data, at = _DATA[pos], synset.offset()
+    head = data[at : data.index(b"\n", at)].decode("utf-8").split("|")[0]
+    found = re.findall(r" (@i?) (\d{8}) ([nvasr]) [0-9a-f]{4}", head)
+    parents = [(p, o) for sym, o, p in found if sym == "@"] or [(p, o) for sym, o, p in found if sym == "@i"]
+    if not parents:
+        return ""
+    return wn.synset_from_pos_and_offset(parents[0][0], int(parents[0][1])).lemma_names()[0]
+
+
+def _sample_synsets(wn, n: int) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """``n`` synsets drawn from the data files' lines (all parts of speech), plus hand-picked odd ones."""
+    offsets = []
+    for pos, name in (("n", "noun"), ("v", "verb"), ("a", "adj"), ("r", "adv")):
+        with wn.abspath(f"data.{name}").open() as f:
+            offsets += [(pos, int(line[:8])) for line in f if not line.startswith(b" ")]
+    assert len(offsets) == 117_659  # WordNet 3.0's synsets
+    picked = [wn.synset_from_pos_and_offset(p, o) for p, o in random.Random(0).sample(offsets, n)]
+    names = ("entity.n.01", "object.n.01", "dog.n.01", "tench.n.01", "crane.n.05", "paris.n.01", "good.a.01",
+             "good.s.06", "run.v.01", "quickly.r.01", ".22-caliber.a.01", "toilet_tissue.n.01")
+    return picked + [wn.synset(name) for name in names]
+
+
+def test_index_answers_as_nltk_on_a_sample(wn, index) -> None:  # type: ignore[no-untyped-def]
+    for synset in _sample_synsets(wn, 400):
+        wnid = ("a" if synset.pos() == "s" else synset.pos()) + f"{synset.offset():08d}"
+        info = index.by_wnid(wnid)
+        assert (info.wnid, info.name, info.pos) == (wnid, synset.name(), synset.pos())
+        assert info.lemma_names == tuple(synset.lemma_names())
+        assert info.definition == synset.definition() and info.lexname == synset.lexname()
+        assert info.hypernym == _raw_first_parent(wn, synset)
+        assert index.by_name(synset.name()) == info
+        if synset.pos() == "s":  # a satellite is also reached by its 's' wnid
+            assert index.by_wnid("s" + wnid[1:]) == info
+        below = {("a" if s.pos() == "s" else s.pos()) + f"{s.offset():08d}"
+                 for s in synset.closure(lambda s: s.hyponyms())}
+        assert [i.wnid for i in index.subtree(info)] == sorted(below | {wnid})
+
+
+def test_index_resolves_names_as_nltk_does(wn, index) -> None:  # type: ignore[no-untyped-def]
+    """nltk's synset(name) rules, odd ones included: case, sense 00 = the last one, 's' lists, unknown parts."""
+    names = ["dog.n.01", "Dog.N.01", "dog.n.1", "dog.n.001", "dog.n.00", "dog.n.-1", "dog.n.7", "dog.n.8",
+             "dog.n.99", "dog.n.0x", "dog.n", "dog", "", "dog.x.01", "nosuchthing.n.01", "physical_object.n.01",
+             "good.a.01", "good.s.01", "good.s.00", "good.a.22", "able.s.01", "run.v.01", ".22-caliber.a.01",
+             "dog..01", "..01"]
+    for synset in _sample_synsets(wn, 60):
+        for lemma in synset.lemma_names():
+            n = len(wn.synsets(lemma, pos=synset.pos()))
+            names += [f"{lemma}.{synset.pos()}.{k:02d}" for k in range(1, n + 2)]
+    for name in names:
+        try:
+            synset = wn.synset(name)
+            expected = ("a" if synset.pos() == "s" else synset.pos()) + f"{synset.offset():08d}"
+        except Exception:
+            expected = "error"
+        try:
+            got = index.by_name(name).wnid
+        except UserError as exc:
+            assert exc.message.startswith(f"unknown WordNet synset {name!r} (expected a name like object.n.01")
+            got = "error"
+        assert got == expected, name
+
+
+@pytest.mark.parametrize("wnid", ["n01440765", "n99999999", "n00000000", "n0144076", "x01440764", "s00001740"])
+def test_index_refuses_wnids_as_nltk_does(wn, index, wnid: str) -> None:  # type: ignore[no-untyped-def]
+    def outcome(lookup):  # type: ignore[no-untyped-def]
+        try:
+            return lookup.by_wnid(wnid).wnid
+        except UserError as exc:
+            return exc.message
+
+    assert outcome(index) == outcome(wnmod.NltkWordNet())
+
+
+@pytest.mark.slow
+def test_index_object_closure_matches_nltk(wn, index) -> None:  # type: ignore[no-untyped-def]
+    obj = wn.synset("object.n.01")
+    root = index.by_name("object.n.01")
+    plain = {wnmod.wnid_of(s) for s in obj.closure(lambda s: s.hyponyms())} | {"n00002684"}
+    assert [i.wnid for i in index.subtree(root)] == sorted(plain) and len(plain) == 29_581
+    both = {wnmod.wnid_of(s) for s in obj.closure(lambda s: s.hyponyms() + s.instance_hyponyms())} | {"n00002684"}
+    assert [i.wnid for i in index.subtree(root, instances=True)] == sorted(both) and len(both) == 35_772
+
+
+def test_nltk_search_path_is_nltks(wn) -> None:  # type: ignore[no-untyped-def]
+    import nltk
+
+    ours = str(wnmod.cache_dir("nltk_data"))
+    assert wnmod.nltk_search_path() == [p for p in nltk.data.path if p != ours]
+
+
+def test_damaged_index_is_never_trusted(index, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fingerprint = wnmod.source_fingerprint()
+    copy = tmp_path / index.path.name
+    shutil.copyfile(index.path, copy)
+    assert wnmod.find_index(tmp_path, fingerprint) == copy
+    good = copy.read_bytes()
+    middle = bytearray(good)
+    middle[len(good) // 2] ^= 0x01  # one bit of a row: SQLite itself would not notice
+    for damaged in (bytes(middle), good[: len(good) // 2], b"\0" * 100 + good[100:], b"", b"not a database"):
+        copy.write_bytes(damaged)
+        assert wnmod.find_index(tmp_path, fingerprint) is None
+
+
+def test_index_of_other_wordnet_files_is_not_used(index, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    fingerprint = wnmod.source_fingerprint()
+    shutil.copyfile(index.path, tmp_path / index.path.name)
+    assert wnmod.find_index(tmp_path, fingerprint) is not None
+    # a WordNet copy appears where nltk looks first
+    _fake_dict(tmp_path / "nltk_data" / "corpora" / "wordnet", "other")
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path / "nltk_data"))
+    assert wnmod.source_fingerprint() != fingerprint
+    assert wnmod.find_index(tmp_path, wnmod.source_fingerprint()) is None
+    monkeypatch.delenv("NLTK_DATA")
+    assert wnmod.source_fingerprint() == fingerprint
+    # a system WordNet file is updated in place
+    src = _fake_dict(tmp_path / "dict", "one")
+    monkeypatch.setenv("WNSEARCHDIR", str(src))
+    before = wnmod.source_fingerprint()
+    (src / "data.noun").write_text("an updated data.noun\n")
+    after = wnmod.source_fingerprint()
+    assert before != after and fingerprint not in (before, after)
+    # even under the name an index for ``after`` would have, an index made for another fingerprint is refused
+    content = hashlib.sha256(index.path.read_bytes()).hexdigest()[:16]
+    key = hashlib.sha256(after.encode()).hexdigest()[:16]
+    shutil.copyfile(index.path, tmp_path / f"{wnmod.INDEX_PREFIX}-{key}-{content}.sqlite")
+    assert wnmod.find_index(tmp_path, after) is None
+
+
+_TINY_ROWS = (
+    [("n00000001", "thing.n.01", "n", "thing\tobject", "a thing", "noun.Tops", "")], [], [("thing", "n", "00000001")]
+)
+
+
+def test_build_is_atomic_and_replaces_what_it_supersedes(wn, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wnmod, "_index_rows", lambda reader: _TINY_ROWS)
+    (tmp_path / "wordnet-index-v1-other-source.sqlite").write_bytes(b"")  # damaged: removed as well
+    first = wnmod.build_index(tmp_path, "fingerprint one\n")
+    assert first is not None and first.name.endswith(f"-{hashlib.sha256(first.read_bytes()).hexdigest()[:16]}.sqlite")
+    assert wnmod.find_index(tmp_path, "fingerprint one\n") == first
+    thing = wnmod.WordNetIndex(first).by_name("thing.n.01")
+    assert (thing.wnid, thing.lemma_names, thing.definition) == ("n00000001", ("thing", "object"), "a thing")
+    second = wnmod.build_index(tmp_path, "fingerprint two\n")  # same WordNet copy and nltk, newer fingerprint
+    assert sorted(tmp_path.iterdir()) == [second]  # the superseded and the damaged index are gone, no temp file left
+
+
+def test_damaged_or_stale_index_is_rebuilt(wn, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    builds = []
+
+    def rows(reader):  # type: ignore[no-untyped-def]
+        builds.append(1)
+        return _TINY_ROWS
+
+    monkeypatch.setattr(wnmod, "_index_rows", rows)
+    folder = tmp_path / "cache"
+    first = wnmod.open_index(folder)
+    assert first is not None and len(builds) == 1
+    assert wnmod.open_index(folder).path == first.path and len(builds) == 1  # type: ignore[union-attr]
+    data = bytearray(first.path.read_bytes())
+    data[-10] ^= 0xFF
+    first.path.write_bytes(bytes(data))
+    again = wnmod.open_index(folder)  # damaged: rebuilt
+    assert again is not None and len(builds) == 2
+    assert wnmod.find_index(folder, wnmod.source_fingerprint()) == again.path
+    assert again.by_wnid("n00000001").name == "thing.n.01"
+    monkeypatch.setenv("WNSEARCHDIR", str(_fake_dict(tmp_path / "dict", "new")))  # stale: a WordNet copy appeared
+    third = wnmod.open_index(folder)
+    assert third is not None and len(builds) == 3 and third.path != again.path
+    assert list(folder.iterdir()) == [third.path]  # the stale one (same WordNet copy read by nltk) is gone
+
+
+def test_switch_reads_through_nltk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(wnmod.INDEX_ENV, "0")
+    wnmod.lookup.cache_clear()
+    try:
+        assert isinstance(wnmod.lookup(), wnmod.NltkWordNet)
+    finally:
+        wnmod.lookup.cache_clear()
