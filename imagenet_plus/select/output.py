@@ -5,13 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.contract import (
-    COMPOSITE,
-    PASSED_REASONS,
-    REASON_KEPT,
-    SELECTION_COLUMNS,
-    SelectionSummary,
-)
+from imagenet_plus.contract import PASSED_REASONS, REASON_KEPT, SelectionSummary
+from imagenet_plus.contract.selection import selection_schema
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import atomic_file
 from imagenet_plus.select.config import Thresholds
@@ -86,16 +81,14 @@ def summarize_selection(cls: Any, reason: Any, names: list[str], class_ids: list
 
 def write_selection(path: Path, rows: ScoredRows, order: Any, class_ids: list[str], reason: Any,
                     names: list[str], composite: Any) -> None:
-    """Write ``selection.parquet`` (columns :data:`~imagenet_plus.contract.SELECTION_COLUMNS`) in ``order``.
+    """Write ``selection.parquet`` (:func:`~imagenet_plus.contract.selection.selection_schema`) in ``order``.
 
     Written :data:`BATCH_ROWS` rows at a time (one row group each), atomically.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    types = {"key": pa.string(), "label": pa.int64(), "class_id": pa.string(), "kept": pa.bool_(),
-             "reason": pa.string(), COMPOSITE: pa.float64()}
-    schema = pa.schema([(name, types[name]) for name in SELECTION_COLUMNS])
+    schema = selection_schema()
     class_values = pa.array(class_ids, type=pa.string())
     reason_values = pa.array(names, type=pa.string())
     kept_code = names.index(REASON_KEPT)
