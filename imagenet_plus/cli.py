@@ -16,6 +16,7 @@ import typer
 from imagenet_plus.errors import UserError
 from imagenet_plus.pipeline.config import load_config, with_config_options
 from imagenet_plus.pipeline.log import report_error, setup_logging
+from imagenet_plus.report.config import ReportConfig
 from imagenet_plus.select.config import SelectConfig
 
 app = typer.Typer(
@@ -207,9 +208,9 @@ def select_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored).
     from imagenet_plus.select import run_select
 
     summary = run_select(run, load_config(SelectConfig, None, flags, "command line"))
-    short = summary["short"]
-    print(f"kept {summary['num_kept']} of {summary['num_scored']} images; {len(short)} class(es) short of "
-          f"{summary['per_class_quota']}" + (" (top up with 'imagenet-plus generate --top-up')" if short else ""))
+    short = summary.short
+    print(f"kept {summary.num_kept} of {summary.num_scored} images; {len(short)} class(es) short of "
+          f"{summary.per_class_quota}" + (" (top up with 'imagenet-plus generate --top-up')" if short else ""))
 
 
 @app.command("release")
@@ -261,21 +262,13 @@ def publish_cmd(
 # --------------------------------------------------------------------------------------------------
 # report / evaluate / run
 @app.command("report")
-def report_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory (scored; selection optional).")],
-    sample_classes: Annotated[Optional[int], typer.Option(help="Classes shown in the contact sheets.")] = None,
-    sheet_images: Annotated[Optional[int], typer.Option(help="Best and worst images per class in a sheet.")] = None,
-    thumb_size: Annotated[Optional[int], typer.Option(help="Contact-sheet thumbnail side in pixels.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the class sample.")] = None,
-) -> None:
+@with_config_options(ReportConfig)
+def report_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored; selection optional).")],
+               flags: dict) -> None:
     """Write RUN/report/index.html with score histograms, per-class and per-group rates, a class map, contact sheets."""
-    from imagenet_plus.pipeline.config import config_from_mapping
-    from imagenet_plus.report.stage import ReportConfig, run_report
+    from imagenet_plus.report import run_report
 
-    flags = dict(sample_classes=sample_classes, sheet_images=sheet_images, thumb_size=thumb_size, seed=seed)
-    cfg = config_from_mapping(ReportConfig, flags, "command line")
-    index = run_report(run, cfg)
-    print(index)
+    print(run_report(run, load_config(ReportConfig, None, flags, "command line")))
 
 
 @app.command("evaluate")

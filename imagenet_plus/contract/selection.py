@@ -1,9 +1,10 @@
-"""The selection: reasons and columns of ``RUN/selection.parquet``, and ``RUN/selection.json``."""
+"""The selection: reasons, the column table of ``RUN/selection.parquet``, and ``RUN/selection.json``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -55,5 +56,23 @@ REASON_NOT_TOP5 = "not_top5"
 PASSED_REASONS = (REASON_KEPT, REASON_OVER_QUOTA)
 
 
+#: ``RUN/selection.parquet``: (column, arrow dtype), in order; its column names and schema derive from it.
+_SELECTION_TABLE: tuple[tuple[str, str], ...] = (
+    ("key", "string"),
+    ("label", "int64"),
+    ("class_id", "string"),
+    ("kept", "bool"),
+    ("reason", "string"),
+    (COMPOSITE, "float64"),
+)
 #: Columns of ``selection.parquet``, in order.
-SELECTION_COLUMNS = ("key", "label", "class_id", "kept", "reason", COMPOSITE)
+SELECTION_COLUMNS: tuple[str, ...] = tuple(name for name, _ in _SELECTION_TABLE)
+
+
+@lru_cache(maxsize=1)
+def selection_schema() -> Any:
+    """The pyarrow schema of ``selection.parquet`` (pyarrow imported only when asked)."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+    return pa.schema([(name, types[dtype]) for name, dtype in _SELECTION_TABLE])

@@ -308,7 +308,7 @@ def _run_select(plan: Plan) -> dict[str, Any]:
         write_bytes_atomic(th_file, yaml.safe_dump(plan.thresholds, sort_keys=True).encode())
         cfg = replace(cfg, thresholds=str(th_file))
     summary = select.run_select(plan.run, cfg)
-    return {"kept": summary.get("num_kept")}
+    return {"kept": summary.num_kept}
 
 
 def _select_done(plan: Plan, entry: dict[str, Any]) -> bool:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -73,7 +74,7 @@ def stubs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
         calls.append(("select", cfg))
         Path(run, "selection.parquet").write_text("x")
         Path(run, "selection.json").write_text("{}")
-        return {"num_kept": 1}
+        return SimpleNamespace(num_kept=1)
 
     def rel(run, out, cfg):
         calls.append(("release", (out, cfg)))

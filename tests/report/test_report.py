@@ -13,9 +13,13 @@ import pytest
 from conftest import write_fake_run
 from typer.testing import CliRunner
 
+from imagenet_plus.contract import RunPaths, SelectionSummary
+from imagenet_plus.contract.report import ReportSummary
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.tar import iter_shard
-from imagenet_plus.report.stage import ReportConfig, is_up_to_date, pca_2d, run_report, threshold_lines
+from imagenet_plus.pipeline.freshness import is_current, read_state, what_changed
+from imagenet_plus.report import ReportConfig, run_report, stage_inputs
+from imagenet_plus.report.plots import pca_2d, threshold_lines
 
 CUSTOM = [
     {"label": 3, "id": "granny_smith", "name": "Granny Smith", "lemmas": ["Granny Smith"], "definition": "",
@@ -76,7 +80,7 @@ def write_scores(run: Path, dim: int = 8, seed: int = 0, text_embeddings: bool =
     return all_rows
 
 
-def select(run: Path, per_class: int = 4) -> dict:
+def select(run: Path, per_class: int = 4) -> SelectionSummary:
     from imagenet_plus.select import SelectConfig, run_select
 
     th = run / "thresholds.yaml"
@@ -91,6 +95,11 @@ def scored_run(tmp_path: Path) -> Path:
     run = write_fake_run(tmp_path / "run", per_class=8, shard_size=10, classes=FAKE_CLASSES + CUSTOM)
     write_scores(run)
     return run
+
+
+def is_up_to_date(run: Path, cfg: ReportConfig) -> bool:
+    """Whether the report of ``run`` is current for ``cfg``: the question ``run`` and the stage ask."""
+    return is_current(RunPaths(run), stage_inputs(run, cfg))
 
 
 def referenced_files(index: Path) -> list[str]:
@@ -129,16 +138,18 @@ def test_report_with_selection(scored_run: Path) -> None:
     table = pd.read_csv(index.parent / "per_class.csv")
     assert len(table) == 5
     rates = dict(zip(table["class_id"], table["pass_rate"], strict=True))
-    for cid, rate in summary["pass_rate"].items():
+    for cid, rate in summary.pass_rate.items():
         assert rates[cid] == pytest.approx(rate, abs=1e-6)
     kept = dict(zip(table["class_id"], table["kept"], strict=True))
-    assert kept == summary["kept"]
+    assert kept == summary.kept
     # ImageNet classes have classifier hits (even index = top-1 hit → 4 of 8), custom ones none.
     top1 = dict(zip(table["class_id"], table["top1_rate"], strict=True))
     assert top1["n01440764"] == pytest.approx(0.5)
     assert np.isnan(top1["granny_smith"])
-    meta = json.loads((index.parent / "report.json").read_text())
-    assert meta["kept"] == sum(summary["kept"].values())
+    meta = ReportSummary.read(index.parent / "report.json")
+    assert meta.kept == sum(summary.kept.values()) and meta.images == 40 and meta.classes == 5
+    assert meta.headline["fid"] == 150.5 and len(meta.sampled_classes) == 3
+    assert meta.fingerprint == read_state(RunPaths(scored_run), "report").fingerprint
     assert is_up_to_date(scored_run, ReportConfig(sample_classes=3, sheet_images=4, thumb_size=64))
     assert not is_up_to_date(scored_run, ReportConfig())
 
@@ -167,8 +178,8 @@ def test_rerun_replaces_report_and_sees_new_selection(scored_run: Path) -> None:
 def test_contact_sheet_picks_best_and_worst(scored_run: Path) -> None:
     import pandas as pd
 
-    from imagenet_plus.contract import RunPaths
-    from imagenet_plus.report.stage import load_frame, pick_sheet_keys
+    from imagenet_plus.report.scan import load_frame
+    from imagenet_plus.report.sheets import pick_sheet_keys
 
     select(scored_run)
     df = load_frame(RunPaths(scored_run))
@@ -307,8 +318,9 @@ def _whole_frame(run: Path):
 def test_streamed_histograms_and_table_match_pandas(scored_run: Path) -> None:
     import pandas as pd
 
-    from imagenet_plus.contract import RunPaths, read_class_records
-    from imagenet_plus.report.stage import SCORE_TITLES, SelectionLookup, per_class_table, scan_histograms, scan_scores
+    from imagenet_plus.contract import read_class_records
+    from imagenet_plus.report.scan import SCORE_TITLES, SelectionLookup, scan_histograms, scan_scores
+    from imagenet_plus.report.tables import per_class_table
 
     select(scored_run)
     paths = RunPaths(scored_run)
@@ -345,7 +357,7 @@ def test_streamed_histograms_and_table_match_pandas(scored_run: Path) -> None:
 def test_selection_lookup_finds_every_key_and_misses_unknown_ones(scored_run: Path) -> None:
     import pandas as pd
 
-    from imagenet_plus.report.stage import SelectionLookup
+    from imagenet_plus.report.scan import SelectionLookup
 
     select(scored_run)
     sel = pd.read_parquet(scored_run / "selection.parquet")
@@ -361,16 +373,16 @@ def test_selection_lookup_finds_every_key_and_misses_unknown_ones(scored_run: Pa
 
 def test_report_reads_only_contract_columns_it_uses(scored_run: Path) -> None:
     from imagenet_plus.contract import SCORE_COLUMNS
-    from imagenet_plus.report.stage import CLASS_MEANS, SCORE_TITLES, _columns_to_read
+    from imagenet_plus.report.scan import CLASS_MEANS, SCORE_TITLES, columns_to_read
 
     assert set(SCORE_TITLES) <= set(SCORE_COLUMNS) and set(CLASS_MEANS.values()) <= set(SCORE_COLUMNS)
-    cols = _columns_to_read(scored_run / "scores" / "00000.parquet")
+    cols = columns_to_read(scored_run / "scores" / "00000.parquet")
     assert {"key", "class_id", "clip_score", "classifier_top5"} <= set(cols)
     assert not {"dup_of", "nsfw", "attempt", "clip_class_rank"} & set(cols)
 
 
 def test_report_failure_leaves_no_partial_folder(scored_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from imagenet_plus.report import stage as report
+    from imagenet_plus.report import sections
 
     run_report(scored_run, ReportConfig(sample_classes=1))
     before = (scored_run / "report" / "index.html").read_bytes()
@@ -378,7 +390,7 @@ def test_report_failure_leaves_no_partial_folder(scored_run: Path, monkeypatch: 
     def broken(*args, **kwargs):
         raise UserError("plot failed")
 
-    monkeypatch.setattr(report, "plot_groups", broken)
+    monkeypatch.setattr(sections, "plot_groups", broken)
     with pytest.raises(UserError, match="plot failed"):
         run_report(scored_run, ReportConfig(sample_classes=2))
     assert not (scored_run / "report.partial").exists()
@@ -454,8 +466,7 @@ def test_diagnosis_section_worst_first_with_map_and_sheets(scored_run: Path, tmp
 def test_diagnosis_centroids_match_numpy(scored_run: Path) -> None:
     import pandas as pd
 
-    from imagenet_plus.contract import RunPaths
-    from imagenet_plus.report.stage import class_centroids
+    from imagenet_plus.report.scan import class_centroids
 
     ids = ["n01440764", "granny_smith", "missing_class"]
     centroids, why = class_centroids(RunPaths(scored_run), ids)
@@ -482,9 +493,9 @@ def test_unreadable_diagnosis_is_named(scored_run: Path) -> None:
 def test_diagnosis_map_draws_saved_real_centroids(scored_run: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    from imagenet_plus.contract import RunPaths
     from imagenet_plus.diagnose.stage import write_centroids
-    from imagenet_plus.report.stage import ReportConfig, diagnosis_section, read_inputs, saved_centroids
+    from imagenet_plus.report.inputs import read_inputs, saved_centroids
+    from imagenet_plus.report.sections import diagnosis_section
 
     worst_first = write_diagnosis(scored_run)
     paths = RunPaths(scored_run)
@@ -514,3 +525,38 @@ def test_diagnosis_map_draws_saved_real_centroids(scored_run: Path, tmp_path: Pa
     paths.diagnosis_centroids.write_bytes(b"nope")
     with pytest.raises(UserError, match="diagnosis_centroids.npz"):
         saved_centroids(paths, worst_first)
+
+
+def test_report_is_current_until_a_setting_or_an_upstream_stage_changes(scored_run: Path) -> None:
+    """A finished report is current (a second run rebuilds nothing) until its settings, a stage it reads, or
+    its page change; ``what_changed`` names which part of its declaration differs."""
+    paths = RunPaths(scored_run)
+    cfg = ReportConfig(sample_classes=1, sheet_images=2)
+    assert what_changed(paths, stage_inputs(scored_run, cfg)) == ["never finished"]
+    index = run_report(scored_run, cfg)
+    assert is_up_to_date(scored_run, cfg) and what_changed(paths, stage_inputs(scored_run, cfg)) == []
+    assert read_state(paths, "report").facts == {"images": 40, "kept": None}
+    (index.parent / "marker").write_text("x")  # gone if the folder were rebuilt and swapped in
+    before = index.stat().st_mtime_ns
+    assert run_report(scored_run, cfg) == index
+    assert index.stat().st_mtime_ns == before and (index.parent / "marker").is_file()
+
+    reseeded = ReportConfig(sample_classes=1, sheet_images=2, seed=1)
+    assert not is_up_to_date(scored_run, reseeded)
+    assert what_changed(paths, stage_inputs(scored_run, reseeded)) == ["settings"]
+    select(scored_run)  # select's record and its files are new inputs
+    assert not is_up_to_date(scored_run, cfg)
+    assert what_changed(paths, stage_inputs(scored_run, cfg)) == ["upstream", "files"]
+    run_report(scored_run, cfg)
+    assert is_up_to_date(scored_run, cfg)
+    index.unlink()  # a deleted page is not current, whatever the record says
+    assert not is_up_to_date(scored_run, cfg) and what_changed(paths, stage_inputs(scored_run, cfg)) == []
+
+
+def test_cli_report_flags_come_from_the_config(scored_run: Path) -> None:
+    from imagenet_plus.cli import app
+
+    r = CliRunner().invoke(app, ["report", str(scored_run), "--thumb-size", "0"])
+    assert r.exit_code != 0 and isinstance(r.exception, UserError)
+    assert "'thumb-size' must be positive" in r.exception.message
+    assert not (scored_run / "report").exists()

@@ -143,6 +143,6 @@ def test_score_writes_nsfw_score_and_select_drops_the_flagged(tmp_path: Path, wi
     result = run_select(run, SelectConfig(thresholds=str(th), per_class=2))
     sel = pd.read_parquet(paths.selection_parquet)
     if winner == "nsfw":
-        assert (sel["reason"] == REASON_NSFW).all() and result["num_kept"] == 0
+        assert (sel["reason"] == REASON_NSFW).all() and result.num_kept == 0
     else:
-        assert REASON_NSFW not in set(sel["reason"]) and result["num_kept"] == len(sel)
+        assert REASON_NSFW not in set(sel["reason"]) and result.num_kept == len(sel)

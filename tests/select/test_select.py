@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from imagenet_plus.cli import app
 from imagenet_plus.errors import UserError
 from imagenet_plus.select.config import SelectConfig, Thresholds, load_thresholds
-from imagenet_plus.select.stage import mmr_pick, run_select
+from imagenet_plus.select.quota import mmr_pick
+from imagenet_plus.select.stage import run_select
 
 runner = CliRunner()
 
@@ -40,14 +41,14 @@ def test_select_reasons_quota_and_summary(fake_run: Path, tmp_path: Path) -> Non
     assert r["n02102040_000001"] == "clip_score<20"
     assert all(r[f"n03000684_{i:06d}"] == "class_fid>100" for i in range(8))
     # tench: 8 - nsfw - 2 duplicates = 5 pass, quota 5 → all kept; springer: 8-1-2 = 5 pass
-    assert summary["kept"] == {"n01440764": 5, "n02102040": 5, "n03000684": 0}
-    assert summary["pass_rate"]["n01440764"] == pytest.approx(5 / 8)
-    assert summary["short"] == {}  # the dropped class is not short: it is dropped
-    assert summary["dropped_classes"] == ["n03000684"]
+    assert summary.kept == {"n01440764": 5, "n02102040": 5, "n03000684": 0}
+    assert summary.pass_rate["n01440764"] == pytest.approx(5 / 8)
+    assert summary.short == {}  # the dropped class is not short: it is dropped
+    assert summary.dropped_classes == ["n03000684"]
     assert sel["kept"].sum() == 10
     assert set(sel.loc[sel["kept"], "reason"]) == {"kept"}
     on_disk = json.loads((fake_run / "selection.json").read_text())
-    assert on_disk["short"] == summary["short"] and on_disk["pass_rate"] == summary["pass_rate"]
+    assert on_disk["short"] == summary.short and on_disk["pass_rate"] == summary.pass_rate
     assert on_disk["per_class_quota"] == 5
 
 
@@ -55,16 +56,16 @@ def test_select_over_quota_and_short(fake_run: Path) -> None:
     write_fake_scores(fake_run, dup_every=0)
     summary = run_select(fake_run, SelectConfig(per_class=3))
     sel = pd.read_parquet(fake_run / "selection.parquet")
-    assert summary["kept"] == {"n01440764": 3, "n02102040": 3, "n03000684": 3}
+    assert summary.kept == {"n01440764": 3, "n02102040": 3, "n03000684": 3}
     assert (sel["reason"] == "over_quota").sum() == 15
     summary = run_select(fake_run, SelectConfig(per_class=10))
-    assert summary["short"] == {"n01440764": 2, "n02102040": 2, "n03000684": 2}
-    assert summary["pass_rate"] == {"n01440764": 1.0, "n02102040": 1.0, "n03000684": 1.0}
+    assert summary.short == {"n01440764": 2, "n02102040": 2, "n03000684": 2}
+    assert summary.pass_rate == {"n01440764": 1.0, "n02102040": 1.0, "n03000684": 1.0}
 
 
 def test_select_default_quota_is_images_per_class(fake_run: Path) -> None:
     write_fake_scores(fake_run)
-    assert run_select(fake_run, SelectConfig())["per_class_quota"] == 8
+    assert run_select(fake_run, SelectConfig()).per_class_quota == 8
 
 
 def test_composite_prefers_better_scores(fake_run: Path) -> None:
@@ -224,12 +225,12 @@ def test_select_equals_plain_pandas_definition(fake_run: Path, tmp_path: Path) -
     pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_exact=True)
     assert got["label"].dtype == np.int64 and got["composite"].dtype == np.float64 and got["kept"].dtype == bool
     assert set(got["reason"]) >= {"nsfw", "duplicate", "clip_score<20", "class_fid>100", "kept"}
-    assert summary["reasons"] == dict(sorted(expected["reason"].value_counts().items()))
-    assert summary["kept"] == expected[expected["kept"]].groupby("class_id")["key"].count().reindex(
+    assert summary.reasons == dict(sorted(expected["reason"].value_counts().items()))
+    assert summary.kept == expected[expected["kept"]].groupby("class_id")["key"].count().reindex(
         ["n01440764", "n02102040", "n03000684"], fill_value=0).to_dict()
     passed = expected["reason"].isin(["kept", "over_quota"]).groupby(expected["class_id"]).mean()
-    assert summary["pass_rate"] == {c: pytest.approx(round(float(v), 6)) for c, v in passed.items()}
-    assert summary["num_scored"] == 24 and summary["num_kept"] == int(expected["kept"].sum())
+    assert summary.pass_rate == {c: pytest.approx(round(float(v), 6)) for c, v in passed.items()}
+    assert summary.num_scored == 24 and summary.num_kept == int(expected["kept"].sum())
 
 
 def _resplit_scores(src: Path, dst: Path, parts: int) -> None:
@@ -257,7 +258,7 @@ def test_select_output_does_not_depend_on_the_shard_split(fake_run: Path, tmp_pa
         outputs.append((pd.read_parquet(run / "selection.parquet"), summary))
     (one, s1), (five, s5) = outputs
     pd.testing.assert_frame_equal(one, five, check_exact=True)
-    assert s1 == s5 and s1["flagged_classes"] == ["n03000684"] and one["kept"].sum() > 0
+    assert s1 == s5 and s1.flagged_classes == ["n03000684"] and one["kept"].sum() > 0
 
 
 def test_select_reads_embeddings_class_by_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -265,7 +266,8 @@ def test_select_reads_embeddings_class_by_class(tmp_path: Path, monkeypatch: pyt
     images as the quota rule applied to the whole embedding matrix loaded at once."""
     from conftest import write_fake_run
 
-    import imagenet_plus.select.stage as select
+    import imagenet_plus.select.output as output
+    import imagenet_plus.select.scored as scored
 
     run = write_fake_run(tmp_path / "run", per_class=8, shard_size=3, size=8)
     write_fake_scores(run)
@@ -280,8 +282,8 @@ def test_select_reads_embeddings_class_by_class(tmp_path: Path, monkeypatch: pyt
         return real_load(path, *args, **kwargs)
 
     monkeypatch.setattr(np, "load", spy_load)
-    monkeypatch.setattr(select.ClipRows, "MAX_OPEN", 2)
-    monkeypatch.setattr(select, "BATCH_ROWS", 5)  # several output row groups and key-check batches
+    monkeypatch.setattr(scored.ClipRows, "MAX_OPEN", 2)
+    monkeypatch.setattr(output, "BATCH_ROWS", 5)  # several output row groups and key-check batches
     run_select(run, SelectConfig(per_class=3, thresholds=None))
     monkeypatch.undo()
     assert loads and set(loads) == {"r"}  # every CLIP file memory-mapped, none read whole
@@ -290,7 +292,7 @@ def test_select_reads_embeddings_class_by_class(tmp_path: Path, monkeypatch: pyt
     pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_exact=True)
     assert got["kept"].sum() == 9
 
-    rows = select.ClipRows(npys, np.arange(0, 25, 3), dense.shape[1])
+    rows = scored.ClipRows(npys, np.arange(0, 25, 3), dense.shape[1])
     rows.MAX_OPEN = 2
     idx = np.array([23, 0, 5, 12, 22, 1])
     np.testing.assert_array_equal(rows.gather(idx), dense[idx])
@@ -311,3 +313,48 @@ def test_duplicate_key_and_unknown_class_are_user_errors(fake_run: Path) -> None
     with pytest.raises(UserError, match="class id 'zzz', not in"):
         run_select(fake_run, SelectConfig(per_class=3))
     assert not (fake_run / "selection.parquet").exists()
+
+
+def test_select_returns_its_summary_and_is_current_until_an_input_changes(fake_run: Path, tmp_path: Path) -> None:
+    """run_select returns the SelectionSummary it writes; it is then current (a second call rewrites nothing)
+    until a setting, the thresholds file's content (same path), summary.json or score's record changes."""
+    import os
+
+    from imagenet_plus.contract import RunPaths, SelectionSummary
+    from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current, read_state, what_changed
+    from imagenet_plus.select import stage_inputs
+
+    write_fake_scores(fake_run)
+    paths = RunPaths(fake_run)
+    th = _thresholds(tmp_path, "clip_score_min: 20\n")
+    cfg = SelectConfig(thresholds=th, per_class=3)
+    assert what_changed(paths, stage_inputs(fake_run, cfg)) == ["never finished"]
+    summary = run_select(fake_run, cfg)
+    assert isinstance(summary, SelectionSummary) and summary == SelectionSummary.read(paths.selection_json)
+    assert summary.num_scored == 24 and summary.thresholds["clip_score_min"] == 20
+    assert is_current(paths, stage_inputs(fake_run, cfg)) and what_changed(paths, stage_inputs(fake_run, cfg)) == []
+    assert read_state(paths, "select").facts == {"kept": summary.num_kept, "scored": 24}
+    before = paths.selection_parquet.stat().st_mtime_ns
+    assert run_select(fake_run, cfg) == summary  # current: read back, nothing rewritten
+    assert paths.selection_parquet.stat().st_mtime_ns == before
+
+    other_quota = SelectConfig(thresholds=th, per_class=4)
+    assert not is_current(paths, stage_inputs(fake_run, other_quota))
+    assert what_changed(paths, stage_inputs(fake_run, other_quota)) == ["settings"]
+    assert stage_inputs(fake_run, SelectConfig()).settings["per_class"] == 8  # the default quota is the run's
+
+    Path(th).write_text("clip_score_min: 25\n")  # same path, new content
+    assert not is_current(paths, stage_inputs(fake_run, cfg))
+    assert what_changed(paths, stage_inputs(fake_run, cfg)) == ["settings"]
+    assert run_select(fake_run, cfg).thresholds["clip_score_min"] == 25
+    assert paths.selection_parquet.stat().st_mtime_ns != before
+    copy = tmp_path / "copy.yaml"
+    copy.write_text("clip_score_min: 25  # the same thresholds elsewhere\n")
+    assert is_current(paths, stage_inputs(fake_run, SelectConfig(thresholds=str(copy), per_class=3)))
+
+    st = paths.summary_json.stat()  # a re-score rewrites summary.json
+    os.utime(paths.summary_json, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert what_changed(paths, stage_inputs(fake_run, cfg)) == ["files"]
+    run_select(fake_run, cfg)
+    mark_current(paths, StageInputs(stage="score", settings={"clip_model": "another"}))
+    assert what_changed(paths, stage_inputs(fake_run, cfg)) == ["upstream"]
