@@ -16,7 +16,8 @@ from imagenet_plus.cli import app
 from imagenet_plus.contract import INFO_NAME
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.tar import iter_shard
-from imagenet_plus.release.stage import ReleaseConfig, num_shards_for, run_release, split_evenly
+from imagenet_plus.release import ReleaseConfig, run_release
+from imagenet_plus.release.plan import num_shards_for, split_evenly
 from imagenet_plus.select import SelectConfig, run_select
 
 WNIDS = [c["id"] for c in FAKE_CLASSES]
@@ -176,7 +177,7 @@ def test_same_release_is_a_noop_and_different_is_refused(tmp_path: Path) -> None
 
 
 def test_failure_leaves_no_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import imagenet_plus.release.stage as release
+    import imagenet_plus.release.card as card
 
     run = _selected_run(tmp_path)
     out = tmp_path / "rel"
@@ -184,7 +185,7 @@ def test_failure_leaves_no_release(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(release, "render_card", boom)
+    monkeypatch.setattr(card, "render_card", boom)
     with pytest.raises(RuntimeError):
         run_release(run, out, ReleaseConfig(val_per_class=1))
     assert not out.exists()
