@@ -7,6 +7,9 @@ split to its tar shards, and ``dataset_info.features`` declares every member of 
 The YAML is built with huggingface_hub's :class:`~huggingface_hub.DatasetCardData` and the features with
 ``datasets.DatasetInfo._to_yaml_dict`` (the same code that writes cards in ``push_to_hub``), so the
 format is exactly what the loaders parse back; :func:`validate_card` parses it back the same way.
+
+The card's text comes from :func:`card_text`: its template variables are built from :class:`CardInputs` (the
+run's ``run.yaml``, score summary, selection and diagnosis beside the written release's ``_info.json``).
 """
 
 from __future__ import annotations

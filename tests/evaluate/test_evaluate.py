@@ -320,3 +320,50 @@ def test_gradcam_maps_of_an_untrained_cnn(tmp_path: Path) -> None:
     data = np.load(tmp_path / files["maps"])
     assert data["maps"].shape == (8, 40, 40) and Image.open(tmp_path / files["grid"]).size[0] > 200
     assert any(float(m.max() - m.min()) > 1e-3 for m in data["maps"])  # untrained: some maps may be all zero
+
+
+def test_cli_lists_each_evaluate_option_once() -> None:
+    import re
+
+    from imagenet_plus.pipeline.config import flag_name, settings_of
+
+    result = _cli(["evaluate", "--help"])
+    assert result.exit_code == 0, result.output
+    options = re.findall(r"(?m)^\s+(--[a-z-]+)", result.output)
+    assert sorted(options) == sorted({*options}), options
+    assert set(options) == {"--help", *(flag_name(n) for n in settings_of(EvaluateConfig))}
+    assert {"--train", "--test", "--out", "--finetune", "--finetune-epochs", "--min-crop", "--explain"} <= set(options)
+
+
+def test_missing_required_option_is_one_line(tmp_path: Path) -> None:
+    _check_error(_cli(["evaluate", "--test", str(tmp_path), "--out", str(tmp_path / "e")]), "'train' is required")
+
+
+@pytest.mark.parametrize("ext", ["bmp", "tif", "ppm"])
+def test_image_folders_accept_other_formats(tmp_path: Path, ext: str) -> None:
+    """Test folders of BMP, TIFF or PPM photos are read (the contract's READ_IMAGE_EXTENSIONS)."""
+    from imagenet_plus.contract import READ_IMAGE_EXTENSIONS
+    from imagenet_plus.evaluate.images import read_image_folder
+
+    assert ext in READ_IMAGE_EXTENSIONS
+    for cid in CLASSES[:2]:
+        (tmp_path / cid).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / cid / f"a.{ext.upper()}")
+    ls = read_image_folder(tmp_path, "test")
+    assert ls.classes == CLASSES[:2] and len(ls.sources) == 2
+
+
+def test_truncated_release_shards_are_named(tmp_path: Path) -> None:
+    """A shard cut short is named, whether its headers are read (indexing) or an image is (training)."""
+    from imagenet_plus.errors import CorruptShard
+    from imagenet_plus.evaluate.images import ImageDataset
+
+    rel = write_release(tmp_path / "rel", per_class=3)
+    members = read_release(rel).sources
+    last = max((m for m in members if m.tar.endswith("train-00001.tar")), key=lambda m: m.offset)
+    shard = rel / "data/train-00001.tar"
+    shard.write_bytes(shard.read_bytes()[: last.offset + 10])
+    with pytest.raises(CorruptShard, match="corrupt or truncated shard .*train-00001.tar"):
+        ImageDataset([last], [0], lambda im: im)[0]
+    with pytest.raises(UserError, match="corrupt or truncated shard .*train-00001.tar"):
+        read_release(rel)

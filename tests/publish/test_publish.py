@@ -481,3 +481,22 @@ def test_unknown_model_licence_is_refused_at_publish_until_the_user_names_one(tm
     assert str(run_publish(named, PublishConfig(repo_id=REPO, dry_run=True))).startswith("dry run")
     with pytest.raises(UserError, match="other:NAME:LINK"):
         make_release(tmp_path / "c", per_class=4, quota=3, val_per_class=1, shard_size=4, license="other:x")
+
+
+def test_cli_lists_each_publish_option_once() -> None:
+    import re
+
+    result = CliRunner().invoke(app, ["publish", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    options = re.findall(r"(?m)^\s+(--[a-z-]+)", result.output)
+    assert sorted(options) == sorted({*options}), options
+    assert set(options) == {"--repo-id", "--private", "--revision", "--tag", "--dry-run", "--help"}
+
+
+def test_cli_prints_the_result(rel: Path, online: FakeHub) -> None:
+    """The command prints the result's lines: the URL first (what ``run`` records), then what was done."""
+    result = CliRunner().invoke(app, ["publish", str(rel), "--repo-id", REPO, "--private"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"{online.endpoint}/datasets/{REPO}" and lines[1].startswith("committed: ")
+    assert online.state.repos[HUB_REPO]["private"] is True
