@@ -33,7 +33,7 @@ class SplitInfo:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> SplitInfo:
-        """Build and check one split: integer counts that add up, one length per file, plain relative names.
+        """Build and check one split: plain relative file names, one length per file, integer counts that add up.
 
         Raises:
             UserError: naming ``source`` and the first problem.
@@ -41,6 +41,8 @@ class SplitInfo:
         split = dataclass_from_dict(cls, data, source)
         if not isinstance(split.filenames, list) or not isinstance(split.shard_lengths, list):
             raise UserError(f"{source}: 'filenames' and 'shard_lengths' must be lists")
+        for fn in split.filenames:  # first: a name outside the release is refused whatever else is wrong
+            check_relative_name(fn, source)
         if len(split.filenames) != len(split.shard_lengths):
             raise UserError(f"{source}: {len(split.filenames)} filenames but {len(split.shard_lengths)} shard_lengths")
         if not all(_is_int(x) for x in (split.num_samples, *split.shard_lengths)):
@@ -48,8 +50,6 @@ class SplitInfo:
         if sum(split.shard_lengths) != split.num_samples:
             raise UserError(f"{source} is inconsistent ({len(split.shard_lengths)} shard_lengths summing to "
                             f"{sum(split.shard_lengths)}, num_samples {split.num_samples})")
-        for fn in split.filenames:
-            check_relative_name(fn, source)
         return split
 
 
