@@ -14,8 +14,11 @@ from typing import Annotated, Optional
 import typer
 
 from imagenet_plus.errors import UserError
+from imagenet_plus.evaluate.config import EvaluateConfig
 from imagenet_plus.pipeline.config import load_config, with_config_options
 from imagenet_plus.pipeline.log import report_error, setup_logging
+from imagenet_plus.publish.config import PublishConfig
+from imagenet_plus.release.config import ReleaseConfig
 from imagenet_plus.report.config import ReportConfig
 from imagenet_plus.select.config import SelectConfig
 
@@ -214,49 +217,25 @@ def select_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored).
 
 
 @app.command("release")
+@with_config_options(ReleaseConfig)
 def release_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory (selected).")],
     out: Annotated[Path, typer.Option("--out", help="Release folder to create.")],
-    val_per_class: Annotated[Optional[int], typer.Option(help="Validation images per class.")] = None,
-    shard_size: Annotated[Optional[int], typer.Option(help="Largest number of samples per tar shard.")] = None,
-    imagefolder: Annotated[
-        Optional[Path], typer.Option(help="Also write train/{wnid}/*.JPEG and val/{wnid}/*.JPEG here.")
-    ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the shuffle.")] = None,
-    small_classes: Annotated[Optional[str], typer.Option(
-        help="A class keeping <= val-per-class images: error, train (train only) or drop.")] = None,
-    license: Annotated[Optional[str], typer.Option(
-        help="Dataset licence when the model's is unknown (or to override it): a Hub id or other:NAME:LINK.")] = None,
+    flags: dict,
 ) -> None:
     """Write the release: REL/README.md (card), REL/_info.json, REL/data/{train,validation}-NNNNN.tar."""
-    from imagenet_plus.pipeline.config import config_from_mapping
-    from imagenet_plus.release.stage import ReleaseConfig, run_release
+    from imagenet_plus.release import run_release
 
-    flags = dict(val_per_class=val_per_class, shard_size=shard_size,
-                 imagefolder=str(imagefolder) if imagefolder else None, seed=seed, small_classes=small_classes,
-                 license=license)
-    print(run_release(run, out, config_from_mapping(ReleaseConfig, flags, "command line")))
+    print(run_release(run, out, load_config(ReleaseConfig, None, flags, "command line")))
 
 
 @app.command("publish")
-def publish_cmd(
-    rel: Annotated[Path, typer.Argument(help="Release folder.")],
-    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, USER/NAME.")],
-    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
-    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing).")] = None,
-    tag: Annotated[
-        Optional[str], typer.Option(help="Tag the published commit (e.g. v1.0; load with revision='v1.0').")
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and list what would be added, changed and deleted.")
-    ] = False,
-) -> None:
+@with_config_options(PublishConfig)
+def publish_cmd(rel: Annotated[Path, typer.Argument(help="Release folder.")], flags: dict) -> None:
     """Validate the release, then make the Hub repo equal to it (token from HF_TOKEN or 'hf auth login'; resumable)."""
-    from imagenet_plus.pipeline.config import config_from_mapping
-    from imagenet_plus.publish.stage import PublishConfig, run_publish
+    from imagenet_plus.publish import run_publish
 
-    flags = dict(repo_id=repo_id, private=private, revision=revision, tag=tag, dry_run=dry_run)
-    print(run_publish(rel, config_from_mapping(PublishConfig, flags, "command line")))
+    print(run_publish(rel, load_config(PublishConfig, None, flags, "command line")))
 # (end select-release-publish)
 
 # --------------------------------------------------------------------------------------------------
@@ -272,54 +251,12 @@ def report_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored; 
 
 
 @app.command("evaluate")
-def evaluate_cmd(
-    train: Annotated[str, typer.Option(help="Synthetic training set: a release folder (or class-id image folder).")],
-    test: Annotated[str, typer.Option(help="Real test images in class-id subfolders (e.g. ImageNet val by wnid).")],
-    out: Annotated[str, typer.Option(help="Output folder for eval.json, plots and weights.")],
-    finetune: Annotated[
-        Optional[str], typer.Option(help="Real training images (class-id subfolders): adds fine-tune and real-only.")
-    ] = None,
-    model: Annotated[Optional[str], typer.Option(help="small-cnn (default), resnet18 or any timm model name.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Local checkpoint to start from (no downloads).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs on the synthetic set.")] = None,
-    finetune_epochs: Annotated[Optional[int], typer.Option(help="Epochs on real images (default: --epochs).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (aspect kept, letterboxed).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, one-cycle).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
-    min_crop: Annotated[Optional[float], typer.Option(help="Smallest random crop area (training).")] = None,
-    max_margin: Annotated[Optional[float], typer.Option(help="Largest random margin fraction (training).")] = None,
-    explain: Annotated[
-        Optional[int], typer.Option(help="Grad-CAM grids of N real test images per class, per phase.")
-    ] = None,
-) -> None:
+@with_config_options(EvaluateConfig)
+def evaluate_cmd(flags: dict) -> None:
     """Train on synthetic images and test on real ones (accuracy, macro P/R/F1, ROC-AUC, top-5); writes eval.json."""
-    from imagenet_plus.evaluate.stage import EvaluateConfig, run_evaluate
-    from imagenet_plus.pipeline.config import config_from_mapping
+    from imagenet_plus.evaluate import run_evaluate
 
-    flags = dict(
-        train=train,
-        test=test,
-        out=out,
-        finetune=finetune,
-        model=model,
-        weights=weights,
-        epochs=epochs,
-        finetune_epochs=finetune_epochs,
-        image_size=image_size,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        workers=workers,
-        seed=seed,
-        min_crop=min_crop,
-        max_margin=max_margin,
-        explain=explain,
-    )
-    cfg = config_from_mapping(EvaluateConfig, flags, "command line")
-    report = run_evaluate(cfg)
+    report = run_evaluate(load_config(EvaluateConfig, None, flags, "command line"))
     for phase, m in report["results"].items():
         print(f"{phase}: accuracy={m['accuracy']:.4f} f1_macro={m['f1_macro']:.4f} roc_auc={m['roc_auc_macro']:.4f}")
 

@@ -28,15 +28,17 @@ copy.
 
 from __future__ import annotations
 
-import json
+import os
 import random
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.contract import IMAGE_EXTENSIONS, INFO_NAME
+from imagenet_plus.contract import IMAGE_EXTENSIONS, INFO_NAME, ReleaseInfo, read_json
+from imagenet_plus.contract.release import read_release_info as read_local_release_info
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.tar import iter_samples
 
 BACKENDS = ("webdataset", "datasets")
 _REPO_ID = re.compile(r"^[\w\-.]+/[\w\-.]+$")
@@ -54,8 +56,6 @@ def pil_to_uint8_tensor(image: Any) -> Any:
 
 def _endpoint() -> str | None:
     """``$HF_ENDPOINT`` read now (huggingface_hub reads it only at import time)."""
-    import os
-
     return os.environ.get("HF_ENDPOINT") or None
 
 
@@ -63,40 +63,34 @@ def _is_local(source: str | Path) -> bool:
     return Path(source).exists()
 
 
-def read_release_info(source: str | Path, revision: str | None = None) -> dict[str, Any]:
-    """``_info.json`` of a local release folder or a Hub dataset repo.
+def read_release_info(source: str | Path, revision: str | None = None) -> ReleaseInfo:
+    """``_info.json`` of a local release folder or a Hub dataset repo, checked as
+    :class:`~imagenet_plus.contract.ReleaseInfo` (every reader of a release goes through it).
 
     Raises:
-        UserError: the folder has no ``_info.json``, or ``source`` is neither a folder nor a repo id.
+        UserError: the folder has no ``_info.json``, ``source`` is neither a folder nor a repo id, or the file does
+            not pass the contract's checks (a file name that is not a plain relative path, counts that disagree).
     """
     if _is_local(source):
-        p = Path(source) / INFO_NAME
-        if not p.is_file():
-            raise UserError(f"{p} not found: {source} is not a release folder")
-        text = p.read_text(encoding="utf-8")
-    elif _REPO_ID.match(str(source)):
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        try:
-            text = Path(hf_hub_download(str(source), INFO_NAME, repo_type="dataset", revision=revision,
-                                        endpoint=_endpoint())).read_text(encoding="utf-8")
-        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-            raise UserError(f"cannot read _info.json of Hub dataset {source}: {str(exc).splitlines()[0]}") from None
-    else:
+        return read_local_release_info(source)
+    if not _REPO_ID.match(str(source)):
         raise UserError(f"release not found: {source} is neither a folder nor a Hub repo id USER/NAME")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"_info.json of {source} is not valid JSON: {exc}") from None
+        path = hf_hub_download(str(source), INFO_NAME, repo_type="dataset", revision=revision, endpoint=_endpoint())
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        raise UserError(f"cannot read _info.json of Hub dataset {source}: {str(exc).splitlines()[0]}") from None
+    return ReleaseInfo.from_dict(read_json(Path(path), f"{INFO_NAME} of Hub dataset {source}"),
+                                 f"{INFO_NAME} of Hub dataset {source}")
 
 
-def shard_urls(source: str | Path, split: str, info: dict[str, Any], revision: str | None = None) -> list[str]:
+def shard_urls(source: str | Path, split: str, info: ReleaseInfo, revision: str | None = None) -> list[str]:
     """The shard paths (local) or ``hf://`` URLs (Hub) of one split."""
-    splits = info.get("splits", {})
-    if split not in splits:
-        raise UserError(f"split {split!r} not in release {source} (has {', '.join(sorted(splits)) or 'none'})")
-    files = list(splits[split]["filenames"])
+    if split not in info.splits:
+        raise UserError(f"split {split!r} not in release {source} (has {', '.join(sorted(info.splits)) or 'none'})")
+    files = info.splits[split].filenames
     if _is_local(source):
         return [str(Path(source) / f) for f in files]
     rev = f"@{revision}" if revision else ""
@@ -122,8 +116,6 @@ def _open_shards(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 def _samples(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """webdataset stage: opened shards → samples grouped by key (webdataset's grouping); a broken shard is a
     UserError naming it."""
-    from imagenet_plus.io.tar import iter_samples
-
     for shard in _open_shards(urls):
         yield from iter_samples(shard["stream"], shard["url"])
 
@@ -339,7 +331,7 @@ def make_loader(
     urls = shard_urls(source, split, info, revision)
     if len(urls) < world_size:
         raise UserError(f"split {split!r} of {source} has {len(urls)} shard(s), fewer than world size {world_size}")
-    num_samples = samples_per_rank(int(info["splits"][split]["num_samples"]), world_size)
+    num_samples = samples_per_rank(info.splits[split].num_samples, world_size)
     # every rank has at least len(urls) // world_size shards: no worker is left without one
     workers = min(num_workers, len(urls) // world_size)
     decode, collate = _Decode(transform, image_size), _Collate()

@@ -189,3 +189,35 @@ def test_webdataset_backend_streams_from_the_hub(rel: Path, monkeypatch: pytest.
         assert any("/resolve/main/data/train-" in p for _m, p, _a in hub.state.requests)
         with pytest.raises(UserError, match="split 'test' not in release someone/plus"):
             make_loader("someone/plus", split="test")
+
+
+@pytest.mark.parametrize("bad", ["../x.tar", "/etc/passwd", "data\\train-00000.tar", "data/train-00000.tar\0.txt"])
+def test_unsafe_file_names_in_info_are_one_line_errors_for_every_reader(rel: Path, tmp_path: Path, bad: str) -> None:
+    """``_info.json`` naming a file outside the release: the loader, evaluate and publish refuse it alike."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from imagenet_plus.cli import app
+    from imagenet_plus.publish import PublishConfig, run_publish
+
+    copy = Path(shutil.copytree(rel, tmp_path / "rel"))
+    info = json.loads((copy / INFO_NAME).read_text())
+    info["splits"]["train"]["filenames"][0] = bad
+    (copy / INFO_NAME).write_text(json.dumps(info))
+    needle = f"file name {bad!r} is not a plain relative path"
+    messages = []
+    with pytest.raises(UserError) as err:
+        make_loader(copy)
+    messages.append(err.value.message)
+    with pytest.raises(UserError) as err:
+        run_publish(copy, PublishConfig(repo_id="someone/plus", dry_run=True))
+    messages.append(err.value.message)
+    result = CliRunner().invoke(app, ["evaluate", "--train", str(copy), "--test", str(tmp_path / "real"),
+                                      "--out", str(tmp_path / "eval")])
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    messages.append(result.exception.message)
+    for message in messages:
+        assert needle in message and str(copy / INFO_NAME) in message and "\n" not in message, message
+    assert not (tmp_path / "eval").exists()

@@ -61,6 +61,7 @@ from imagenet_plus.contract.names import (  # noqa: F401
     SUMMARY_JSON,
     TAR_MTIME,
     THRESHOLDS_YAML,
+    class_id_of_key,
     image_member,
     make_key,
     release_shard_name,
@@ -69,7 +70,15 @@ from imagenet_plus.contract.names import (  # noqa: F401
 )
 from imagenet_plus.contract.paths import ReleasePaths, RunPaths, ScoreFiles, run_paths  # noqa: F401
 from imagenet_plus.contract.records import JsonRecord, dataclass_from_dict, read_json  # noqa: F401
-from imagenet_plus.contract.release import SCORES_MEMBER, ReleaseInfo, SplitInfo, check_relative_name  # noqa: F401
+from imagenet_plus.contract.release import (  # noqa: F401
+    IMAGEFOLDER_MARKER,
+    SCORES_MEMBER,
+    ImageFolderMarker,
+    ReleaseInfo,
+    SplitInfo,
+    check_relative_name,
+    read_release_info,
+)
 from imagenet_plus.contract.run import library_versions, read_class_records, read_run_yaml, write_run_yaml  # noqa: F401
 from imagenet_plus.contract.scores import (  # noqa: F401
     COL_CLASSIFIER_PROB,

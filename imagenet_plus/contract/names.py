@@ -57,8 +57,9 @@ PARTIAL_SUFFIX = ".partial"
 TAR_MTIME = 1_700_000_000
 #: Image members a sample may carry (the first present is the image); chosen by ``generate``'s image_format.
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
-#: Image members accepted in a real reference or test set (JPEG files are often named ``.jpeg``).
-READ_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+#: Image members and file extensions accepted when reading (a real reference, a test set, a release's tars):
+#: JPEG files are often named ``.jpeg``; image folders of real photos may hold BMP, PPM or TIFF files.
+READ_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
 #: Keys are ``{class_id}_{index:06d}``; no dots (datasets/webdataset split keys at the first dot).
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 #: Release splits, in order.
@@ -86,6 +87,12 @@ def make_key(class_id: str, index: int) -> str:
     if not KEY_PATTERN.match(key):
         raise UserError(f"class id {class_id!r} gives an invalid sample key {key!r} (letters, digits, _ and - only)")
     return key
+
+
+def class_id_of_key(key: str) -> str | None:
+    """``n01440764_000042`` → ``n01440764``: the class id of a key ``{class_id}_{index}`` (None if not one)."""
+    head, sep, tail = key.rpartition("_")
+    return head if sep and head and tail.isdigit() else None
 
 
 #: How webdataset splits a member name into sample key and extension (``webdataset.tariterators.base_plus_ext``:

@@ -1,4 +1,11 @@
-"""The release's description: ``REL/_info.json`` (timm's split format plus what made the release)."""
+"""The release's description: ``REL/_info.json`` (timm's split format plus what made the release), and the
+marker file of an image-folder export.
+
+Every reader of ``_info.json`` (``publish``, the training loader, ``evaluate``, ``release`` itself) gets it
+through :meth:`ReleaseInfo.read` / :func:`read_release_info`, so one set of checks guards them all: the
+keys are present, every split's counts are integers that add up, and every file name is a plain relative
+path inside the release (:func:`check_relative_name`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagenet_plus.contract.names import INFO_NAME
 from imagenet_plus.contract.records import JsonRecord, dataclass_from_dict
 from imagenet_plus.errors import UserError
+
+#: The marker of an image-folder export (``DIR/.imagenet-plus-release.json``): which release it holds.
+IMAGEFOLDER_MARKER = ".imagenet-plus-release.json"
 
 
 @dataclass(frozen=True)
@@ -20,10 +31,36 @@ class SplitInfo:
     filenames: list[str]
     shard_lengths: list[int]
 
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> SplitInfo:
+        """Build and check one split: plain relative file names, one length per file, integer counts that add up.
+
+        Raises:
+            UserError: naming ``source`` and the first problem.
+        """
+        split = dataclass_from_dict(cls, data, source)
+        if not isinstance(split.filenames, list) or not isinstance(split.shard_lengths, list):
+            raise UserError(f"{source}: 'filenames' and 'shard_lengths' must be lists")
+        for fn in split.filenames:  # first: a name outside the release is refused whatever else is wrong
+            check_relative_name(fn, source)
+        if len(split.filenames) != len(split.shard_lengths):
+            raise UserError(f"{source}: {len(split.filenames)} filenames but {len(split.shard_lengths)} shard_lengths")
+        if not all(_is_int(x) for x in (split.num_samples, *split.shard_lengths)):
+            raise UserError(f"{source} has a non-integer num_samples or shard_lengths")
+        if sum(split.shard_lengths) != split.num_samples:
+            raise UserError(f"{source} is inconsistent ({len(split.shard_lengths)} shard_lengths summing to "
+                            f"{sum(split.shard_lengths)}, num_samples {split.num_samples})")
+        return split
+
 
 @dataclass(frozen=True)
 class ReleaseInfo(JsonRecord):
-    """``REL/_info.json``: the release's splits in timm's format plus what made it."""
+    """``REL/_info.json``: the release's splits in timm's format plus what made it.
+
+    Attributes:
+        fingerprint: the release stage's fingerprint (``RUN/state/release.json``) of the run state it was built
+            from: the same release settings and inputs give the same fingerprint.
+    """
 
     name: str
     fingerprint: str
@@ -41,25 +78,47 @@ class ReleaseInfo(JsonRecord):
         splits = data.get("splits")
         if not isinstance(splits, Mapping):
             raise UserError(f"{source}: 'splits' must be an object of split name → split info")
-        parsed = {}
-        for name, s in splits.items():
-            split = dataclass_from_dict(SplitInfo, s, f"{source} split {name!r}")
-            if len(split.filenames) != len(split.shard_lengths):
-                raise UserError(f"{source} split {name!r}: {len(split.filenames)} filenames but "
-                                f"{len(split.shard_lengths)} shard_lengths")
-            for fn in split.filenames:
-                check_relative_name(fn, f"{source} split {name!r}")
-            parsed[str(name)] = split
+        if not splits:
+            raise UserError(f"{source} has no 'splits'")
+        parsed = {str(name): SplitInfo.from_dict(s, f"{source} split {name!r}") for name, s in splits.items()}
         return dataclass_from_dict(cls, {**data, "splits": parsed}, source)
 
 
+def read_release_info(folder: str | Path) -> ReleaseInfo:
+    """``folder/_info.json`` as a checked :class:`ReleaseInfo`.
+
+    Raises:
+        UserError: the folder has no ``_info.json`` (it is not a release), or it does not pass the checks.
+    """
+    path = Path(folder) / INFO_NAME
+    if not path.is_file():
+        raise UserError(f"{path} not found: {folder} is not a release folder (run 'imagenet-plus release')")
+    return ReleaseInfo.read(path)
+
+
 def check_relative_name(name: Any, where: str) -> str:
-    """A file name read from a release or a Hub repo: relative, no ``..``, no backslash, else an error."""
+    """A file name read from a release or a Hub repo: relative, no ``..``, no backslash, no NUL byte, else an error."""
     text = str(name)
     parts = text.replace("\\", "/").split("/")
-    if not text or text.startswith("/") or "\\" in text or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+    if (not isinstance(name, str) or not text or text.startswith("/") or "\\" in text or "\0" in text
+            or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]):
         raise UserError(f"{where}: file name {text!r} is not a plain relative path inside the release")
     return text
+
+
+@dataclass(frozen=True)
+class ImageFolderMarker(JsonRecord):
+    """``DIR/.imagenet-plus-release.json``: the fingerprint of the release an image-folder export holds."""
+
+    fingerprint: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: Path | str) -> ImageFolderMarker:
+        return dataclass_from_dict(cls, data, source)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 #: The member of a release sample's json that holds its scores.

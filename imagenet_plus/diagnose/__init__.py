@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING
 from imagenet_plus.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from imagenet_plus.diagnose.stage import DiagnoseConfig, read_remedy_strategies, run_diagnose
+    from imagenet_plus.diagnose.stage import VERDICT_OK, DiagnoseConfig, read_remedy_strategies, run_diagnose
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "DiagnoseConfig": "stage",
+    "VERDICT_OK": "stage",
     "read_remedy_strategies": "stage",
     "run_diagnose": "stage",
 })
-__all__ = ["DiagnoseConfig", "read_remedy_strategies", "run_diagnose"]
+__all__ = ["VERDICT_OK", "DiagnoseConfig", "read_remedy_strategies", "run_diagnose"]

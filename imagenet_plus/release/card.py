@@ -7,16 +7,36 @@ split to its tar shards, and ``dataset_info.features`` declares every member of 
 The YAML is built with huggingface_hub's :class:`~huggingface_hub.DatasetCardData` and the features with
 ``datasets.DatasetInfo._to_yaml_dict`` (the same code that writes cards in ``push_to_hub``), so the
 format is exactly what the loaders parse back; :func:`validate_card` parses it back the same way.
+
+The card's text comes from :func:`card_text`: its template variables are built from :class:`CardInputs` (the
+run's ``run.yaml``, score summary, selection and diagnosis beside the written release's ``_info.json``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imagenet_plus.contract import RELEASE_SCORE_FIELDS, SAMPLE_FIELDS, SCORES_MEMBER
+from imagenet_plus import diagnose
+from imagenet_plus.contract import (
+    DIAGNOSIS_JSON,
+    RELEASE_DATA_DIR,
+    RELEASE_SCORE_FIELDS,
+    SAMPLE_FIELDS,
+    SCORES_MEMBER,
+    ReleaseInfo,
+    RunPaths,
+    SelectionSummary,
+    read_json,
+)
 from imagenet_plus.errors import UserError
+
+if TYPE_CHECKING:
+    from imagenet_plus.release.sources import ReleaseSources
 
 #: The template shipped with the project (a Jinja2 markdown file; ``{{ card_data }}`` is the YAML header).
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "card_template.md"
@@ -218,3 +238,219 @@ def validate_card(text: str, source: str) -> dict[str, Any]:
     if not configs:
         raise UserError(f"{source}: the card's YAML has no configs with data_files")
     return meta
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the card's text: its template variables, from the run and the new release
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "not computed"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _metrics_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    def pm(mean: Any, std: Any) -> str:
+        return "not computed" if mean is None else f"{_fmt(mean)} ± {_fmt(std)}"
+
+    return [
+        ("FID (Inception pool3, vs reference)", _fmt(summary.get("fid"))),
+        ("KID", pm(summary.get("kid_mean"), summary.get("kid_std"))),
+        ("Inception Score", pm(summary.get("inception_score_mean"), summary.get("inception_score_std"))),
+        ("CLIP score (mean, 100·cos)", _fmt(summary.get("clip_score_mean"))),
+        ("precision (Kynkäänniemi et al.)", _fmt(summary.get("precision"))),
+        ("recall (Kynkäänniemi et al.)", _fmt(summary.get("recall"))),
+        ("images scored", _fmt(summary.get("num_images"))),
+    ]
+
+
+def _read_json_file(path: Path) -> dict[str, Any]:
+    """A JSON file of the run, ``{}`` when it is absent (``contract.read_json`` names a malformed one)."""
+    return read_json(path) if path.is_file() else {}
+
+
+#: Classes listed by name in the card's small-class line (the rest are counted).
+MAX_LISTED_CLASSES = 50
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    """What the card is rendered from."""
+
+    run_yaml: dict[str, Any]
+    summary: dict[str, Any]
+    selection: SelectionSummary | None
+    info: ReleaseInfo
+    split_bytes: dict[str, int]
+    per_class: dict[str, Counter]
+    extra_meta: dict[str, str]
+    scheduler: str
+    small: list[str]
+    small_policy: str
+    license: str | None = None
+    diagnosis: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """split → samples released."""
+        return {s: i.num_samples for s, i in self.info.splits.items()}
+
+    @classmethod
+    def gather(cls, paths: RunPaths, run_yaml: dict[str, Any], info: ReleaseInfo, split_bytes: dict[str, int],
+               sources: ReleaseSources, small_policy: str, license: str | None) -> CardInputs:
+        """Read the run's records the card cites (selection, score summary, diagnosis) beside the new release."""
+        selection = SelectionSummary.read(paths.selection_json) if paths.selection_json.is_file() else None
+        return cls(run_yaml=run_yaml, summary=_read_json_file(paths.summary_json), selection=selection, info=info,
+                   split_bytes=split_bytes, per_class=sources.plan.per_class_counts(),
+                   extra_meta=sources.index.extra_meta, scheduler=", ".join(sorted(sources.index.schedulers)),
+                   small=sources.plan.small, small_policy=small_policy, license=license,
+                   diagnosis=_read_json_file(paths.diagnosis_json))
+
+
+def _card_yaml(inp: CardInputs) -> dict[str, Any]:
+    """The card's YAML header: license from the model, configs per split, dataset_info from datasets."""
+    config = inp.run_yaml.get("config", {})
+    model = str(config.get("model", "unknown"))
+    lic, lic_name, lic_link, _ = model_license(model, override=inp.license)
+    counts = inp.counts
+    features = release_features([c["id"] for c in inp.info.classes], inp.info.image_ext, inp.extra_meta)
+    card_yaml: dict[str, Any] = {
+        "pretty_name": f"imagenet-plus: synthetic {config.get('classes', 'image classes')} ({model})",
+        "license": lic,
+        "task_categories": ["image-classification"],
+        "size_categories": [size_category(sum(counts.values()))],
+        "tags": ["synthetic", "imagenet", "webdataset", "diffusion"],
+        "configs": [{"config_name": "default", "data_files": [
+            {"split": s, "path": f"{RELEASE_DATA_DIR}/{s}-*.tar"} for s in counts]}],
+        "dataset_info": dataset_info_yaml(features, counts, inp.split_bytes),
+    }
+    if lic_name:
+        card_yaml["license_name"] = lic_name
+        card_yaml["license_link"] = lic_link
+    return card_yaml
+
+
+def _class_rows(inp: CardInputs) -> list[dict[str, Any]]:
+    pass_rate = inp.selection.pass_rate if inp.selection else {}
+    return [{"label": c["label"], "id": c["id"], "name": c["name"],
+             "train": inp.per_class.get("train", Counter())[c["id"]],
+             "validation": inp.per_class.get("validation", Counter())[c["id"]],
+             "pass_rate": _fmt(pass_rate.get(c["id"]), 3)} for c in inp.info.classes]
+
+
+def _selection_context(inp: CardInputs, released: int) -> dict[str, Any]:
+    sel = inp.selection
+    th = {k: v for k, v in ((sel.thresholds if sel else None) or {}).items() if v not in (None, False)}
+    scored = (sel.num_scored if sel else 0) or 0
+    passed = sel.num_passed if sel else 0
+    listed = ", ".join(inp.small[:MAX_LISTED_CLASSES])
+    if len(inp.small) > MAX_LISTED_CLASSES:
+        listed += f" and {len(inp.small) - MAX_LISTED_CLASSES} more"
+    return {
+        "thresholds": ", ".join(f"`{k}: {v}`" for k, v in th.items()) or "defaults",
+        "quota": sel.per_class_quota if sel else None,
+        "num_kept": sel.num_kept if sel else released,
+        "num_scored": scored,
+        "overall_pass_rate": f"{passed / scored:.1%}" if scored else "n/a",
+        "dropped_classes": (sel.dropped_classes if sel else None) or [],
+        "flagged_classes": (sel.flagged_classes if sel else None) or [],
+        "short_classes": ", ".join(f"{k} ({v} missing)" for k, v in ((sel.short if sel else None) or {}).items()),
+        "train_only_classes": listed if inp.small_policy == "train" else "",
+        "small_dropped_classes": listed if inp.small_policy == "drop" else "",
+        "num_small_classes": len(inp.small),
+    }
+
+
+def _nsfw_filter_text(inp: CardInputs, models: dict[str, Any]) -> str:
+    """One sentence for the card: which NSFW checks ran and whether select dropped what they flagged."""
+    detector = models.get("nsfw_detector")
+    th = (inp.selection.thresholds if inp.selection else None) or {}
+    checks = ["the generator's safety checker, where the model has one"]
+    if detector and detector != "none":
+        checks.append(f"the independent detector `{detector}` run by `imagenet-plus score`")
+    else:
+        checks.append("no independent detector (`score --nsfw-model none`, or scored before it existed)")
+    how = " and ".join(checks)
+    if not th.get("drop_nsfw", True):
+        return f"NSFW checks: {how}; flagged images were NOT dropped (`drop-nsfw: false`)."
+    limit = th.get("nsfw_score_max", 0.5)
+    return f"NSFW checks: {how}; images flagged by either (detector P(nsfw) > {limit}) were dropped."
+
+
+def _joined(value: Any) -> str:
+    return ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value or "")
+
+
+def _diagnosis_context(diagnosis: dict[str, Any]) -> dict[str, Any] | None:
+    """The card's diagnosis section from ``RUN/diagnosis.json`` (None when the run was not diagnosed).
+
+    Lists the classes per verdict (``verdict_counts``) and the flagged classes worst first (``flagged_classes``,
+    as many as ``diagnose`` listed), with the prompt strategies a ``generate --top-up --remedy`` would use.
+    """
+    if not diagnosis:
+        return None
+    counts = diagnosis.get("verdict_counts")
+    flagged = diagnosis.get("flagged_classes")
+    if not isinstance(counts, dict) or not isinstance(flagged, list):
+        raise UserError(f"RUN/{DIAGNOSIS_JSON} lacks 'verdict_counts' or 'flagged_classes': "
+                        "re-run 'imagenet-plus diagnose'")
+    num_ok = int(counts.get(diagnose.VERDICT_OK, 0) or 0)
+    num_flagged = sum(int(v or 0) for k, v in counts.items() if k != diagnose.VERDICT_OK)
+    rows = [{"class_id": r.get("class_id"), "name": r.get("name"), "verdict": r.get("verdict"),
+             "flags": _joined(r.get("flags")), "remedy": r.get("remedy") or ""} for r in flagged if isinstance(r, dict)]
+    return {
+        "verdict_counts": [(k, int(v or 0)) for k, v in counts.items()],
+        "num_flagged": num_flagged,
+        "num_ok": num_ok,
+        "flagged": rows,
+        "reference": diagnosis.get("reference"),
+        "note": diagnosis.get("note"),
+    }
+
+
+def card_text(inp: CardInputs) -> str:
+    """Render the card (template variables in ``card_template.md``)."""
+    config = inp.run_yaml.get("config", {})
+    model = str(config.get("model", "unknown"))
+    card_yaml = _card_yaml(inp)
+    counts = inp.counts
+    n_train_shards = len(inp.info.splits["train"].filenames) if "train" in inp.info.splits else 0
+    n_val_shards = len(inp.info.splits["validation"].filenames) if "validation" in inp.info.splits else 0
+    models = inp.summary.get("models") or {}
+    context = {
+        "card_yaml": card_yaml,
+        "pretty_name": card_yaml["pretty_name"],
+        "num_classes": len(inp.info.classes),
+        "num_train": counts.get("train", 0),
+        "num_validation": counts.get("validation", 0),
+        "versions": inp.run_yaml.get("versions") or {},
+        "model": model,
+        "license_note": model_license(model, override=inp.license)[3],
+        "scheduler": config.get("scheduler") or inp.scheduler or "model default",
+        "steps": config.get("steps"),
+        "guidance": config.get("guidance"),
+        "resolution": config.get("resolution"),
+        "prompt_strategies": ", ".join(config.get("prompt_strategy") or []) or str(config.get("prompt_strategy", "")),
+        "negative_prompt": config.get("negative_prompt", ""),
+        "seed": config.get("seed"),
+        "class_spec": config.get("classes"),
+        "config_hash": inp.run_yaml.get("config_hash"),
+        "metrics": _metrics_rows(inp.summary),
+        "reference": inp.summary.get("reference"),
+        "scoring_models": ", ".join(f"{k}: {v}" for k, v in models.items() if v) or "not recorded",
+        "nsfw_filter": _nsfw_filter_text(inp, models),
+        **_selection_context(inp, sum(counts.values())),
+        "is_imagenet": config.get("classes") == "imagenet-1k",
+        "classes": _class_rows(inp),
+        "diagnosis": _diagnosis_context(inp.diagnosis),
+        "image_ext": inp.info.image_ext,
+        "train_shards": n_train_shards,
+        "validation_shards": n_val_shards,
+        "last_train_shard": f"{max(n_train_shards - 1, 0):05d}",
+        "divisors": ", ".join(str(d) for d in range(1, n_train_shards + 1) if n_train_shards % d == 0),
+        "year": datetime.now(timezone.utc).year,
+    }
+    return render_card(context)

@@ -11,15 +11,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from imagenet_plus.contract import INFO_NAME
+from imagenet_plus.contract import INFO_NAME, ReleaseInfo, SplitInfo
 from imagenet_plus.errors import UserError
-from imagenet_plus.evaluate.stage import (
-    AspectPreservingTransform,
-    EvaluateConfig,
-    build_model,
-    read_release,
-    run_evaluate,
-)
+from imagenet_plus.evaluate import EvaluateConfig, run_evaluate
+from imagenet_plus.evaluate.images import AspectPreservingTransform, read_release
+from imagenet_plus.evaluate.model import build_model
 
 CLASSES = ["n01440764", "n02102040", "n03000684", "n07753592"]
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (230, 230, 40)]
@@ -66,9 +62,11 @@ def write_release(rel: Path, per_class: int, seed: int = 0, shuffle_labels: bool
                          "cls": str(label).encode(), "json": json.dumps(meta).encode()})
         names.append(f"data/{name}")
         lengths.append(len(part))
-    info = {"name": "fake", "splits": {"train": {"num_samples": sum(lengths), "filenames": names,
-                                                 "shard_lengths": lengths}}}
-    (rel / INFO_NAME).write_text(json.dumps(info))
+    info = ReleaseInfo(name="fake", fingerprint="fake", created="2025-01-01T00:00:00Z", image_ext="jpg",
+                       num_classes=len(classes), config_hash=None,
+                       classes=[{"label": i, "id": c, "name": c} for i, c in enumerate(classes)],
+                       splits={"train": SplitInfo("train", sum(lengths), names, lengths)})
+    info.write(rel / INFO_NAME)
     return rel
 
 
@@ -135,7 +133,7 @@ def test_finetune_phases_and_test_subset_of_train(tmp_path: Path) -> None:
 def test_top5_metric_with_more_than_five_classes(tmp_path: Path) -> None:
     import torch
 
-    from imagenet_plus.evaluate.stage import classification_metrics
+    from imagenet_plus.evaluate.train import classification_metrics
 
     ids = [f"c{i}" for i in range(7)]
     target = torch.arange(7).repeat(3)
@@ -290,7 +288,7 @@ def test_open_shards_are_bounded(tmp_path: Path) -> None:
     """Reading a release through fewer handles than it has shards gives the same bytes."""
     import os
 
-    from imagenet_plus.evaluate.stage import ImageDataset, TarMember
+    from imagenet_plus.evaluate.images import ImageDataset, TarMember
 
     rel = write_release(tmp_path / "rel", per_class=6)
     members = read_release(rel).sources
@@ -312,7 +310,8 @@ def test_gradcam_maps_of_an_untrained_cnn(tmp_path: Path) -> None:
     """Fast check of the map shapes and grid without training (the slow test covers the phases)."""
     import torch
 
-    from imagenet_plus.evaluate.stage import ImageDataset, build_model, explain_phase, read_image_folder
+    from imagenet_plus.evaluate.images import ImageDataset, read_image_folder
+    from imagenet_plus.evaluate.model import explain_phase
 
     torch.manual_seed(0)
     test = read_image_folder(write_real_folder(tmp_path / "real", per_class=3), "test")
@@ -321,3 +320,50 @@ def test_gradcam_maps_of_an_untrained_cnn(tmp_path: Path) -> None:
     data = np.load(tmp_path / files["maps"])
     assert data["maps"].shape == (8, 40, 40) and Image.open(tmp_path / files["grid"]).size[0] > 200
     assert any(float(m.max() - m.min()) > 1e-3 for m in data["maps"])  # untrained: some maps may be all zero
+
+
+def test_cli_lists_each_evaluate_option_once() -> None:
+    import re
+
+    from imagenet_plus.pipeline.config import flag_name, settings_of
+
+    result = _cli(["evaluate", "--help"])
+    assert result.exit_code == 0, result.output
+    options = re.findall(r"(?m)^\s+(--[a-z-]+)", result.output)
+    assert sorted(options) == sorted({*options}), options
+    assert set(options) == {"--help", *(flag_name(n) for n in settings_of(EvaluateConfig))}
+    assert {"--train", "--test", "--out", "--finetune", "--finetune-epochs", "--min-crop", "--explain"} <= set(options)
+
+
+def test_missing_required_option_is_one_line(tmp_path: Path) -> None:
+    _check_error(_cli(["evaluate", "--test", str(tmp_path), "--out", str(tmp_path / "e")]), "'train' is required")
+
+
+@pytest.mark.parametrize("ext", ["bmp", "tif", "ppm"])
+def test_image_folders_accept_other_formats(tmp_path: Path, ext: str) -> None:
+    """Test folders of BMP, TIFF or PPM photos are read (the contract's READ_IMAGE_EXTENSIONS)."""
+    from imagenet_plus.contract import READ_IMAGE_EXTENSIONS
+    from imagenet_plus.evaluate.images import read_image_folder
+
+    assert ext in READ_IMAGE_EXTENSIONS
+    for cid in CLASSES[:2]:
+        (tmp_path / cid).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / cid / f"a.{ext.upper()}")
+    ls = read_image_folder(tmp_path, "test")
+    assert ls.classes == CLASSES[:2] and len(ls.sources) == 2
+
+
+def test_truncated_release_shards_are_named(tmp_path: Path) -> None:
+    """A shard cut short is named, whether its headers are read (indexing) or an image is (training)."""
+    from imagenet_plus.errors import CorruptShard
+    from imagenet_plus.evaluate.images import ImageDataset
+
+    rel = write_release(tmp_path / "rel", per_class=3)
+    members = read_release(rel).sources
+    last = max((m for m in members if m.tar.endswith("train-00001.tar")), key=lambda m: m.offset)
+    shard = rel / "data/train-00001.tar"
+    shard.write_bytes(shard.read_bytes()[: last.offset + 10])
+    with pytest.raises(CorruptShard, match="corrupt or truncated shard .*train-00001.tar"):
+        ImageDataset([last], [0], lambda im: im)[0]
+    with pytest.raises(UserError, match="corrupt or truncated shard .*train-00001.tar"):
+        read_release(rel)

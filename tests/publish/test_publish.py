@@ -112,7 +112,9 @@ def _check_card_declares_only_present_shards(files: dict[str, bytes]) -> None:
 def test_validate_and_dry_run_offline(rel: Path) -> None:
     files = validate_release(rel)
     assert {f.path for f in files} == set(_local_files(rel))
-    out = run_publish(rel, PublishConfig(repo_id=REPO, dry_run=True))
+    result = run_publish(rel, PublishConfig(repo_id=REPO, dry_run=True))
+    assert result.dry_run and result.added == len(files) and result.commit is None
+    out = str(result)
     assert out.startswith(f"dry run: would add {len(files)}, change 0, delete 0 file(s)")
     assert "HF_HUB_OFFLINE" in out.splitlines()[0]
     size = (rel / "data/train-00000.tar").stat().st_size
@@ -122,20 +124,21 @@ def test_validate_and_dry_run_offline(rel: Path) -> None:
 
 def test_upload_every_file_arrives_and_token_stays_secret(rel: Path, online: FakeHub, tmp_path: Path,
                                                           capfd: pytest.CaptureFixture[str]) -> None:
-    out = run_publish(rel, PublishConfig(repo_id=REPO))
-    assert out.splitlines()[0] == f"{online.endpoint}/datasets/{REPO}"
+    result = run_publish(rel, PublishConfig(repo_id=REPO))
+    assert result.url == str(result).splitlines()[0] == f"{online.endpoint}/datasets/{REPO}"
+    assert result.added == len(_local_files(rel)) and result.commit is not None
     _check_repo_equals_release(online, rel)
     assert online.state.repos[HUB_REPO]["private"] is False
     auth = {a for m, p, a in online.state.requests if m == "POST"}
     assert auth == {f"Bearer {TOKEN}"}
     # the same release again: no shard sent, no commit, nothing changed
     puts, commits, before = len(online.state.puts), online.state.commits, dict(online.state.files(HUB_REPO))
-    out = run_publish(rel, PublishConfig(repo_id=REPO))
-    assert "no commit" in out
+    result = run_publish(rel, PublishConfig(repo_id=REPO))
+    assert "no commit" in str(result) and result.commit is None and result.unchanged == len(_local_files(rel))
     assert len(online.state.puts) == puts and online.state.commits == commits
     assert online.state.files(HUB_REPO) == before
     # and its dry run says so
-    dry = run_publish(rel, PublishConfig(repo_id=REPO, dry_run=True))
+    dry = str(run_publish(rel, PublishConfig(repo_id=REPO, dry_run=True)))
     assert dry.startswith("dry run: would add 0, change 0, delete 0 file(s)") and len(dry.splitlines()) == 1
     captured = capfd.readouterr()
     _assert_token_nowhere(tmp_path, texts=(captured.out, captured.err))
@@ -179,9 +182,9 @@ def test_republish_smaller_release_deletes_stale_shards(rel: Path, built_small_r
     assert [ln.split()[-1] for ln in dry if ln.startswith("change")] == sorted([*changed, "README.md", INFO_NAME])
     assert dry[0].startswith(f"dry run: would add 0, change {len(changed) + 2}, delete {len(stale)} file(s)")
     commits = online.state.commits
-    out = run_publish(small, PublishConfig(repo_id=REPO))
+    result = run_publish(small, PublishConfig(repo_id=REPO))
     assert online.state.commits == commits + 1, "one atomic commit"
-    assert f"{len(stale)} deleted" in out
+    assert f"{len(stale)} deleted" in str(result) and result.deleted == len(stale)
     _check_repo_equals_release(online, small)
     _check_card_declares_only_present_shards(online.state.files(HUB_REPO))
 
@@ -250,14 +253,15 @@ def test_large_publish_goes_in_batches_and_never_declares_missing_shards(
 def test_tag_pins_a_version(rel: Path, built_small_rel: Path, online: FakeHub, tmp_path: Path) -> None:
     small = Path(shutil.copytree(built_small_rel, tmp_path / "small"))
     out = run_publish(rel, PublishConfig(repo_id=REPO, tag="v1.0"))
-    assert out.splitlines()[-1] == "tagged: v1.0"
+    assert str(out).splitlines()[-1] == "tagged: v1.0" and out.tag_created
     head = online.state.repos[HUB_REPO]["branches"]["main"]["sha"]
     assert online.state.tags(HUB_REPO) == {"v1.0": head}
     _check_repo_equals_release(online, rel, tag="v1.0")
     # the same release and tag again: nothing changes
     commits = online.state.commits
     out = run_publish(rel, PublishConfig(repo_id=REPO, tag="v1.0"))
-    assert online.state.commits == commits and out.splitlines()[-1] == "tag already there: v1.0"
+    assert online.state.commits == commits and str(out).splitlines()[-1] == "tag already there: v1.0"
+    assert not out.tag_created
     # a changed release cannot move the tag: refused before anything is sent
     before = dict(online.state.files(HUB_REPO))
     with pytest.raises(UserError, match="tag 'v1.0' already exists.*nothing was sent"):
@@ -272,7 +276,7 @@ def test_tag_pins_a_version(rel: Path, built_small_rel: Path, online: FakeHub, t
 
 def test_revision_creates_branch(rel: Path, online: FakeHub) -> None:
     out = run_publish(rel, PublishConfig(repo_id=REPO, revision="v1"))
-    assert out.splitlines()[0].endswith("/tree/v1")
+    assert out.url.endswith("/tree/v1")
     _check_repo_equals_release(online, rel, branch="v1")
     assert online.state.files(HUB_REPO, "main") == {}
 
@@ -474,6 +478,25 @@ def test_unknown_model_licence_is_refused_at_publish_until_the_user_names_one(tm
                          license="other:my-licence:https://example.invalid/LICENSE")
     header = yaml.safe_load((named / "README.md").read_text().split("---")[1])
     assert (header["license"], header["license_name"]) == ("other", "my-licence")
-    assert run_publish(named, PublishConfig(repo_id=REPO, dry_run=True)).startswith("dry run")
+    assert str(run_publish(named, PublishConfig(repo_id=REPO, dry_run=True))).startswith("dry run")
     with pytest.raises(UserError, match="other:NAME:LINK"):
         make_release(tmp_path / "c", per_class=4, quota=3, val_per_class=1, shard_size=4, license="other:x")
+
+
+def test_cli_lists_each_publish_option_once() -> None:
+    import re
+
+    result = CliRunner().invoke(app, ["publish", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    options = re.findall(r"(?m)^\s+(--[a-z-]+)", result.output)
+    assert sorted(options) == sorted({*options}), options
+    assert set(options) == {"--repo-id", "--private", "--revision", "--tag", "--dry-run", "--help"}
+
+
+def test_cli_prints_the_result(rel: Path, online: FakeHub) -> None:
+    """The command prints the result's lines: the URL first (what ``run`` records), then what was done."""
+    result = CliRunner().invoke(app, ["publish", str(rel), "--repo-id", REPO, "--private"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"{online.endpoint}/datasets/{REPO}" and lines[1].startswith("committed: ")
+    assert online.state.repos[HUB_REPO]["private"] is True

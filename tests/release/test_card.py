@@ -112,7 +112,7 @@ def test_card_lists_diagnosis_when_the_run_was_diagnosed(tmp_path: Path) -> None
     from conftest import write_fake_run
     from release_fixtures import write_fake_scores
 
-    from imagenet_plus.release.stage import ReleaseConfig, run_release
+    from imagenet_plus.release import ReleaseConfig, run_release
     from imagenet_plus.select import SelectConfig, run_select
 
     run = write_fake_run(tmp_path / "run", per_class=6, shard_size=10, size=32)

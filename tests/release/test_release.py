@@ -16,7 +16,8 @@ from imagenet_plus.cli import app
 from imagenet_plus.contract import INFO_NAME
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.tar import iter_shard
-from imagenet_plus.release.stage import ReleaseConfig, num_shards_for, run_release, split_evenly
+from imagenet_plus.release import ReleaseConfig, run_release
+from imagenet_plus.release.plan import num_shards_for, split_evenly
 from imagenet_plus.select import SelectConfig, run_select
 
 WNIDS = [c["id"] for c in FAKE_CLASSES]
@@ -176,7 +177,7 @@ def test_same_release_is_a_noop_and_different_is_refused(tmp_path: Path) -> None
 
 
 def test_failure_leaves_no_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import imagenet_plus.release.stage as release
+    import imagenet_plus.release.card as card
 
     run = _selected_run(tmp_path)
     out = tmp_path / "rel"
@@ -184,7 +185,7 @@ def test_failure_leaves_no_release(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(release, "render_card", boom)
+    monkeypatch.setattr(card, "render_card", boom)
     with pytest.raises(RuntimeError):
         run_release(run, out, ReleaseConfig(val_per_class=1))
     assert not out.exists()
@@ -353,3 +354,72 @@ def test_a_key_kept_twice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=f"selection.parquet: key '{kept['key'].iloc[0]}' is listed twice"):
         run_release(run, tmp_path / "rel", ReleaseConfig(val_per_class=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_release_freshness(tmp_path: Path) -> None:
+    """Current after a run (its fingerprint in _info.json); another seed or a new selection is not current."""
+    from imagenet_plus.contract import RunPaths, StageState
+    from imagenet_plus.pipeline.freshness import fingerprint, is_current, what_changed
+    from imagenet_plus.release import stage_inputs
+
+    run = _selected_run(tmp_path)
+    paths, out = RunPaths(run), tmp_path / "rel"
+    cfg = ReleaseConfig(val_per_class=1, shard_size=4)
+    inputs = stage_inputs(run, out, cfg)
+    assert not is_current(paths, inputs) and what_changed(paths, inputs) == ["never finished"]
+    run_release(run, out, cfg)
+    assert is_current(paths, inputs) and what_changed(paths, inputs) == []
+    state = StageState.read(paths.stage_state("release"))
+    info = json.loads((out / INFO_NAME).read_text())
+    assert info["fingerprint"] == state.fingerprint == fingerprint(paths, inputs)
+    assert state.facts["samples"] == {"train": 15, "validation": 3}
+    # an image folder asked for later is an output not there yet: written alone, the release left as it is
+    folder_cfg = ReleaseConfig(val_per_class=1, shard_size=4, imagefolder=str(tmp_path / "if"))
+    assert not is_current(paths, stage_inputs(run, out, folder_cfg))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    run_release(run, out, folder_cfg)
+    assert is_current(paths, stage_inputs(run, out, folder_cfg)) and is_current(paths, inputs)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert len(list((tmp_path / "if").rglob("*.JPEG"))) == 18
+    # another seed: not current, and the settings are what changed; its release into the same folder is refused
+    other = stage_inputs(run, out, ReleaseConfig(val_per_class=1, shard_size=4, seed=1))
+    assert not is_current(paths, other) and what_changed(paths, other) == ["settings"]
+    with pytest.raises(UserError, match="different release"):
+        run_release(run, out, ReleaseConfig(val_per_class=1, shard_size=4, seed=1))
+    # a deleted output: not current; the same settings release it again
+    (out / "README.md").unlink()
+    assert not is_current(paths, inputs)
+    # a new selection: not current
+    run_select(run, SelectConfig(per_class=5))
+    assert not is_current(paths, inputs) and "files" in what_changed(paths, inputs)
+
+
+def test_release_record_is_rewritten_when_the_folder_already_holds_it(tmp_path: Path) -> None:
+    """A release folder made from these inputs whose RUN/state record was lost: nothing rewritten, record back."""
+    from imagenet_plus.contract import RunPaths
+    from imagenet_plus.pipeline.freshness import is_current
+    from imagenet_plus.release import stage_inputs
+
+    run = _selected_run(tmp_path)
+    out, cfg = tmp_path / "rel", ReleaseConfig(val_per_class=1, shard_size=4)
+    run_release(run, out, cfg)
+    RunPaths(run).stage_state("release").unlink()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    run_release(run, out, cfg)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert is_current(RunPaths(run), stage_inputs(run, out, cfg))
+
+
+def test_cli_lists_each_release_option_once() -> None:
+    """Options come from ReleaseConfig's settings: each once in --help, with the command's own --out."""
+    import re
+
+    from imagenet_plus.pipeline.config import flag_name, settings_of
+
+    result = CliRunner().invoke(app, ["release", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    options = re.findall(r"(?m)^\s+(--[a-z-]+)", result.output)
+    assert sorted(options) == sorted({*options}), options
+    assert set(options) == {"--out", "--help", *(flag_name(n) for n in settings_of(ReleaseConfig))}
+    flags = {"--val-per-class", "--shard-size", "--imagefolder", "--seed", "--small-classes", "--license"}
+    assert flags <= set(options)
