@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.atomic import PARTIAL_SUFFIX  # noqa: F401 (a name of the contract, owned by the IO layer)
+from imagenet_plus.io.tar import TAR_MTIME  # noqa: F401 (idem)
 
 # ------------------------------------------------------------------------------------------------------------
 # file names
@@ -49,12 +51,7 @@ REPORT_JSON = "report.json"
 INFO_NAME = "_info.json"
 CARD_NAME = "README.md"
 RELEASE_DATA_DIR = "data"
-#: Suffix of a file being written (renamed to its final name once complete).
-PARTIAL_SUFFIX = ".partial"
 
-#: Fixed tar member mtime, so the same samples always give the same bytes (an int: a float makes tarfile
-#: put a 1 KiB pax header before every member).
-TAR_MTIME = 1_700_000_000
 #: Image members a sample may carry (the first present is the image); chosen by ``generate``'s image_format.
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 #: Image members and file extensions accepted when reading (a real reference, a test set, a release's tars):

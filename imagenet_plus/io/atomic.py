@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.contract.names import PARTIAL_SUFFIX
+#: Suffix of a file being written (renamed to its final name once complete).
+PARTIAL_SUFFIX = ".partial"
+
 
 
 @contextlib.contextmanager

@@ -27,8 +27,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from imagenet_plus.contract.names import PARTIAL_SUFFIX, TAR_MTIME
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.atomic import PARTIAL_SUFFIX
+
+#: Fixed tar member mtime, so the same samples always give the same bytes (an int: a float makes tarfile
+#: put a 1 KiB pax header before every member).
+TAR_MTIME = 1_700_000_000
 
 #: Member metadata of every tar this project writes (what webdataset's ``TarWriter`` sets by default).
 TAR_MODE = 0o444
