@@ -10,9 +10,12 @@ A reference (``score --reference REAL``) is one of:
   optionally ``features`` (N×2048) and ``class_ids`` (N) as written by :func:`save_reference`; with
   statistics only, FID is computed but KID, precision/recall and realism are not.
 
-Every real image of a folder or shards is centre-cropped to a square and resized to Inception's 299 px
-(:func:`~imagenet_plus.scorers.inception.center_crop_resize`, the protocol named by :data:`PROTOCOL`), so
-images of any shapes go through the network in full batches of ``batch_size``.
+Every real image of a folder or shards is cut to its largest centred square
+(:func:`~imagenet_plus.scorers.inception.center_crop`, exact in ``uint8``), which is resized to Inception's
+299 px in float by torch-fidelity's own resize and never rounded
+(:meth:`~imagenet_plus.scorers.inception.InceptionScorer.features_full_batch`; the protocol named by
+:data:`PROTOCOL`): the features are torch-fidelity's on the crops, and images of any shapes go through the
+network in full batches of ``batch_size``.
 
 Features of folders and shards are cached under ``cache_dir("reference")`` keyed by a hash of the file list
 (relative names, sizes, modification times), the Inception weights and :data:`PROTOCOL`: a second run reads
@@ -47,8 +50,9 @@ WDS_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 #: Feature size of a reference (torch-fidelity's pool3).
 FEATURE_DIM = 2048
 #: How real images become Inception inputs; part of the cache key, so that a change of protocol re-extracts.
-#: v2: largest centred square, TF1 bilinear to 299 px, full batches (v1 resized the whole image, unsquared).
-PROTOCOL = "center-crop-299-v2"
+#: v3: largest centred square, TF1 bilinear to 299 px in float, fed to the network unrounded, full batches.
+#: v2 rounded the 299 px image to ``uint8`` (torch-fidelity's input type); v1 resized the whole image, unsquared.
+PROTOCOL = "center-crop-299-float-v3"
 
 
 @dataclass
@@ -175,7 +179,7 @@ def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, incep
 
     from imagenet_plus.pipeline.progress import progress_bar
     from imagenet_plus.score.scorers import decode_image
-    from imagenet_plus.score.scorers.inception import center_crop_resize
+    from imagenet_plus.score.scorers.inception import center_crop
 
     feats: list[np.ndarray] = []
     class_ids: list[str | None] = []
@@ -186,8 +190,8 @@ def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, incep
         def flush() -> None:
             if check is not None:
                 check()
-            images = list(pool.map(lambda s: center_crop_resize(decode_image(s[0], f"in reference: {s[1]}")), batch))
-            pool_feats, _ = inception.features(images)
+            images = list(pool.map(lambda s: center_crop(decode_image(s[0], f"in reference: {s[1]}")), batch))
+            pool_feats, _ = inception.features_full_batch(images)
             feats.append(pool_feats.numpy().astype(np.float32))
             class_ids.extend(s[2] for s in batch)
             bar.update(len(batch))
@@ -323,7 +327,8 @@ def load_reference(spec: str | Path, inception: Any, batch_size: int = 32, show_
         spec: an image folder, a ``.tar`` or folder of ``.tar`` shards, or a ``.npz`` statistics file.
         inception: a loaded :class:`~imagenet_plus.scorers.inception.InceptionScorer` (``weights_id`` keys
             the cache); may be ``None`` for a statistics file.
-        batch_size: images per network batch (every batch is full but the last: images are cropped to one size).
+        batch_size: images per network batch (every batch is full but the last: each image is resized to 299 px
+            on its own).
         show_progress: show a progress bar while extracting.
 
     Raises:

@@ -26,7 +26,7 @@ class FakeInception:
     def __init__(self) -> None:
         self.calls = 0
 
-    def features(self, images):
+    def features_full_batch(self, images):
         self.calls += 1
         rows = []
         for img in images:
@@ -156,43 +156,43 @@ def _png_shape(seed: int, height: int, width: int) -> bytes:
 
 
 def test_images_of_different_shapes_run_in_full_batches(tmp_path: Path):
-    """Photos of any shapes are centre-cropped and resized to 299 px, so the network sees full batches."""
+    """Photos of any shapes are centre-cropped and resized to 299 px in float, so the network sees full batches."""
+    from types import SimpleNamespace
+
     from imagenet_plus.score.scorers.inception import InceptionScorer
 
     shapes = [(20, 24), (31, 17), (40, 40), (12, 50), (299, 299)]
     (tmp_path / "val" / "n01440764").mkdir(parents=True)
     for i, (h, w) in enumerate(shapes):
         (tmp_path / "val" / "n01440764" / f"{i}.png").write_bytes(_png_shape(i, h, w))
-    batches: list[tuple[int, ...]] = []
+    batches: list[tuple[tuple[int, ...], torch.dtype]] = []
 
-    def forward(x):  # the network's input, recorded; random outputs (the real network is tested in test_score)
-        batches.append(tuple(x.shape))
+    def forward_resized(x):  # the network's input, recorded; random outputs (the real network: test_scorers)
+        batches.append((tuple(x.shape), x.dtype))
         return torch.randn(len(x), 2048), torch.randn(len(x), 1008)
 
-    inception = object.__new__(InceptionScorer)  # the real batching of InceptionScorer.features, no weights
+    inception = object.__new__(InceptionScorer)  # the real resize and batching of features_full_batch, no weights
     inception.weights_id = "stub-forward"
-    inception.forward = forward
+    inception.device = torch.device("cpu")
+    inception.model = SimpleNamespace(feature_extractor_internal_dtype=torch.float32)
+    inception.forward_resized = forward_resized
     ref = load_reference(tmp_path / "val", inception, batch_size=2, show_progress=False)
-    assert batches == [(2, 3, 299, 299), (2, 3, 299, 299), (1, 3, 299, 299)]
-    assert ref.features.shape == (5, 2048) and ref.describe()["protocol"] == "center-crop-299-v2"
+    assert batches == [((2, 3, 299, 299), torch.float32)] * 2 + [((1, 3, 299, 299), torch.float32)]
+    assert ref.features.shape == (5, 2048) and ref.describe()["protocol"] == "center-crop-299-float-v3"
 
 
-def test_center_crop_resize_is_pil_crop_then_torch_fidelity_resize():
-    """The crop equals PIL's centred box; the resize is the extractor's own, rounded to uint8."""
-    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+def test_center_crop_is_pil_crop():
+    """The crop is PIL's centred box with the same integer offsets, pixel for pixel."""
+    from imagenet_plus.score.scorers.inception import center_crop
 
-    from imagenet_plus.score.scorers.inception import center_crop_resize
-
-    for h, w in [(31, 17), (12, 50), (40, 40), (299, 400)]:
+    for h, w in [(31, 17), (12, 50), (40, 40), (299, 400), (7, 8)]:
         arr = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
         side = min(h, w)
         left, top = (w - side) // 2, (h - side) // 2
-        crop = np.array(Image.fromarray(arr).crop((left, top, left + side, top + side)))
-        expected = interpolate_bilinear_2d_like_tensorflow1x(
-            torch.from_numpy(crop).permute(2, 0, 1)[None].float(), size=(299, 299), align_corners=False)[0]
-        got = center_crop_resize(torch.from_numpy(arr).permute(2, 0, 1))
-        assert got.dtype == torch.uint8 and got.shape == (3, 299, 299)
-        assert float((got.float() - expected).abs().max()) <= 0.5 + 1e-4
+        expected = np.array(Image.fromarray(arr).crop((left, top, left + side, top + side)))
+        got = center_crop(torch.from_numpy(arr).permute(2, 0, 1))
+        assert got.dtype == torch.uint8 and got.is_contiguous()
+        np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), expected)
 
 
 def test_cache_key_includes_the_protocol(tmp_path: Path, monkeypatch):
@@ -335,3 +335,97 @@ def test_statistics_file_is_read_by_the_main_rank_only(tmp_path: Path):
     main = load_reference_part(tmp_path / "ref.npz", None, tmp_path, rank=0, world_size=2)
     assert main.kind == "statistics"
     np.testing.assert_array_equal(main.features, ref.features)
+
+
+# ---------------------------------------------------------------------------------------------
+# The metrics against torch-fidelity's calculate_metrics on the same crops, with the same weights file.
+
+#: Reference image shapes (height, width): varied squares (the crop is the identity), and varied non-square
+#: photos (a crop on either axis, odd and even margins); each set has one image larger than 299 px.
+REFERENCE_SHAPES = {
+    "square": [(23, 23), (40, 40), (57, 57), (320, 320), (17, 17), (35, 35)],
+    "non-square": [(40, 56), (31, 17), (12, 50), (330, 310), (33, 80), (70, 29)],
+}
+
+
+def _photo_folder(root: Path, shapes: list[tuple[int, int]]) -> Path:
+    """Three wnid folders of two PNGs each: a class colour plus noise, in the given shapes."""
+    from conftest import FAKE_CLASSES
+
+    rng = np.random.default_rng(3)
+    for c in FAKE_CLASSES:
+        (root / c["id"]).mkdir(parents=True)
+        for i in range(2):
+            h, w = shapes[2 * c["label"] + i]
+            colour = np.array([(c["label"] * 97 + 30) % 256, (c["label"] * 57 + 60) % 256, (c["label"] * 31) % 256])
+            img = np.clip(colour + rng.normal(0, 50, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / c["id"] / f"{i}.png")
+    return root
+
+
+def _pil_center_crops(src: Path, dst: Path) -> Path:
+    """Each image's largest centred square, cut by PIL and saved as PNG (lossless) under the same name."""
+    for path in sorted(src.rglob("*.png")):
+        with Image.open(path) as img:
+            w, h = img.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            out = dst / path.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            img.crop((left, top, left + side, top + side)).save(out)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def generated_run(tmp_path_factory):
+    """12 generated 48 px JPEGs (3 classes) scored without a reference, and the same images as files."""
+    from conftest import write_fake_run
+
+    from imagenet_plus.io.tar import iter_shard
+    from imagenet_plus.score.stage import ScoreConfig, run_score
+
+    base = tmp_path_factory.mktemp("vs-torch-fidelity")
+    run = write_fake_run(base / "run", per_class=4, shard_size=5, size=48)
+    tiny = dict(clip_model="tiny-random", inception_weights="tiny-random", classifier="tiny-random",
+                nsfw_model="none")
+    run_score(run, ScoreConfig(batch_size=5, **tiny))
+    files = base / "generated-files"
+    files.mkdir()
+    for tar in sorted((run / "generated").glob("*.tar")):
+        for sample in iter_shard(tar):
+            (files / f"{sample['__key__']}.jpg").write_bytes(sample["jpg"])
+    return run, files, tiny, base
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shapes", ["square", "non-square"])
+def test_fid_kid_is_equal_torch_fidelity_on_the_centre_crops(generated_run, tmp_path: Path, shapes: str):
+    """``score --reference`` on photos of varied sizes gives torch-fidelity's FID, KID and IS within 1e-3.
+
+    torch-fidelity reads the generated JPEGs and the reference's centre crops (cut by PIL, saved as PNG; for
+    squares, the reference files themselves) as files, and resizes each to 299 px in float inside its own
+    extractor, with the same InceptionV3 weights file. Each set includes an image larger than 299 px.
+    """
+    import torch_fidelity
+
+    from imagenet_plus.score.scorers.inception import tiny_inception_weights
+    from imagenet_plus.score.stage import ScoreConfig, run_score
+
+    run, generated_files, tiny, base = generated_run
+    reference = _photo_folder(tmp_path / "val", REFERENCE_SHAPES[shapes])
+    crops = reference if shapes == "square" else _pil_center_crops(reference, tmp_path / "crops")
+    assert sorted(Image.open(p).size[0] for p in crops.rglob("*.png")) == sorted(
+        min(h, w) for h, w in REFERENCE_SHAPES[shapes])
+    summary = run_score(run, ScoreConfig(reference=str(reference), batch_size=5, **tiny))  # the dataset pass only
+    assert summary["num_images"] == 12 and summary["reference"]["num_images"] == 6
+    expected = torch_fidelity.calculate_metrics(
+        input1=str(generated_files), input2=str(crops), fid=True, kid=True, kid_subset_size=6, isc=True,
+        isc_splits=10, samples_find_deep=True, feature_extractor_weights_path=str(tiny_inception_weights()),
+        cuda=False, verbose=False, batch_size=1, save_cpu_ram=True,  # batch 1: the crops have different sizes
+        cache=True, cache_root=str(base / "torch-fidelity-cache"), input1_cache_name="generated")
+    pairs = {"fid": "frechet_inception_distance", "kid_mean": "kernel_inception_distance_mean",
+             "inception_score_mean": "inception_score_mean"}
+    relative = {ours: abs(summary[ours] - expected[theirs]) / abs(expected[theirs]) for ours, theirs in pairs.items()}
+    assert all(err <= 1e-3 for err in relative.values()), relative
+    assert expected["kernel_inception_distance_mean"] > 10 * expected["kernel_inception_distance_std"]
+    assert expected["inception_score_mean"] > 1.01  # the tiny network's p(y|x) differs between images

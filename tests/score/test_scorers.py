@@ -91,6 +91,37 @@ def test_tiny_inception_is_torch_fidelity_architecture_with_varied_features():
     assert logits.softmax(1).max(1).values.max() > 2 / 1008  # p(y|x) is not uniform
 
 
+@pytest.mark.slow
+def test_full_batch_features_equal_torch_fidelity_extractor_image_by_image():
+    """features_full_batch (each image resized to 299 px in float, then one batch) gives the features of
+    torch-fidelity's own extractor fed each uint8 image alone; on a 299 px uint8 batch, forward_resized is its
+    forward bit for bit."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from imagenet_plus.score.scorers.inception import FEATURES, InceptionScorer, tiny_inception_weights
+
+    direct = FeatureExtractorInceptionV3("inception-v3-compat", list(FEATURES),
+                                         feature_extractor_weights_path=str(tiny_inception_weights()))
+    scorer = InceptionScorer("tiny-random")
+    g = torch.Generator().manual_seed(7)
+    imgs = _images(1, size=40) + [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+                                  for h, w in [(31, 17), (299, 299), (330, 310)]]
+    pool, logits = scorer.features_full_batch(imgs)
+    assert pool.shape == (4, 2048) and logits.shape == (4, 1008) and pool.dtype == logits.dtype == torch.float32
+    for i, img in enumerate(imgs):
+        with torch.inference_mode():
+            expected_pool, expected_logits = direct(img[None])
+        torch.testing.assert_close(pool[i], expected_pool[0], rtol=1e-5, atol=1e-5 * float(expected_pool.abs().max()))
+        torch.testing.assert_close(logits[i], expected_logits[0], rtol=1e-5,
+                                   atol=1e-5 * float(expected_logits.abs().max()))
+    batch = torch.stack(_images(2, size=299, seed=3))
+    with torch.inference_mode():
+        expected_pool, expected_logits = direct(batch)
+    got_pool, got_logits = scorer.forward_resized(batch.float())
+    assert torch.equal(got_pool, expected_pool) and torch.equal(got_logits, expected_logits)
+    assert torch.equal(scorer.resize_to_input(batch[0]), batch[:1].float())  # the resize of 299 px is the identity
+
+
 def test_inception_weight_errors(tmp_path: Path):
     from imagenet_plus.score.scorers.inception import InceptionScorer
 

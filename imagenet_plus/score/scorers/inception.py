@@ -1,10 +1,12 @@
 """torch-fidelity's InceptionV3 (pool3 2048-d features and ``logits_unbiased``), the FID/KID/IS network.
 
 The extractor takes ``uint8`` ``B×3×H×W`` tensors and resizes them to 299 px itself (TF1-compatible
-bilinear), exactly as torch-fidelity does for an image folder: that is why the score stage feeds it the
-decoded ``uint8`` image and nothing resized, so its FID equals ``torch_fidelity.calculate_metrics``.
-Real reference photos, of any shape, go through :func:`center_crop_resize` first: the largest centred
-square, resized to 299 px with that same TF1 bilinear, so that they batch together at full batch size.
+bilinear, in float32): that is why the score stage feeds it the decoded ``uint8`` image and nothing resized
+(:meth:`InceptionScorer.features`), so its FID equals ``torch_fidelity.calculate_metrics``.
+Real reference photos, of any shape, are cut to their largest centred square (:func:`center_crop`, exact
+in ``uint8``) and go through :meth:`InceptionScorer.features_full_batch`: each square is resized to 299 px
+in float32 by the extractor's own resize, and the unrounded 299 px batch runs through the same network, so
+that photos of different sizes share full batches and their features are torch-fidelity's on the crops.
 
 Weights: torch-fidelity's default file (downloaded once by torch-fidelity into the torch hub cache), a
 local ``.pth`` (``--inception-weights PATH``) or ``tiny-random``: random weights of the same architecture
@@ -31,28 +33,22 @@ POOL_DIM = 2048
 INPUT_SIZE = 299
 
 
-def center_crop_resize(image: Any, size: int = INPUT_SIZE) -> Any:
-    """The largest centred square of a ``uint8`` ``3×H×W`` image, resized to ``3×size×size`` ``uint8``.
+#: torch-fidelity's InceptionV3 layers from the normalised 299 px input to pool3, in the order of its ``forward``.
+TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "MaxPool_2",
+         "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a",
+         "Mixed_7b", "Mixed_7c", "AvgPool")
 
-    The square's side is ``min(H, W)``; its top-left corner is at ``((H - side) // 2, (W - side) // 2)``.
-    The resize is torch-fidelity's own (``interpolate_bilinear_2d_like_tensorflow1x``, ``align_corners=False``,
-    the one its extractor applies to every input), computed in float32 and rounded to the nearest integer.
-    At ``size`` = 299 the extractor's own resize is then the identity, so the features differ from
-    torch-fidelity's on the cropped image only by that rounding (at most half a grey level per pixel).
-    A square image of side ``size`` is returned as is.
+
+def center_crop(image: Any) -> Any:
+    """The largest centred square of a ``uint8`` ``3×H×W`` image (exact: pixels are copied, not resampled).
+
+    The square's side is ``min(H, W)``; its top-left corner is at ``((H - side) // 2, (W - side) // 2)``, the
+    box PIL's ``crop((left, top, left + side, top + side))`` cuts with the same integer offsets.
     """
-    import torch
-    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
-
     _channels, height, width = image.shape
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    square = image[:, top:top + side, left:left + side]
-    if side == size:
-        return square.contiguous()
-    resized = interpolate_bilinear_2d_like_tensorflow1x(square[None].to(torch.float32), size=(size, size),
-                                                        align_corners=False)[0]
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    return image[:, top:top + side, left:left + side].contiguous()
 
 
 def _weights_sha(path: Path) -> str:
@@ -230,10 +226,48 @@ class InceptionScorer:
             pool, logits = self.model(images.to(self.device))
         return pool, logits
 
+    def forward_resized(self, images: Any) -> tuple[Any, Any]:
+        """The network on a float ``B×3×299×299`` batch already resized by :meth:`resize_to_input`.
+
+        torch-fidelity's ``forward`` takes only ``uint8`` (it asserts the dtype), and would hence need the
+        resized images rounded to whole grey levels. This is its ``forward`` from the step after its resize
+        on: ``(x - 128) / 128``, the :data:`TRUNK` layers, pool3, then ``logits_unbiased`` = pool3 times the fc
+        weights (no bias). Written out here because torch-fidelity has no entry point past its dtype check;
+        a test checks it against torch-fidelity's own ``forward``.
+
+        Returns:
+            (pool3 ``B×2048``, logits_unbiased ``B×1008``), float32, on the device.
+        """
+        import torch
+
+        model = self.model
+        with torch.inference_mode():
+            x = (images.to(self.device, model.feature_extractor_internal_dtype) - 128) / 128
+            for name in TRUNK:
+                x = getattr(model, name)(x)
+            pool = torch.flatten(x, 1)
+            logits = pool.mm(model.fc.weight.T)
+        return pool.to(torch.float32), logits.to(torch.float32)
+
+    def resize_to_input(self, image: Any) -> Any:
+        """A ``uint8`` ``3×H×W`` image → ``1×3×299×299`` on the device, resized as torch-fidelity's extractor does.
+
+        The extractor's own steps: the cast to its internal dtype (float32), then
+        ``interpolate_bilinear_2d_like_tensorflow1x(align_corners=False)`` to 299 px; the result is not rounded.
+        A 299×299 image comes out unchanged (that resize is then the identity).
+        """
+        import torch
+        from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+        x = image[None].to(self.device, self.model.feature_extractor_internal_dtype)
+        with torch.inference_mode():
+            return interpolate_bilinear_2d_like_tensorflow1x(x, size=(INPUT_SIZE, INPUT_SIZE), align_corners=False)
+
     def features(self, images: list[Any]) -> tuple[Any, Any]:
         """Pool3 features and unbiased logits (float32, CPU) of ``uint8`` ``3×H×W`` images of any sizes.
 
-        Images of the same size go through the network together; the extractor resizes each to 299 px.
+        torch-fidelity's own ``forward``: images of the same size go through the network together, and the
+        extractor resizes each to 299 px (the generated images, all of one size in a run).
         """
         import torch
 
@@ -246,6 +280,20 @@ class InceptionScorer:
         if not images:
             return torch.zeros((0, POOL_DIM)), torch.zeros((0, 1008))
         return torch.stack(pools).float().cpu(), torch.stack(logits).float().cpu()
+
+    def features_full_batch(self, images: list[Any]) -> tuple[Any, Any]:
+        """Pool3 features and unbiased logits (float32, CPU) of ``uint8`` ``3×H×W`` images of any sizes, in one batch.
+
+        Each image is resized on its own to 299 px in float (:meth:`resize_to_input`) and the batch runs through
+        :meth:`forward_resized`: the features :meth:`features` gives (torch-fidelity's, up to floating-point
+        rounding), but images of different sizes share one network batch (the reference's photos).
+        """
+        import torch
+
+        if not images:
+            return torch.zeros((0, POOL_DIM)), torch.zeros((0, 1008))
+        pool, logits = self.forward_resized(torch.cat([self.resize_to_input(img) for img in images]))
+        return pool.cpu(), logits.cpu()
 
 
 def _group_by_shape(images: list[Any]) -> dict[tuple[int, ...], list[int]]:
