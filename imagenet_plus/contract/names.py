@@ -57,8 +57,9 @@ PARTIAL_SUFFIX = ".partial"
 TAR_MTIME = 1_700_000_000
 #: Image members a sample may carry (the first present is the image); chosen by ``generate``'s image_format.
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
-#: Image members accepted in a real reference or test set (JPEG files are often named ``.jpeg``).
-READ_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+#: Image files accepted in a real reference or test set (JPEG files are often named ``.jpeg``): the one list
+#: every reader of real images uses (compare ``Path.suffix.lower().lstrip(".")``).
+READ_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 #: Keys are ``{class_id}_{index:06d}``; no dots (datasets/webdataset split keys at the first dot).
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 #: Release splits, in order.
