@@ -213,7 +213,7 @@ class DiagnosisSummary(TypedRecord):
         geometry: the run-level CLIP geometry.
     """
 
-    thresholds: dict[str, float]
+    thresholds: dict[str, float | None]
     reference: str | None
     note: str | None
     classes: int

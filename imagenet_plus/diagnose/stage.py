@@ -134,9 +134,11 @@ class _Figures:
     nearest_real: np.ndarray
     nearest_real_cos: np.ndarray
 
-    def ratio(self, synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return synthetic / real
+
+def _ratio(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Synthetic over real, per class (NaN where either figure is missing)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return synthetic / real
 
 
 def _class_figures(text_emb: np.ndarray, scores: ScoreSums, real: ClassAccumulator | None) -> _Figures:
@@ -187,8 +189,8 @@ def diagnosis_rows(records: Sequence[Mapping[str, Any]], text_emb: np.ndarray, s
     shared = shared_lemmas(records)
     twins = text_twins(text_emb, cfg.text_twin_cosine)
     f = _class_figures(text_emb, scores, real)
-    vendi_ratio, pairwise_ratio = f.ratio(f.vendi, f.real_vendi), f.ratio(f.pairwise, f.real_pairwise)
-    spread_ratio = f.ratio(f.spread, f.real_spread)
+    vendi_ratio, pairwise_ratio = _ratio(f.vendi, f.real_vendi), _ratio(f.pairwise, f.real_pairwise)
+    spread_ratio = _ratio(f.spread, f.real_spread)
     count, means, top5_counts = scores.acc.count, scores.means, scores.counts[COL_CLASSIFIER_TOP5]
     rows = []
     for c in range(len(records)):

@@ -206,3 +206,47 @@ def test_score_flags_reach_the_config(tmp_path: Path, monkeypatch):
                                       "--skip-bad-shards", "--metric-samples", "100"])
     assert result.exit_code == 0, result.output
     assert seen == [ScoreConfig(clip_model="tiny-random", batch_size=7, skip_bad_shards=True, metric_samples=100)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad shards and failed ranks are told apart by class
+
+
+class _NoNetworks:
+    def load_all(self) -> None:
+        pass
+
+
+def test_a_corrupt_shard_is_skipped_and_a_failed_rank_is_not(tmp_path: Path, monkeypatch, caplog):
+    import logging
+
+    import imagenet_plus.score.shards as shards
+    from imagenet_plus.errors import CorruptShard, PeerRankFailed
+    from imagenet_plus.pipeline.ranks import Dist, FileRendezvous
+
+    run = write_fake_run(tmp_path / "run", per_class=1, shard_size=2, size=16)
+    paths = RunPaths(run)
+    paths.scores.mkdir()
+    dist = Dist(rank=0, world_size=1, device="cpu", state=None)
+    rdv = FileRendezvous(paths.markers / "score", "t", 0, 1)
+    cfg = ScoreConfig(skip_bad_shards=True, **LIGHT)
+
+    def corrupt(tar, *args, **kwargs):
+        raise CorruptShard(tar, "a member is cut short")
+
+    monkeypatch.setattr(shards, "score_shard", corrupt)
+    monkeypatch.setattr(logging.getLogger("imagenet_plus"), "propagate", True)  # caplog listens on the root
+    with caplog.at_level(logging.WARNING):
+        shards.score_own_shards(paths, ["00000", "00001"], _NoNetworks(), cfg, 3, dist, rdv)
+    assert [BadShard.read(paths.score_files(s).bad).shard for s in ("00000", "00001")] == ["00000", "00001"]
+    assert "skipped bad shard 00000: corrupt or truncated shard" in caplog.text
+    with pytest.raises(CorruptShard, match="00000.tar: a member is cut short"):  # without --skip-bad-shards
+        shards.score_own_shards(paths, ["00000"], _NoNetworks(), ScoreConfig(**LIGHT), 3, dist, rdv)
+
+    def peer_failed(*args, **kwargs):
+        raise PeerRankFailed(1, "stopping: out of memory")
+
+    monkeypatch.setattr(shards, "score_shard", peer_failed)
+    with pytest.raises(PeerRankFailed, match="rank 1 failed"):
+        shards.score_own_shards(paths, ["00000"], _NoNetworks(), cfg, 3, dist, rdv)
+    assert not paths.score_files("00000").bad.exists()  # cleaned before the try, not marked bad
