@@ -252,6 +252,10 @@ def read_remedy_strategies_file(path: Path) -> dict[str, str]:
 CENTROIDS_SYNTHETIC = "synthetic"
 CENTROIDS_REAL = "real"
 CENTROIDS_CLASS_IDS = "class_ids"
+#: Arrays of a real reference given to ``diagnose --reference`` as an ``.npz`` of CLIP image embeddings
+#: (``N×D``, the run's CLIP model) and the class id of each row.
+REFERENCE_CLIP = "clip"
+REFERENCE_CLASS_IDS = "class_ids"
 
 
 @dataclass(frozen=True)

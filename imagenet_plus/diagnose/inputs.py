@@ -23,6 +23,7 @@ from imagenet_plus.contract import (
     READ_IMAGE_EXTENSIONS,
     RunPaths,
 )
+from imagenet_plus.contract.diagnosis import REFERENCE_CLASS_IDS, REFERENCE_CLIP
 from imagenet_plus.contract.scores import ModelsRecord, ScoreSummary
 from imagenet_plus.diagnose.config import DiagnoseConfig
 from imagenet_plus.diagnose.evidence import ClassAccumulator, sample_priority, zero_shot_confusion
@@ -186,16 +187,18 @@ def _npz_embeddings(root: Path, index: Mapping[str, int], sample_per_class: int)
     """Per-class sums and samples of an ``.npz`` of CLIP embeddings (``clip``, ``class_ids``)."""
     try:
         with np.load(root, allow_pickle=False) as data:
-            clip, ids = np.asarray(data["clip"], np.float32), [str(x) for x in data["class_ids"]]
+            clip = np.asarray(data[REFERENCE_CLIP], np.float32)
+            ids = [str(x) for x in data[REFERENCE_CLASS_IDS]]
     except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"reference {root} must be an .npz with arrays 'clip' (N×D) and 'class_ids' (N): "
-                        f"{exc}") from None
+        raise UserError(f"reference {root} must be an .npz with arrays '{REFERENCE_CLIP}' (N×D) and "
+                        f"'{REFERENCE_CLASS_IDS}' (N): {exc}") from None
     unknown = sorted(set(ids) - set(index))
     if unknown:
         raise UserError(f"reference {root} has class(es) the run lacks: {', '.join(unknown[:5])}"
                         f"{' …' if len(unknown) > 5 else ''}")
     if clip.ndim != 2 or len(clip) != len(ids):
-        raise UserError(f"reference {root}: 'clip' has shape {clip.shape} but 'class_ids' has {len(ids)} rows")
+        raise UserError(f"reference {root}: '{REFERENCE_CLIP}' has shape {clip.shape} but '{REFERENCE_CLASS_IDS}' "
+                        f"has {len(ids)} rows")
     acc = ClassAccumulator(len(index), clip.shape[1], sample_per_class)
     acc.add(np.array([index[c] for c in ids], dtype=np.int64), clip,
             sample_priority(f"{c}/{i}" for i, c in enumerate(ids)))
