@@ -156,7 +156,7 @@ def run_stage(stage: str, run: Path) -> None:
             reference = Reference(path=str(ref_file), kind="folder", content_hash="fabricated", weights_id=None,
                                   features=data["features"], class_ids=[str(c) for c in data["class_ids"]])
         paths = run_paths(run)
-        summary = run_dataset_pass(run, reference)
+        summary = run_dataset_pass(run, reference).to_dict()
         summary.update(shards=[p.name[: -len(".parquet")] for p in paths.scored_parquets()], bad_shards=[],
                        models={"clip": "fabricated", "inception_weights": "fabricated", "classifier": None},
                        reference=None if reference is None else reference.describe())

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from imagenet_plus.diagnose.config import DiagnoseConfig
 from imagenet_plus.errors import UserError
 from imagenet_plus.evaluate.config import EvaluateConfig
 from imagenet_plus.pipeline.config import load_config, with_config_options
@@ -20,6 +21,7 @@ from imagenet_plus.pipeline.log import report_error, setup_logging
 from imagenet_plus.publish.config import PublishConfig
 from imagenet_plus.release.config import ReleaseConfig
 from imagenet_plus.report.config import ReportConfig
+from imagenet_plus.score.config import ScoreConfig
 from imagenet_plus.select.config import SelectConfig
 
 app = typer.Typer(
@@ -127,43 +129,20 @@ def generate_cmd(
 # --------------------------------------------------------------------------------------------------
 # score
 @app.command("score")
-def score_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory (generated).")],
-    reference: Annotated[
-        Optional[str], typer.Option(help="Real images: folder (wnid subfolders), .tar shards, or .npz statistics.")
-    ] = None,
-    clip_model: Annotated[Optional[str], typer.Option(help="CLIP: Hub id, local folder, or tiny-random.")] = None,
-    inception_weights: Annotated[
-        Optional[str], typer.Option(help="InceptionV3 .pth, or tiny-random (default: torch-fidelity's weights).")
-    ] = None,
-    classifier: Annotated[
-        Optional[str], typer.Option(help="timm ImageNet-1k classifier: name, hf-hub:ID, folder, or tiny-random.")
-    ] = None,
-    nsfw_model: Annotated[
-        Optional[str], typer.Option(help="NSFW image classifier: Hub id, folder, tiny-random, or none (off).")
-    ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per network batch.")] = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="Image decoding threads.")] = None,
-    skip_bad_shards: Annotated[
-        bool, typer.Option("--skip-bad-shards", help="Go on past corrupt shards (listed in summary.json).")
-    ] = False,
-    metric_samples: Annotated[
-        Optional[int], typer.Option(help="Generated/real sample size for KID, precision/recall, realism.")
-    ] = None,
-) -> None:
+@with_config_options(ScoreConfig)
+def score_cmd(run: Annotated[Path, typer.Argument(help="Run directory (generated).")], flags: dict) -> None:
     """Score every image (CLIP, Inception, classifier, realism) and the set (FID/KID/IS/PR) into RUN/scores."""
-    from imagenet_plus.score.stage import load_score_config, run_score
+    from imagenet_plus.score import run_score
 
-    cfg = load_score_config(dict(reference=reference, clip_model=clip_model, inception_weights=inception_weights,
-                                 classifier=classifier, nsfw_model=nsfw_model, batch_size=batch_size,
-                                 num_workers=num_workers, skip_bad_shards=skip_bad_shards or None,
-                                 metric_samples=metric_samples))
-    summary = run_score(run, cfg)
+    summary = run_score(run, load_config(ScoreConfig, None, flags, "command line"))
     if summary is None:  # a rank other than the main one: its shards are done, the main rank finishes
         return
-    fid = summary.get("fid")
-    print(f"scored {summary['num_images']} images; FID {'n/a' if fid is None else f'{fid:.3f}'}, "
-          f"IS {summary['inception_score_mean']:.3f}, CLIP score {summary['clip_score_mean']:.2f}")
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    print(f"scored {summary.num_images} images; FID {fmt(summary.fid, '.3f')}, "
+          f"IS {fmt(summary.inception_score_mean, '.3f')}, CLIP score {fmt(summary.clip_score_mean, '.2f')}")
 
 
 # (end score)
@@ -172,35 +151,14 @@ def score_cmd(
 # --------------------------------------------------------------------------------------------------
 # diagnose
 @app.command("diagnose")
-def diagnose_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory (scored).")],
-    reference: Annotated[
-        Optional[str], typer.Option(help="Real images in class-id subfolders, or an .npz of CLIP embeddings.")
-    ] = None,
-    max_confusion: Annotated[Optional[float], typer.Option(help="Ambiguous from this zero-shot confusion.")] = None,
-    min_vendi: Annotated[Optional[float], typer.Option(help="Low diversity below this Vendi score.")] = None,
-    max_pairwise_similarity: Annotated[
-        Optional[float], typer.Option(help="Low diversity above this mean pairwise CLIP similarity.")
-    ] = None,
-    min_diversity_ratio: Annotated[
-        Optional[float], typer.Option(help="Low diversity below this synthetic/real Vendi ratio.")
-    ] = None,
-    min_class_prob: Annotated[Optional[float], typer.Option(help="Low adherence below this class probability.")] = None,
-    min_top5_rate: Annotated[Optional[float], typer.Option(help="Low adherence below this top-5 rate.")] = None,
-    sample_per_class: Annotated[Optional[int], typer.Option(help="Images per class for the Vendi score.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (embedding a reference folder).")] = None,
-) -> None:
+@with_config_options(DiagnoseConfig)
+def diagnose_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored).")], flags: dict) -> None:
     """Per class: why it is weak (ambiguous, concept failure, low diversity, low adherence) and what to do."""
-    from imagenet_plus.diagnose.stage import DiagnoseConfig, run_diagnose
-    from imagenet_plus.pipeline.config import config_from_mapping
+    from imagenet_plus.diagnose import run_diagnose
 
-    flags = dict(reference=reference, max_confusion=max_confusion, min_vendi=min_vendi,
-                 max_pairwise_similarity=max_pairwise_similarity, min_diversity_ratio=min_diversity_ratio,
-                 min_class_prob=min_class_prob, min_top5_rate=min_top5_rate, sample_per_class=sample_per_class,
-                 device=device)
-    summary = run_diagnose(run, config_from_mapping(DiagnoseConfig, flags, "command line"))
-    counts = ", ".join(f"{k} {v}" for k, v in summary["verdict_counts"].items())
-    print(f"diagnosed {summary['classes']} classes: {counts}")
+    summary = run_diagnose(run, load_config(DiagnoseConfig, None, flags, "command line"))
+    counts = ", ".join(f"{verdict} {n}" for verdict, n in summary.counts_by_severity())
+    print(f"diagnosed {summary.classes} classes: {counts}")
 
 # --------------------------------------------------------------------------------------------------
 # select / release / publish

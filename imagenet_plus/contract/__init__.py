@@ -8,8 +8,11 @@ prose and points here as its source of truth.
 - ``paths``: ``RunPaths`` / ``ReleasePaths`` (every path below ``RUN/`` and ``REL/``).
 - ``records``: the base of the typed records (``read``/``write``, keys checked on read).
 - one module per file family, each owning its names, columns and typed records: ``run`` (run.yaml,
-  classes.json), ``generated`` (shards: sample fields, done rules), ``scores`` (the score table),
-  ``selection``, ``release`` (``_info.json``), ``state`` (``state/{stage}.json``: what a stage was made from).
+  classes.json), ``generated`` (shards: sample fields, done rules), ``scores`` (the score table,
+  ``summary.json``, ``models.json``), ``diagnosis`` (verdicts, the diagnosis table, ``diagnosis.json``, the
+  centroids), ``selection``, ``release`` (``_info.json``), ``state`` (``state/{stage}.json``: what a stage was
+  made from).
+- ``typed``: reading a record with every key and value type checked.
 
 ```
 RUN/run.yaml                     resolved config, config hash, library versions, plan segments (written first)
@@ -18,7 +21,8 @@ RUN/generated/00000.tar          a finished shard (00000.tar.partial while writt
 RUN/scores/00000.parquet         one row per sample (the score table) + 00000.{inception,clip,logits}.npy features
 RUN/scores/models.json           the scorers the shards were computed with
 RUN/scores/class_text_embeddings.npy   C×D CLIP text embeddings of the zero-shot class texts
-RUN/scores/summary.json          dataset metrics; written last: the stage is done when it lists every shard
+RUN/scores/summary.json          dataset metrics (ScoreSummary), written last
+RUN/diagnosis.parquet            one row per class: verdict and evidence (+ diagnosis.json, diagnosis_centroids.npz)
 RUN/selection.parquet            every key: kept yes/no, the reason, the composite (+ selection.json summary)
 RUN/thresholds.yaml              thresholds written by `run` from a config's inline `select.thresholds`
 RUN/pipeline.json                `run`'s record of finished stages
@@ -27,6 +31,14 @@ REL/README.md, REL/_info.json, REL/data/{split}-NNNNN.tar       a release
 ```
 """
 
+from imagenet_plus.contract.diagnosis import (  # noqa: F401
+    DIAGNOSIS_COLUMNS,
+    VERDICT_OK,
+    VERDICTS,
+    DiagnosisCentroids,
+    DiagnosisColumns,
+    DiagnosisSummary,
+)
 from imagenet_plus.contract.generated import SAMPLE_FIELDS, clean_partials, done_shards, generated_done  # noqa: F401
 from imagenet_plus.contract.names import (  # noqa: F401
     CARD_NAME,
@@ -94,9 +106,14 @@ from imagenet_plus.contract.scores import (  # noqa: F401
     COL_REALISM,
     COMPOSITE,
     DATASET_PASS_COLUMNS,
+    METRIC_LABELS,
     RELEASE_SCORE_FIELDS,
     REQUIRED_SCORE_COLUMNS,
     SCORE_COLUMNS,
+    ClassScores,
+    DatasetMetrics,
+    ModelsRecord,
+    ScoreSummary,
     check_score_columns,
     score_schema,
     score_table,

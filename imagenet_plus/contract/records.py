@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_plus.errors import UserError
-from imagenet_plus.io.atomic import write_json_atomic
+from imagenet_plus.io import atomic  # the module: io.atomic imports contract.names, which runs this package
 
 
 def read_json(path: Path, what: str = "") -> Any:
@@ -29,7 +29,7 @@ class JsonRecord:
         return asdict(self)  # type: ignore[call-overload]
 
     def write(self, path: Path) -> None:
-        write_json_atomic(path, self.to_dict())
+        atomic.write_json_atomic(path, self.to_dict())
 
     @classmethod
     def read(cls, path: Path) -> Any:

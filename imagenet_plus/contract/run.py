@@ -9,7 +9,7 @@ from imagenet_plus.contract.names import RECORDED_LIBRARIES, RUN_YAML
 from imagenet_plus.contract.paths import RunPaths
 from imagenet_plus.contract.records import read_json
 from imagenet_plus.errors import UserError
-from imagenet_plus.io.atomic import write_bytes_atomic
+from imagenet_plus.io import atomic  # the module: io.atomic imports contract.names, which runs this package
 
 
 def library_versions() -> dict[str, str]:
@@ -41,7 +41,7 @@ def write_run_yaml(paths: RunPaths, data: dict[str, Any]) -> None:
     import yaml
 
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    write_bytes_atomic(paths.run_yaml, text.encode("utf-8"))
+    atomic.write_bytes_atomic(paths.run_yaml, text.encode("utf-8"))
 
 
 def read_class_records(paths: RunPaths) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ flushed to disk (webdataset's ``ShardWriter`` would leave a truncated tar under 
 a kill). Its stats go to ``NAME.json`` (written atomically, after the tar): a shard is done when both
 exist. Samples are grouped into members and back by webdataset's rules (``__key__`` + ``.ext``, members
 of a sample adjacent, sorted by extension; :func:`webdataset.tariterators.group_by_keys` when reading); a
-truncated or corrupt tar becomes a :class:`~imagenet_plus.errors.UserError` naming the shard.
+truncated or corrupt tar becomes a :class:`~imagenet_plus.errors.CorruptShard` naming the shard.
 
 **Why the tar blocks are written and read here, not by** ``tarfile``: at ImageNet size a release moves
 3.8 M members (image, ``cls``, ``json`` per sample), and Python's ``tarfile`` spends ~40 µs building and
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from imagenet_plus.errors import UserError
+from imagenet_plus.errors import CorruptShard, UserError
 from imagenet_plus.io.atomic import PARTIAL_SUFFIX
 
 #: Fixed tar member mtime, so the same samples always give the same bytes (an int: a float makes tarfile
@@ -187,7 +187,7 @@ def _pax_records(data: bytes, url: str) -> dict[str, str]:
         try:
             length = int(data[pos:space])
         except ValueError:
-            raise UserError(f"corrupt or truncated shard {url}: bad pax record") from None
+            raise CorruptShard(url, "bad pax record") from None
         key, _, value = data[space + 1:pos + length - 1].partition(b"=")
         out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length
@@ -202,7 +202,7 @@ def scan_tar(stream: BinaryIO, url: str, wanted: Callable[[str], bool] | None = 
     (``seek`` when the stream can, so their bytes are never read) and come with ``data=None``.
 
     Raises:
-        UserError: a bad header checksum, a bad number or a truncated member (naming ``url``).
+        CorruptShard: a bad header checksum, a bad number or a truncated member (naming ``url``).
     """
     read = stream.read
     seekable = wanted is not None and stream.seekable()
@@ -214,16 +214,16 @@ def scan_tar(stream: BinaryIO, url: str, wanted: Callable[[str], bool] | None = 
         if header == _ZERO_BLOCK:
             return
         if not header:
-            raise UserError(f"corrupt or truncated shard {url}: it ends without the end-of-archive blocks")
+            raise CorruptShard(url, "it ends without the end-of-archive blocks")
         if len(header) < _BLOCK:
-            raise UserError(f"corrupt or truncated shard {url}: a header is cut short")
+            raise CorruptShard(url, "a header is cut short")
         try:
             checksum = _octal_field(header[148:156])
             size = int(pax["size"]) if "size" in pax else _octal_field(header[124:136])
         except ValueError:
-            raise UserError(f"corrupt or truncated shard {url}: unreadable header numbers") from None
+            raise CorruptShard(url, "unreadable header numbers") from None
         if checksum != sum(header[:148]) + 256 + sum(header[156:]):
-            raise UserError(f"corrupt or truncated shard {url}: bad header checksum")
+            raise CorruptShard(url, "bad header checksum")
         offset = pos + _BLOCK
         padded = size + (-size % _BLOCK)
         pos = offset + padded
@@ -231,7 +231,7 @@ def scan_tar(stream: BinaryIO, url: str, wanted: Callable[[str], bool] | None = 
         if kind in (b"x", b"g", b"L"):
             data = read(padded)[:size]
             if len(data) < size:
-                raise UserError(f"corrupt or truncated shard {url}: a member is cut short")
+                raise CorruptShard(url, "a member is cut short")
             if kind == b"x":  # pax extended header of the next member: "LEN key=value\n" records
                 pax = _pax_records(data, url)
             elif kind == b"L":  # GNU long name of the next member
@@ -248,13 +248,13 @@ def scan_tar(stream: BinaryIO, url: str, wanted: Callable[[str], bool] | None = 
         if regular and (wanted is None or wanted(name)):
             data = read(padded)
             if len(data) < padded:
-                raise UserError(f"corrupt or truncated shard {url}: a member is cut short")
+                raise CorruptShard(url, "a member is cut short")
             yield TarMember(name, offset, size, data[:size] if padded != size else data)
             continue
         if seekable:
             stream.seek(padded, os.SEEK_CUR)
         elif len(read(padded)) < padded:
-            raise UserError(f"corrupt or truncated shard {url}: a member is cut short")
+            raise CorruptShard(url, "a member is cut short")
         if regular:
             yield TarMember(name, offset, size, None)
 
@@ -264,7 +264,7 @@ def iter_samples(stream: BinaryIO, url: str) -> Iterator[dict[str, Any]]:
     raw member bytes by extension).
 
     Raises:
-        UserError: the stream is truncated or not a tar (the message names ``url``).
+        CorruptShard: the stream is truncated or not a tar (the message names ``url``).
     """
     import webdataset as wds
 
@@ -273,14 +273,14 @@ def iter_samples(stream: BinaryIO, url: str) -> Iterator[dict[str, Any]]:
         yield from wds.tariterators.group_by_keys(files)
     except (EOFError, OSError, ValueError) as exc:
         reason = str(exc.args[0]) if exc.args else type(exc).__name__
-        raise UserError(f"corrupt or truncated shard {url}: {reason.split(' @ ')[0]}") from None
+        raise CorruptShard(url, reason.split(" @ ")[0]) from None
 
 
 def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield the samples of one tar shard as dicts (``__key__`` plus raw member bytes by extension).
 
     Raises:
-        UserError: the shard is missing, truncated or not a tar file (the message names it).
+        UserError: the shard is missing; CorruptShard: it is truncated or not a tar file (naming it).
     """
     p = Path(path)
     if not p.is_file():
@@ -291,7 +291,7 @@ def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
                 sample.pop("__url__", None)
                 yield sample
     except OSError as exc:
-        raise UserError(f"corrupt or truncated shard {p}: {exc}") from None
+        raise CorruptShard(p, str(exc)) from None
 
 
 def read_stats(path: Path) -> dict[str, Any]:

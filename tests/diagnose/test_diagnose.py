@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 
 from imagenet_plus.contract import RunPaths, score_table
-from imagenet_plus.diagnose.stage import (
-    CENTROIDS_CLASS_IDS,
-    CENTROIDS_REAL,
-    CENTROIDS_SYNTHETIC,
-    DiagnoseConfig,
-    read_remedy_strategies,
-    run_diagnose,
-)
+from imagenet_plus.contract.diagnosis import CENTROIDS_CLASS_IDS, CENTROIDS_REAL, CENTROIDS_SYNTHETIC
+from imagenet_plus.contract.scores import ModelsRecord
+from imagenet_plus.diagnose.config import DiagnoseConfig
+from imagenet_plus.diagnose.stage import read_remedy_strategies, run_diagnose
 from imagenet_plus.errors import UserError
 
 DIM = 16
@@ -85,8 +81,9 @@ def write_scored_run(root: Path, text: np.ndarray, syn: dict[int, np.ndarray], s
         pq.write_table(score_table(cols), files.parquet)
         np.save(files.clip, np.asarray([e for _, _, e in mine], dtype=np.float16))
     np.save(paths.class_text_embeddings, text.astype(np.float16))
-    (paths.scores / "models.json").write_text(json.dumps({"clip": clip_model}))
-    paths.summary_json.write_text(json.dumps({"models": {"clip": clip_model}}))
+    ModelsRecord(clip=clip_model, inception_weights="tiny-random", classifier="tiny-random",
+                 nsfw_detector="none").write(paths.models_json)
+    paths.summary_json.write_text("{}")  # what diagnose checks of it: that it exists
     return root
 
 
@@ -126,10 +123,10 @@ def test_constructed_failures_with_a_reference(scored, tmp_path: Path):
     assert frame.loc["wrong", "nearest_real_class"] == "clean-b" and frame.loc["wrong", "confused_with"] == "clean-b"
     assert frame.loc["samey", "vendi"] == pytest.approx(1.0, abs=1e-3)
     assert frame.loc["clean-a", "flags"] == "" and pd.isna(frame.loc["clean-a", "strategy"])
-    assert summary["verdict_counts"] == {"ambiguous": 2, "concept-failure": 1, "low-diversity": 1,
-                                         "low-adherence": 0, "ok": 2}
-    assert [f["class_id"] for f in summary["flagged_classes"]][:2] == ["crane-bird", "crane-machine"]
-    assert summary["note"] is None and summary["geometry"]["real_images"] == 12 * len(CLASSES)
+    assert summary.verdict_counts == {"ambiguous": 2, "concept-failure": 1, "low-diversity": 1,
+                                      "low-adherence": 0, "ok": 2}
+    assert [f.class_id for f in summary.flagged_classes][:2] == ["crane-bird", "crane-machine"]
+    assert summary.note is None and summary.geometry.real_images == 12 * len(CLASSES)
     assert read_remedy_strategies(run) == {"crane-bird": "gloss", "crane-machine": "gloss", "samey": "diverse"}
     json.loads(RunPaths(run).diagnosis_json.read_text())  # strict JSON (no NaN)
 
@@ -139,7 +136,7 @@ def test_constructed_failures_without_a_reference(scored):
     summary = run_diagnose(run, DiagnoseConfig())
     assert _verdicts(run) == {"clean-a": "ok", "crane-bird": "ambiguous", "crane-machine": "ambiguous",
                               "samey": "low-diversity", "wrong": "concept-failure", "clean-b": "ok"}
-    assert "no real reference" in summary["note"] and summary["geometry"]["centroid_cosine"] is None
+    assert "no real reference" in summary.note and summary.geometry.centroid_cosine is None
     import pandas as pd
 
     frame = pd.read_parquet(RunPaths(run).diagnosis_parquet)
@@ -234,7 +231,8 @@ def test_bad_input_is_one_line(scored, tmp_path: Path):
 def test_image_folder_reference_is_embedded_with_the_run_clip_and_cached(tmp_path: Path, monkeypatch):
     from PIL import Image
 
-    from imagenet_plus.score.scorers import clip as clip_module
+    import imagenet_plus.diagnose.inputs as inputs
+    from imagenet_plus.pipeline import freshness
 
     rng = np.random.default_rng(2)
     dim = 32  # the tiny CLIP's embedding size
@@ -244,18 +242,23 @@ def test_image_folder_reference_is_embedded_with_the_run_clip_and_cached(tmp_pat
     folder = tmp_path / "real"
     for cid, _ in CLASSES[:2]:
         (folder / cid).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / cid / f"{i}.jpg")
+        for i, suffix in enumerate(("jpg", "png", "bmp")):  # every suffix of contract.READ_IMAGE_EXTENSIONS reads
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / cid / f"{i}.{suffix}")
     cfg = DiagnoseConfig(reference=str(folder), device="cpu")
     first = run_diagnose(run, cfg)
-    assert first["geometry"]["real_images"] == 6
+    assert first.geometry.real_images == 6
     assert len(list(RunPaths(run).diagnosis_cache.glob("reference-*.npz"))) == 1
 
     def no_model(*args, **kwargs):  # the second run must read the cache, not embed again
         raise AssertionError("reference embedded twice")
 
-    monkeypatch.setattr(clip_module, "ClipScorer", no_model)
-    assert run_diagnose(run, cfg)["geometry"] == first["geometry"]
+    monkeypatch.setattr(inputs, "ClipScorer", no_model)
+    assert run_diagnose(run, cfg) == first  # current: nothing is read again
+    freshness.forget(RunPaths(run), ["diagnose"])  # not current: diagnosed again, the reference from the cache
+    assert run_diagnose(run, cfg).geometry == first.geometry
+    (folder / CLASSES[0][0] / "0.jpg").unlink()  # a changed reference folder: not current, embedded again
+    with pytest.raises(AssertionError, match="reference embedded twice"):
+        run_diagnose(run, cfg)
 
 
 def test_centroids_file_matches_direct_means_and_has_real_only_with_a_reference(tmp_path: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -16,8 +17,12 @@ import torch
 from conftest import FAKE_CLASSES, write_fake_run
 from PIL import Image
 
+import imagenet_plus.score.dataset_pass as dataset_pass
+from imagenet_plus.contract import SCORE_COLUMNS, RunPaths
+from imagenet_plus.contract.scores import ScoreSummary
 from imagenet_plus.errors import UserError
-from imagenet_plus.score.stage import SCORE_COLUMNS, ScoreConfig, load_score_config, run_score
+from imagenet_plus.score.config import ScoreConfig, load_score_config
+from imagenet_plus.score.stage import run_score
 
 torch.set_num_threads(2)
 
@@ -62,16 +67,16 @@ def test_scores_follow_the_contract(scored):
     run, _ref, _cfg, summary = scored
     scores = run / "scores"
     stems = ["00000", "00001", "00002"]
-    assert summary["shards"] == stems and summary["bad_shards"] == [] and summary["num_images"] == 9
-    for key in ("fid", "kid_mean", "kid_std", "inception_score_mean", "inception_score_std", "clip_score_mean",
-                "precision", "recall"):
-        assert summary[key] is not None and np.isfinite(summary[key]), key
-    assert summary["models"]["clip"] == "tiny-random" and summary["reference"]["kind"] == "folder"
-    assert summary["reference"]["per_class"] is True
+    assert summary.shards == stems and summary.bad_shards == [] and summary.num_images == 9
+    for value in (summary.fid, summary.kid_mean, summary.kid_std, summary.inception_score_mean,
+                  summary.inception_score_std, summary.clip_score_mean, summary.precision, summary.recall):
+        assert value is not None and np.isfinite(value)
+    assert summary.models.clip == "tiny-random" and summary.reference["kind"] == "folder"
+    assert summary.reference["per_class"] is True
     for c in FAKE_CLASSES:
-        entry = summary["per_class"][c["id"]]
-        assert entry["count"] == 3 and entry["fid"] is not None and 1.0 <= entry["vendi"] <= 3.0
-        assert entry["classifier_top1_rate"] is not None
+        entry = summary.per_class[c["id"]]
+        assert entry.count == 3 and entry.fid is not None and 1.0 <= entry.vendi <= 3.0
+        assert entry.classifier_top1_rate is not None
     texts = np.load(scores / "class_text_embeddings.npy")
     assert texts.dtype == np.float16 and texts.shape[0] == 3
     np.testing.assert_allclose(np.linalg.norm(texts.astype(np.float32), axis=1), 1.0, atol=2e-3)
@@ -128,10 +133,10 @@ def test_fid_kid_is_equal_torch_fidelity_on_files(scored, tmp_path):
         input1=str(gen), input2=str(cropped), fid=True, kid=True, kid_subset_size=9, isc=True, isc_splits=1,
         samples_find_deep=True, feature_extractor_weights_path=str(tiny_inception_weights()), cuda=False,
         verbose=False, cache=False, batch_size=9, save_cpu_ram=True)
-    assert summary["fid"] == pytest.approx(expected["frechet_inception_distance"], rel=1e-3)
+    assert summary.fid == pytest.approx(expected["frechet_inception_distance"], rel=1e-3)
     # The stage resizes each real square to 299 px itself and rounds it to uint8 (torch-fidelity resizes the
     # same square in float): at most half a grey level per pixel, which the cubic KID kernel amplifies (0.2 %).
-    assert summary["kid_mean"] == pytest.approx(expected["kernel_inception_distance_mean"], rel=5e-3)
+    assert summary.kid_mean == pytest.approx(expected["kernel_inception_distance_mean"], rel=5e-3)
     isc_kl = pd.concat([pd.read_parquet(p) for p in sorted((run / "scores").glob("*.parquet"))])["isc_kl"]
     assert np.exp(isc_kl.mean()) == pytest.approx(expected["inception_score_mean"], rel=1e-3)
     assert expected["inception_score_mean"] > 1.01  # the tiny network's p(y|x) differs between images
@@ -205,6 +210,8 @@ def _main(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
     from imagenet_plus.cli import main
 
     capsys.readouterr()
+    for handler in logging.getLogger("imagenet_plus").handlers:  # made by an earlier test: its stderr is gone
+        monkeypatch.setattr(handler, "stream", sys.stderr)
     monkeypatch.setattr(sys, "argv", ["imagenet-plus", "score", *args])
     try:
         main()
@@ -277,9 +284,13 @@ def test_cli_corrupt_shard_wrong_weights_and_bad_reference_image(tmp_path: Path,
     code, err = _main([str(run), *TINY_FLAGS, "--skip-bad-shards", "--batch-size", "3"], monkeypatch, capsys)
     assert code == 0, err
     assert "skipped bad shard 00001" in err and "00001.tar" in err and "Traceback" not in err
-    summary = json.loads((run / "scores" / "summary.json").read_text())
-    assert [b["shard"] for b in summary["bad_shards"]] == ["00001"] and summary["num_images"] == 2
-    assert summary["fid"] is None and summary["precision"] is None and summary["reference"] is None
+    summary = ScoreSummary.read(run / "scores" / "summary.json")
+    assert [b.shard for b in summary.bad_shards] == ["00001"] and summary.num_images == 2
+    assert "corrupt or truncated shard" in summary.bad_shards[0].error
+    assert summary.fid is None and summary.precision is None and summary.reference is None
+    # a bad shard keeps the stage stale: the next run tries it again (and fails on it without the flag)
+    code, err = _main([str(run), *TINY_FLAGS], monkeypatch, capsys)
+    _assert_user_error(code, err, "00001.tar")
     df = pd.read_parquet(run / "scores" / "00000.parquet")
     assert len(df) == 2 and df["classifier_top1"].isna().all() and df["classifier_prob"].isna().all()
     assert df["realism"].isna().all() and df["isc_kl"].notna().all()
@@ -321,7 +332,7 @@ def _fabricate_scores(root: Path, per_shard: tuple[int, ...] = (23, 30, 17), num
     import pyarrow.parquet as pq
     import yaml
 
-    from imagenet_plus.contract import RunPaths, make_key, score_table, shard_name
+    from imagenet_plus.contract import make_key, score_table, shard_name
 
     rng = np.random.default_rng(seed)
     paths = RunPaths(root)
@@ -382,30 +393,33 @@ def test_dataset_pass_streams_and_equals_torch_fidelity(tmp_path: Path, monkeypa
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
-    import imagenet_plus.score.stage as score
     from imagenet_plus.score import metrics as metrics
 
     run = _fabricate_scores(tmp_path / "run")
     ref = _fake_reference(40)
-    monkeypatch.setattr(score, "CLASS_BLOCK_BYTES", 1)  # one class per block: the per-class step in pieces
-    summary = score.run_dataset_pass(run, ref)
+    blocks = []
+    original_blocks = dataset_pass._class_blocks
+    monkeypatch.setattr(dataset_pass, "CLASS_BLOCK_BYTES", 1)  # one class per block: the per-class step in pieces
+    monkeypatch.setattr(dataset_pass, "_class_blocks", lambda *a: (blocks.append(b) or b for b in original_blocks(*a)))
+    summary = dataset_pass.run_dataset_pass(run, ref)
+    assert [b.tolist() for b in blocks] == [[label] for label in range(5)]
     df, pool, clip, logits = _fabricated_arrays(run)
     lg = torch.from_numpy(logits).double()
     p = lg.softmax(1)
     kl = (p * (lg.log_softmax(1) - p.mean(0).log()[None])).sum(1).numpy()
     np.testing.assert_allclose(df["isc_kl"], kl, rtol=1e-9)
     isc = isc_features_to_metric(torch.from_numpy(logits))
-    assert (summary["inception_score_mean"], summary["inception_score_std"]) == pytest.approx(
+    assert (summary.inception_score_mean, summary.inception_score_std) == pytest.approx(
         (isc["inception_score_mean"], isc["inception_score_std"]), rel=1e-9)
     gen, real = torch.from_numpy(pool), torch.from_numpy(ref.features)
     fid = fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(real), False)
-    assert summary["fid"] == pytest.approx(fid["frechet_inception_distance"], rel=1e-4)
+    assert summary.fid == pytest.approx(fid["frechet_inception_distance"], rel=1e-4)
     kid = kid_features_to_metric(gen, real, kid_subsets=100, kid_subset_size=40, verbose=False)
-    assert summary["kid_mean"] == pytest.approx(kid["kernel_inception_distance_mean"], rel=1e-6)
+    assert summary.kid_mean == pytest.approx(kid["kernel_inception_distance_mean"], rel=1e-6)
     prc = prc_features_to_metric(gen, real, prc_neighborhood=3, prc_batch_size=1000, save_cpu_ram=False,
                                  verbose=False)
-    assert (summary["precision"], summary["recall"]) == pytest.approx((prc["precision"], prc["recall"]))
-    assert df["realism"].notna().all() and summary["num_images"] == len(df) == 70
+    assert (summary.precision, summary.recall) == pytest.approx((prc["precision"], prc["recall"]))
+    assert df["realism"].notna().all() and summary.num_images == len(df) == 70
     # near-duplicates: by definition, within each class in key order (the planted copies span shards)
     expected_dup: list[str | None] = [None] * len(df)
     for _label, grp in df.groupby("label"):
@@ -417,16 +431,16 @@ def test_dataset_pass_streams_and_equals_torch_fidelity(tmp_path: Path, monkeypa
             expected_dup[row] = order["key"].iloc[hits[0]] if len(hits) else None
     assert [None if pd.isna(d) else d for d in df["dup_of"]] == expected_dup
     assert sum(d is not None for d in expected_dup) >= 2
-    assert summary["duplicates"] == sum(d is not None for d in expected_dup)
+    assert summary.duplicates == sum(d is not None for d in expected_dup)
     for label in range(5):
         rows = (df["label"] == label).to_numpy()
-        entry = summary["per_class"][f"c{label:02d}"]
-        assert entry["count"] == rows.sum()
-        assert entry["clip_score_mean"] == pytest.approx(df["clip_score"][rows].mean(), rel=1e-12)
+        entry = summary.per_class[f"c{label:02d}"]
+        assert entry.count == rows.sum()
+        assert entry.clip_score_mean == pytest.approx(df["clip_score"][rows].mean(), rel=1e-12)
         known = df["classifier_top1"][rows].dropna()
-        assert entry["classifier_top1_rate"] == pytest.approx(known.astype(bool).mean(), rel=1e-12)
+        assert entry.classifier_top1_rate == pytest.approx(known.astype(bool).mean(), rel=1e-12)
         # fid_small_set equals torch-fidelity's FID (test_metrics); here: the right rows of each side
-        assert entry["fid"] == pytest.approx(metrics.fid_small_set(pool[rows], ref.features[label::5]), rel=1e-9)
+        assert entry.fid == pytest.approx(metrics.fid_small_set(pool[rows], ref.features[label::5]), rel=1e-9)
 
 
 def test_dataset_pass_uses_fixed_seeded_samples(tmp_path: Path):
@@ -434,7 +448,7 @@ def test_dataset_pass_uses_fixed_seeded_samples(tmp_path: Path):
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
-    from imagenet_plus.score.stage import GENERATED_SAMPLE_SEED, REFERENCE_SAMPLE_SEED, run_dataset_pass
+    from imagenet_plus.score.dataset_pass import GENERATED_SAMPLE_SEED, REFERENCE_SAMPLE_SEED, run_dataset_pass
 
     run = _fabricate_scores(tmp_path / "run")
     ref = _fake_reference(60)
@@ -444,33 +458,70 @@ def test_dataset_pass_uses_fixed_seeded_samples(tmp_path: Path):
     real = torch.from_numpy(
         ref.features[np.sort(np.random.default_rng(REFERENCE_SAMPLE_SEED).choice(60, 25, replace=False))])
     kid = kid_features_to_metric(gen, real, kid_subsets=100, kid_subset_size=25, verbose=False)
-    assert summary["kid_mean"] == pytest.approx(kid["kernel_inception_distance_mean"], rel=1e-6)
+    assert summary.kid_mean == pytest.approx(kid["kernel_inception_distance_mean"], rel=1e-6)
     prc = prc_features_to_metric(gen, real, prc_neighborhood=3, prc_batch_size=1000, save_cpu_ram=False,
                                  verbose=False)
-    assert (summary["precision"], summary["recall"]) == pytest.approx((prc["precision"], prc["recall"]))
+    assert (summary.precision, summary.recall) == pytest.approx((prc["precision"], prc["recall"]))
 
 
 def test_a_writer_out_of_the_schema_fails_and_leaves_the_parquets(tmp_path: Path, monkeypatch):
-    import imagenet_plus.score.stage as score
-
     run = _fabricate_scores(tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (run / "scores").glob("*.parquet")}
-    original = score._dataset_columns
-    monkeypatch.setattr(score, "_dataset_columns", lambda *a: {**original(*a), "sharpness": [0.0] * a[0].count})
+    original = dataset_pass._dataset_columns
+    monkeypatch.setattr(dataset_pass, "_dataset_columns",
+                        lambda *a: {**original(*a), "sharpness": [0.0] * a[0].count})
     with pytest.raises(UserError, match="sharpness.* not in the score schema"):
-        score.run_dataset_pass(run)
+        dataset_pass.run_dataset_pass(run)
     assert {p.name: p.read_bytes() for p in (run / "scores").glob("*.parquet")} == before
     assert not list((run / "scores").glob("*.partial"))
 
 
-def test_a_summary_from_another_reference_protocol_is_not_finished():
-    """A summary whose folder reference was extracted before the centre-crop protocol does not make re-runs no-ops."""
-    from imagenet_plus.score.reference import PROTOCOL
-    from imagenet_plus.score.stage import _reference_protocol_is_current
+# ---------------------------------------------------------------------------------------------------------------
+# the records and the freshness rule, on the scored run
 
-    old = {"path": "/data/val", "kind": "folder", "hash": "ab", "inception_weights": "w", "num_images": 9}
-    assert not _reference_protocol_is_current(old)
-    assert not _reference_protocol_is_current({**old, "protocol": "older-protocol-v1"})
-    assert _reference_protocol_is_current({**old, "protocol": PROTOCOL})
-    assert _reference_protocol_is_current({**old, "kind": "statistics", "protocol": None})
-    assert _reference_protocol_is_current(None)
+
+@pytest.mark.slow
+def test_summary_record_is_the_file_the_stage_wrote(scored):
+    """summary.json and models.json read back as their records, and give back every key the stage wrote."""
+    from imagenet_plus.contract.scores import ModelsRecord
+
+    run, _ref, _cfg, summary = scored
+    path = run / "scores" / "summary.json"
+    on_disk = json.loads(path.read_text())
+    assert summary.to_dict() == on_disk and ScoreSummary.read(path) == summary
+    assert path.read_text() == json.dumps(on_disk, indent=2, sort_keys=True) + "\n"
+    # the keys docs/scoring.md lists, at every level
+    assert set(on_disk) == {"fid", "kid_mean", "kid_std", "inception_score_mean", "inception_score_std",
+                            "clip_score_mean", "precision", "recall", "num_images", "duplicates",
+                            "classifier_top1_rate", "classifier_top5_rate", "per_class", "models", "reference",
+                            "shards", "bad_shards", "reference_arg", "config", "versions"}
+    assert set(on_disk["models"]) == {"clip", "inception_weights", "classifier", "nsfw_detector",
+                                      "inception_weights_id"}
+    for entry in on_disk["per_class"].values():
+        assert set(entry) == {"count", "fid", "vendi", "clip_score_mean", "classifier_top1_rate",
+                              "classifier_top5_rate", "duplicates"}
+    models = run / "scores" / "models.json"
+    assert ModelsRecord.read(models).to_dict() == json.loads(models.read_text())
+    assert set(json.loads(models.read_text())) == set(on_disk["models"]) - {"inception_weights_id"}
+
+
+@pytest.mark.slow
+def test_score_is_current_until_a_setting_or_a_shard_changes(scored, tmp_path):
+    import dataclasses
+
+    from imagenet_plus.pipeline.freshness import is_current, what_changed
+    from imagenet_plus.score.stage import stage_inputs
+
+    run, _ref, cfg, _summary = scored
+    assert is_current(RunPaths(run), stage_inputs(run, cfg))
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)  # sizes and modification times kept: the copy is as current
+    paths = RunPaths(copy)
+    assert is_current(paths, stage_inputs(copy, cfg))
+    assert is_current(paths, stage_inputs(copy, dataclasses.replace(cfg, batch_size=2, num_workers=1)))
+    other = stage_inputs(copy, dataclasses.replace(cfg, classifier="resnet18"))
+    assert not is_current(paths, other) and what_changed(paths, other) == ["settings"]
+    for suffix in (".tar", ".json"):  # a top-up: one more finished generated shard
+        shutil.copy(copy / "generated" / f"00002{suffix}", copy / "generated" / f"00003{suffix}")
+    grown = stage_inputs(copy, cfg)
+    assert not is_current(paths, grown) and what_changed(paths, grown) == ["files"]

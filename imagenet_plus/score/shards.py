@@ -1,0 +1,234 @@
+"""Pass 1 of the score stage: each generated shard scored once, on the rank that owns it.
+
+Each image is decoded once into a ``uint8`` tensor (thread workers decode the next batch while the networks
+run) and fed in batches to InceptionV3, CLIP, the classifier and the NSFW detector. A shard's ``.npy``
+features and then its parquet are written atomically (the parquet last: the shard is done when it exists).
+A shard that does not read back is a :class:`~imagenet_plus.errors.CorruptShard`: it stops the stage, or
+with ``skip_bad_shards`` is marked bad (``NNNNN.bad.json``) and left out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagenet_plus.contract import (
+    COL_CLASSIFIER_PROB,
+    COL_CLASSIFIER_TOP1,
+    COL_CLASSIFIER_TOP5,
+    COL_CLIP_CLASS_PROB,
+    COL_CLIP_CLASS_RANK,
+    COL_CLIP_CLASS_SCORE,
+    COL_CLIP_SCORE,
+    COL_NSFW_SCORE,
+    DATASET_PASS_COLUMNS,
+    SCORE_COLUMNS,
+    RunPaths,
+    ScoreFiles,
+    image_member,
+)
+from imagenet_plus.contract.scores import BadShard, ScoredShard
+from imagenet_plus.errors import CorruptShard, UserError
+from imagenet_plus.io.tar import iter_shard, read_stats
+from imagenet_plus.pipeline.progress import progress_bar
+from imagenet_plus.pipeline.ranks import Dist, FileRendezvous
+from imagenet_plus.score import metrics
+from imagenet_plus.score.config import ScoreConfig
+from imagenet_plus.score.files import save_npy_atomic, write_scores_parquet
+from imagenet_plus.score.networks import Scorers, models_record
+from imagenet_plus.score.scorers import decode_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Sample:
+    key: str
+    meta: dict[str, Any]
+    data: bytes
+
+
+def _parse_sample(sample: dict[str, Any], tar: Path, num_classes: int) -> _Sample:
+    key = sample.get("__key__", "?")
+    member = image_member(sample)
+    if member is None or "json" not in sample:
+        raise CorruptShard(tar, f"sample {key} lacks an image or json member")
+    try:
+        meta = json.loads(sample["json"])
+        label = int(meta["label"])
+        str(meta["class_id"])
+    except (ValueError, KeyError, TypeError):
+        raise CorruptShard(tar, f"sample {key} has malformed json (needs label and class_id)") from None
+    if not 0 <= label < num_classes:
+        raise CorruptShard(tar, f"sample {key} has label {label}, outside the run's {num_classes} classes")
+    return _Sample(key=key, meta=meta, data=sample[member])
+
+
+def _decode(sample: _Sample, tar: Path) -> Any:
+    """The sample's image as a ``uint8`` tensor; an image that does not decode makes the shard corrupt."""
+    try:
+        return decode_image(sample.data, sample.key)
+    except UserError as exc:
+        raise CorruptShard(tar, exc.message) from None
+
+
+def _decoded_batches(tar: Path, batch_size: int, num_classes: int,
+                     pool: ThreadPoolExecutor) -> Iterator[tuple[list[_Sample], list[Any]]]:
+    """Batches of (samples, decoded ``uint8`` images); the next batch decodes while the caller runs networks."""
+    pending: tuple[list[_Sample], list[Future]] | None = None
+    batch: list[_Sample] = []
+
+    def submit(samples: list[_Sample]) -> tuple[list[_Sample], list[Future]]:
+        return samples, [pool.submit(_decode, s, tar) for s in samples]
+
+    for raw in iter_shard(tar):
+        batch.append(_parse_sample(raw, tar, num_classes))
+        if len(batch) == batch_size:
+            nxt = submit(batch)
+            batch = []
+            if pending is not None:
+                yield pending[0], [f.result() for f in pending[1]]
+            pending = nxt
+    nxt = submit(batch) if batch else None
+    if pending is not None:
+        yield pending[0], [f.result() for f in pending[1]]
+    if nxt is not None:
+        yield nxt[0], [f.result() for f in nxt[1]]
+
+
+def _score_batch(samples: list[_Sample], images: list[Any], models: Scorers) -> dict[str, Any]:
+    """Run the networks on one batch and derive the per-image scores."""
+    pool, logits = models.inception.features(images)
+    clip_emb = models.clip.embed_images(images)
+    prompt_emb = models.clip.embed_texts([str(s.meta.get("prompt", "")) for s in samples])
+    probs = models.classifier.probabilities(images)
+    nsfw_score = [None] * len(samples) if models.nsfw is None else models.nsfw.score(images).tolist()
+
+    labels = np.array([int(s.meta["label"]) for s in samples], dtype=np.int64)
+    img = clip_emb.cpu().numpy()
+    class_emb = models.class_embeddings
+    class_prob, class_rank = metrics.zero_shot(img, class_emb, labels, models.clip.logit_scale)
+    targets = [models.imagenet_targets[int(lab)] for lab in labels]
+    top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices.cpu().numpy()
+    probs_np = probs.cpu().numpy()
+    top1_hit: list[bool | None] = []
+    top5_hit: list[bool | None] = []
+    target_prob: list[float | None] = []
+    for i, t in enumerate(targets):
+        if t is None:
+            top1_hit.append(None)
+            top5_hit.append(None)
+            target_prob.append(None)
+        else:
+            top1_hit.append(bool(top5[i, 0] == t))
+            top5_hit.append(bool(t in top5[i]))
+            target_prob.append(float(probs_np[i, t]))
+    return {
+        "key": [s.key for s in samples],
+        "label": labels.tolist(),
+        "class_id": [str(s.meta["class_id"]) for s in samples],
+        COL_CLIP_SCORE: metrics.clip_score(img, prompt_emb.cpu().numpy()).tolist(),
+        COL_CLIP_CLASS_SCORE: metrics.clip_score(img, class_emb[labels]).tolist(),
+        COL_CLIP_CLASS_PROB: class_prob.tolist(),
+        COL_CLIP_CLASS_RANK: class_rank.tolist(),
+        COL_CLASSIFIER_TOP1: top1_hit,
+        COL_CLASSIFIER_TOP5: top5_hit,
+        COL_CLASSIFIER_PROB: target_prob,
+        COL_NSFW_SCORE: nsfw_score,
+        "nsfw": [bool(s.meta.get("nsfw", False)) for s in samples],
+        "attempt": [int(s.meta.get("attempt", 0)) for s in samples],
+        "strategy": [s.meta.get("strategy") for s in samples],
+        "_pool": pool.numpy(),
+        "_clip": img,
+        "_logits": logits.numpy(),
+    }
+
+
+def score_shard(tar: Path, files: ScoreFiles, models: Scorers, cfg: ScoreConfig, num_classes: int,
+                pool: ThreadPoolExecutor, bar: Any, check: Callable[[], None] | None = None) -> int:
+    """Score one generated shard and write its parquet and feature files (atomically, parquet last).
+
+    ``check`` (optional) is called after every batch; it raises to stop (another rank failed).
+
+    Returns:
+        The number of samples scored.
+
+    Raises:
+        CorruptShard: the shard, a sample's json or an image does not read back.
+    """
+    columns: dict[str, list[Any]] = {}
+    arrays: dict[str, list[np.ndarray]] = {"_pool": [], "_clip": [], "_logits": []}
+    for samples, images in _decoded_batches(tar, cfg.batch_size, num_classes, pool):
+        out = _score_batch(samples, images, models)
+        for name, value in out.items():
+            if name in arrays:
+                arrays[name].append(value)
+            else:
+                columns.setdefault(name, []).extend(value)
+        bar.update(len(samples))
+        if check is not None:
+            check()
+    n = len(columns.get("key", []))
+    dim = models.clip.dim
+    pool_feats = np.concatenate(arrays["_pool"]) if n else np.zeros((0, 2048), np.float32)
+    clip_feats = np.concatenate(arrays["_clip"]) if n else np.zeros((0, dim), np.float32)
+    logits = np.concatenate(arrays["_logits"]) if n else np.zeros((0, 1008), np.float32)
+    for name in SCORE_COLUMNS:
+        columns.setdefault(name, [])
+    columns.update({name: [None] * n for name in DATASET_PASS_COLUMNS})
+    save_npy_atomic(files.inception, pool_feats.astype(np.float16))
+    save_npy_atomic(files.clip, clip_feats.astype(np.float16))
+    save_npy_atomic(files.logits, logits.astype(np.float32))
+    write_scores_parquet(files.parquet, columns)
+    return n
+
+
+def _shard_count(paths: RunPaths, stem: str) -> int:
+    """The image count a generated shard's stats JSON gives (0 when unreadable: only the progress bar uses it)."""
+    try:
+        return int(read_stats(paths.generated / f"{stem}.json").get("count", 0))
+    except (UserError, AttributeError, TypeError, ValueError):
+        return 0
+
+
+def score_own_shards(paths: RunPaths, stems: list[str], models: Scorers, cfg: ScoreConfig, num_classes: int,
+                     dist: Dist, rdv: FileRendezvous) -> None:
+    """Pass 1 on this rank's unfinished shards; a corrupt shard is skipped (marked bad) or stops the stage.
+
+    Raises:
+        CorruptShard: a shard does not read back (without ``skip_bad_shards``).
+        PeerRankFailed: another rank failed (never taken for a bad shard).
+    """
+    mine = [s for i, s in enumerate(stems) if dist.owns(i) and not paths.score_files(s).done()]
+    for s in mine:
+        paths.score_files(s).clean()
+    if not mine:
+        return
+    models.load_all()
+    if dist.is_main:  # only once the networks loaded: a failed start does not pin the models
+        models_record(cfg).write(paths.models_json)
+    bar = progress_bar(sum(_shard_count(paths, s) for s in mine), f"score (rank {dist.rank})", enabled=dist.is_main)
+    with bar, ThreadPoolExecutor(max_workers=cfg.num_workers) as pool:
+        for s in mine:
+            rdv.check()
+            files = paths.score_files(s)
+            started = time.monotonic()
+            try:
+                n = score_shard(paths.generated / f"{s}.tar", files, models, cfg, num_classes, pool, bar,
+                                check=lambda: rdv.check(every=1.0))
+            except CorruptShard as exc:
+                if not cfg.skip_bad_shards:
+                    raise
+                BadShard(shard=s, error=exc.message).write(files.bad)
+                log.warning("warning: skipped bad shard %s: %s", s, exc.message)
+                continue
+            ScoredShard(shard=s, count=n, rank=dist.rank, world_size=dist.world_size,
+                        seconds=round(time.monotonic() - started, 3)).write(files.stats)
