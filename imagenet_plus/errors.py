@@ -53,7 +53,7 @@ class PeerRankFailed(UserError):
 
     def __init__(self, rank: int, reason: str) -> None:
         self.rank = rank
-        super().__init__(f"rank {rank} failed: {reason}")
+        super().__init__(f"rank {rank} failed, stopping: {reason}")
 
 
 class ModelUnavailable(UserError):

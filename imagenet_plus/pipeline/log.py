@@ -28,6 +28,21 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (test harnesses and notebooks replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def debug_enabled() -> bool:
     """Whether ``IMAGENET_PLUS_DEBUG`` asks for debug output."""
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
@@ -48,7 +63,7 @@ def setup_logging(verbose: bool = False) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"
     handler = next((h for h in logger.handlers if getattr(h, "_imagenet_plus", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler._imagenet_plus = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     handler.setFormatter(logging.Formatter(fmt))

@@ -217,7 +217,7 @@ class FileRendezvous:
         failed = self.failures()
         if failed:
             rank, message = next(iter(failed.items()))
-            raise PeerRankFailed(rank, f"stopping: {message}")
+            raise PeerRankFailed(rank, message)
 
     def finished(self) -> list[int]:
         """The ranks that marked their part done."""
