@@ -111,6 +111,15 @@ def materialize(module: Any, dtype: Any, seed: int = 0) -> Any:
     return module.eval()
 
 
+def _empty(meta: bool) -> Any:
+    """Where a module is created: entirely on the meta device (``meta``: buffers too, so SD 3.5's 226 M-number
+    positional table is not computed), or with parameters on meta and real buffers (to be materialised)."""
+    import torch
+    from accelerate import init_empty_weights
+
+    return torch.device("meta") if meta else init_empty_weights()
+
+
 def build_module(entry: Mapping[str, Any], dtype_name: str = "float32", meta: bool = False) -> Any:
     """One diffusers or transformers model from a spec entry (``library``, ``class``, ``config``).
 
@@ -119,20 +128,18 @@ def build_module(entry: Mapping[str, Any], dtype_name: str = "float32", meta: bo
         dtype_name: parameter dtype after :func:`materialize`.
         meta: leave the parameters on the meta device (no memory; for parameter counts).
     """
-    from accelerate import init_empty_weights
-
     library, cls_name, config = entry["library"], entry["class"], dict(entry["config"])
     if library == "diffusers":
         import diffusers
 
         cls = getattr(diffusers, cls_name)
-        with init_empty_weights():
+        with _empty(meta):
             model = cls.from_config(config)
     elif library == "transformers":
         import transformers
 
         cls = getattr(transformers, cls_name)
-        with init_empty_weights():
+        with _empty(meta):
             model = cls(cls.config_class(**config))
         # accelerate's meta context re-creates a parameter on every assignment, which unties tied weights (T5's
         # input embeddings): tie them again outside it.
