@@ -27,7 +27,14 @@ REL/README.md, REL/_info.json, REL/data/{split}-NNNNN.tar       a release
 ```
 """
 
-from imagenet_plus.contract.generated import SAMPLE_FIELDS, clean_partials, done_shards, generated_done  # noqa: F401
+from imagenet_plus.contract.generated import (  # noqa: F401
+    SAMPLE_FIELDS,
+    ShardStats,
+    clean_partials,
+    done_shards,
+    generated_done,
+    stats_path,
+)
 from imagenet_plus.contract.names import (  # noqa: F401
     CARD_NAME,
     CLASS_TEXT_EMBEDDINGS,
@@ -70,7 +77,15 @@ from imagenet_plus.contract.names import (  # noqa: F401
 from imagenet_plus.contract.paths import ReleasePaths, RunPaths, ScoreFiles, run_paths  # noqa: F401
 from imagenet_plus.contract.records import JsonRecord, dataclass_from_dict, read_json  # noqa: F401
 from imagenet_plus.contract.release import SCORES_MEMBER, ReleaseInfo, SplitInfo, check_relative_name  # noqa: F401
-from imagenet_plus.contract.run import library_versions, read_class_records, read_run_yaml, write_run_yaml  # noqa: F401
+from imagenet_plus.contract.run import (  # noqa: F401
+    RunRecord,
+    Segment,
+    library_versions,
+    read_class_records,
+    read_run_record,
+    read_run_yaml,
+    write_run_yaml,
+)
 from imagenet_plus.contract.scores import (  # noqa: F401
     COL_CLASSIFIER_PROB,
     COL_CLASSIFIER_TOP1,
