@@ -383,7 +383,7 @@ class MainProcessNotes:
 
     def fail(self, exc: BaseException) -> None:
         message = exc.message if isinstance(exc, UserError) else type(exc).__name__
-        self.failed.write_text(f"{message}\n", encoding="utf-8")
+        write_bytes_atomic(self.failed, f"{message}\n".encode())
 
     def wait(self, stage: str, words: tuple[str, ...]) -> str:
         """Poll until the main process said one of ``words`` about ``stage``.
@@ -441,14 +441,9 @@ def _lead(plan: Plan, spec: StageSpec, notes: MainProcessNotes, world_size: int)
         notes.tell(spec.name, RUNNING)
     log.info(f"run: {spec.name}: running" + (f" ({world_size} processes)" if several and spec.all_ranks else ""))
     start = time.perf_counter()
-    try:
-        spec.execute(plan)
-        if spec.marked_by_run and inputs is not None:
-            mark_current(paths, inputs)
-    except BaseException as exc:
-        if several:
-            notes.fail(exc)
-        raise
+    spec.execute(plan)
+    if spec.marked_by_run and inputs is not None:
+        mark_current(paths, inputs)
     seconds = time.perf_counter() - start
     if several and not spec.all_ranks:
         notes.tell(spec.name, DONE)
@@ -509,7 +504,12 @@ def run_stages(plan: Plan, rank: int, world_size: int, notes: MainProcessNotes) 
             if main:
                 _log_outcome(paths, name, None)
         elif main:
-            outcome[name] = _lead(plan, spec, notes, world_size)
+            try:
+                outcome[name] = _lead(plan, spec, notes, world_size)
+            except BaseException as exc:
+                if world_size > 1:
+                    notes.fail(exc)  # the others stop waiting, with the same message
+                raise
         else:
             outcome[name] = _follow(plan, spec, notes)
     if main:

@@ -464,6 +464,34 @@ def test_two_processes_follow_the_main_process_decisions(tmp_path: Path, stubs: 
     assert stubs == [] and set(results[1].values()) == {"skipped", "not configured"}
 
 
+def test_a_failure_on_the_main_process_stops_the_others(tmp_path: Path, stubs: list,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagenet_plus import select
+    from imagenet_plus.pipeline.runner import MainProcessNotes, run_stages
+
+    def broken(run, cfg):
+        raise UserError("thresholds keep no image")
+
+    monkeypatch.setattr(select, "run_select", broken, raising=False)
+    plan = load_plan(_cfg(tmp_path, MINI), tmp_path / "run")
+    plan.run.mkdir()
+    errors: list[BaseException] = []
+
+    def follower() -> None:
+        try:
+            run_stages(plan, 1, 2, MainProcessNotes(RunPaths(plan.run), poll=0.02))
+        except BaseException as exc:  # noqa: BLE001 (checked below)
+            errors.append(exc)
+
+    worker = threading.Thread(target=follower)
+    worker.start()
+    with pytest.raises(UserError, match="thresholds keep no image"):
+        run_stages(plan, 0, 2, MainProcessNotes(RunPaths(plan.run)))
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert [e.message for e in errors] == ["stage select failed on the main process: thresholds keep no image"]
+
+
 # ------------------------------------------------------------------------------------------------
 # The stage registry
 
