@@ -21,7 +21,7 @@ RUN/scores/class_text_embeddings.npy   C×D CLIP text embeddings of the zero-sho
 RUN/scores/summary.json          dataset metrics; written last: the stage is done when it lists every shard
 RUN/selection.parquet            every key: kept yes/no, the reason, the composite (+ selection.json summary)
 RUN/thresholds.yaml              thresholds written by `run` from a config's inline `select.thresholds`
-RUN/pipeline.json                `run`'s record of finished stages
+RUN/pipeline.json                a log of what the last `run` did with each stage (never read to decide)
 RUN/report/index.html            the report
 REL/README.md, REL/_info.json, REL/data/{split}-NNNNN.tar       a release
 ```

@@ -53,7 +53,7 @@ from imagenet_plus.contract import EVAL_JSON, RunPaths
 from imagenet_plus.errors import ConfigError, UserError
 from imagenet_plus.io.atomic import write_bytes_atomic, write_json_atomic
 from imagenet_plus.pipeline.config import config_to_dict, field_name, load_config, split_config_file
-from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current
+from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current, what_changed
 from imagenet_plus.pipeline.ranks import init_dist
 
 log = logging.getLogger(__name__)
@@ -437,6 +437,9 @@ def _lead(plan: Plan, spec: StageSpec, notes: MainProcessNotes, world_size: int)
             notes.tell(spec.name, SKIPPED)
         _log_outcome(paths, spec.name, SKIPPED)
         return "skipped"
+    if inputs is not None:
+        changed = ", ".join(what_changed(paths, inputs)) or "an output is missing"
+        log.debug(f"run: {spec.name}: not current ({changed})")
     if several and spec.all_ranks:
         notes.tell(spec.name, RUNNING)
     log.info(f"run: {spec.name}: running" + (f" ({world_size} processes)" if several and spec.all_ranks else ""))
