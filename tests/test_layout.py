@@ -70,6 +70,22 @@ def test_cycles_count_module_level_imports_only(tmp_path: Path) -> None:
     assert layout.function_imports(modules, "pkg") == ["pkg/b.py:5"]
 
 
+def test_a_cycle_through_a_package_that_python_initialises_first(tmp_path: Path) -> None:
+    """``import pkg.io.atomic`` first: atomic imports pkg.contract.names, which runs pkg/contract/__init__.py,
+    which imports records, which imports the half-initialised atomic (the cycle imagenet_plus had)."""
+    modules = _package(tmp_path, {
+        "io/__init__.py": "",
+        "io/atomic.py": "from pkg.contract.names import SUFFIX\ndef write(): ...\n",
+        "contract/__init__.py": "from pkg.contract.names import SUFFIX\nfrom pkg.contract.records import Record\n",
+        "contract/names.py": "SUFFIX = '.partial'\n",
+        "contract/records.py": "from pkg.io.atomic import write\nclass Record: ...\n",
+    })
+    assert layout.cycles(layout.import_graph(modules)) == [["pkg.contract", "pkg.contract.records", "pkg.io.atomic"]]
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", "import pkg.io.atomic"], capture_output=True, text=True, env=env)
+    assert "circular import" in proc.stderr  # the counted cycle is a real one
+
+
 def test_repeated_blocks_ignore_imports_docstrings_and_comments(tmp_path: Path) -> None:
     block = "x = 1\ny = x + 1\nz = y * 2\nw = z - 3\nv = w / 4\nu = v ** 5\n"
     imports = "".join(f"import mod{i}\n" for i in range(8))

@@ -16,9 +16,11 @@ Counts and goals (the package is ``imagenet_plus/``; tests, benchmarks and tools
     function is not run at import time, and imports under ``if TYPE_CHECKING:`` never run. Imports in a
     module's other top-level blocks (``if``, ``try``, class bodies) count. ``import a.b.c`` is an edge to
     ``a.b.c``; ``from a.b import c`` an edge to ``a.b.c`` when that is a module, else to ``a.b``; relative
-    imports are resolved. The parent packages Python runs first are not edges (a package whose ``__init__``
-    imports its submodules would otherwise form a cycle with each of them), but a package face's own
-    imports are (``from imagenet_plus.contract import X`` is an edge to ``imagenet_plus/contract/__init__.py``).
+    imports are resolved. Importing ``a.b.c`` also runs the packages ``a`` and ``a.b`` first: those are edges
+    too, except the importing module's own ancestors (already being initialised, so a package whose
+    ``__init__`` imports its submodules forms no cycle with them). A package face's imports count like any
+    module's (``from imagenet_plus.contract.names import X`` from outside the contract is an edge to
+    ``imagenet_plus/contract/__init__.py`` and everything it imports).
 
 ``function_imports`` (goal: at most 10)
     ``import`` statements of project modules inside a function body (at any depth), outside ``cli.py``.
@@ -135,20 +137,34 @@ def _absolute(module: Module, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _with_parents(module: Module, name: str, known: set[str]) -> list[str]:
+    """``name`` and the packages Python initialises first to import it: those ``module`` is not inside (its own
+    ancestors are already being initialised, so importing a sibling does not run them again)."""
+    parts = name.split(".")
+    out = [name]
+    for i in range(1, len(parts)):
+        parent = ".".join(parts[:i])
+        inside = module.name == parent or module.name.startswith(parent + ".")
+        if parent in known and not inside:
+            out.append(parent)
+    return out
+
+
 def imported_modules(module: Module, node: ast.Import | ast.ImportFrom, known: Iterable[str]) -> list[str]:
-    """The project modules an import statement names (see the module docstring)."""
+    """The project modules an import statement runs (see the module docstring)."""
     known = set(known)
     if isinstance(node, ast.Import):
-        return [a.name for a in node.names if a.name in known]
-    target = _absolute(module, node)
-    out = []
-    for alias in node.names:
-        sub = f"{target}.{alias.name}"
-        if sub in known:
-            out.append(sub)
-        elif target in known:
-            out.append(target)
-    return sorted(set(out))
+        targets = [a.name for a in node.names if a.name in known]
+    else:
+        target = _absolute(module, node)
+        targets = []
+        for alias in node.names:
+            sub = f"{target}.{alias.name}"
+            if sub in known:
+                targets.append(sub)
+            elif target in known:
+                targets.append(target)
+    return sorted({m for t in targets for m in _with_parents(module, t, known)})
 
 
 def import_graph(modules: dict[str, Module]) -> dict[str, set[str]]:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.atomic import PARTIAL_SUFFIX  # noqa: F401 (the suffix of a file being written, io.atomic's)
 
 # ------------------------------------------------------------------------------------------------------------
 # file names
@@ -49,8 +50,6 @@ REPORT_JSON = "report.json"
 INFO_NAME = "_info.json"
 CARD_NAME = "README.md"
 RELEASE_DATA_DIR = "data"
-#: Suffix of a file being written (renamed to its final name once complete).
-PARTIAL_SUFFIX = ".partial"
 
 #: Fixed tar member mtime, so the same samples always give the same bytes (an int: a float makes tarfile
 #: put a 1 KiB pax header before every member).

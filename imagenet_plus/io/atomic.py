@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.contract.names import PARTIAL_SUFFIX
+#: Suffix of a file being written (renamed to its final name once complete; re-exported by the contract).
+PARTIAL_SUFFIX = ".partial"
 
 
 @contextlib.contextmanager
