@@ -44,8 +44,7 @@ def rss_of_run(images_per_class: int, args, class_file: Path, workdir: Path) -> 
     """Peak RSS (MiB) of a fresh process that runs generate."""
     code = (
         "import resource, sys\n"
-        "from imagenet_plus.generate.config import GenerateConfig\n"
-        "from imagenet_plus.generate import run_generate\n"
+        "from imagenet_plus.generate import GenerateConfig, run_generate\n"
         f"cfg = GenerateConfig(classes={str(class_file)!r}, images_per_class={images_per_class}, model={args.model!r},"
         f" steps={args.steps}, guidance=2.0, resolution={args.resolution}, batch_size={args.batch_size},"
         f" shard_size={args.shard_size})\n"

@@ -79,7 +79,7 @@ def fabricate(root: Path, classes: int, images: int, shard_size: int, clip_dim: 
     import numpy as np
     import pyarrow.parquet as pq
 
-    from imagenet_plus.contract import RunPaths, make_key, score_table, shard_name, write_run_yaml
+    from imagenet_plus.contract import RunPaths, RunRecord, make_key, score_table, shard_name, write_run_yaml
     from imagenet_plus.io.atomic import atomic_file, write_json_atomic
     from imagenet_plus.io.tar import PartialTarWriter
 
@@ -92,7 +92,8 @@ def fabricate(root: Path, classes: int, images: int, shard_size: int, clip_dim: 
     paths.classes_json.write_text(json.dumps(records), encoding="utf-8")
     config = {"classes": "fabricated", "images_per_class": per_class, "model": "fabricated", "steps": 1,
               "guidance": 0.0, "resolution": 16, "seed": 0, "shard_size": shard_size, "image_format": "jpg"}
-    write_run_yaml(paths, {"config": config, "config_hash": "scale-benchmark", "versions": {}, "segments": []})
+    write_run_yaml(paths, RunRecord(config=config, config_hash="scale-benchmark", versions={}, num_classes=classes,
+                                    num_images=images, segments=()))
     rng = np.random.default_rng(0)
     jpegs = _tiny_jpegs(64)
     plan = [(c, i) for c in range(classes) for i in range(per_class)][:images]

@@ -1,21 +1,28 @@
 """The ``imagenet-plus`` command line: a thin table from subcommand to library function.
 
-Each command imports its stage module lazily, so ``imagenet-plus --help`` stays instant. A
-:class:`~imagenet_plus.errors.UserError` from any stage is printed as one line (``error: …``) on
-stderr with exit status 2, never a traceback.
+Each command imports its stage module lazily, so ``imagenet-plus --help`` stays instant; only the light
+settings modules (``<stage>/config.py``) are imported at start-up, because a command's options come from its
+config dataclass (``@with_config_options(XConfig)``: one ``--flag`` per ``setting(...)`` field). A command
+keeps only its own options in its signature (positional ``RUN``/``SPEC`` arguments with ``metavar`` set so
+the usage line names them, ``--config``, ``--out``, switches such as ``--top-up``) and loads its config with
+``load_config`` (or the stage's loader). A :class:`~imagenet_plus.errors.UserError` from any stage is printed
+as one line (``error: …``) on stderr with exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from imagenet_plus.diagnose.config import DiagnoseConfig
 from imagenet_plus.errors import UserError
 from imagenet_plus.evaluate.config import EvaluateConfig
+from imagenet_plus.generate.config import GenerateConfig, load_generate_config
 from imagenet_plus.pipeline.config import load_config, with_config_options
 from imagenet_plus.pipeline.log import report_error, setup_logging
 from imagenet_plus.publish.config import PublishConfig
@@ -24,7 +31,24 @@ from imagenet_plus.report.config import ReportConfig
 from imagenet_plus.score.config import ScoreConfig
 from imagenet_plus.select.config import SelectConfig
 
-app = typer.Typer(
+
+class _Command(TyperCommand):
+    """A command whose usage line names a positional argument by its metavar as click does (``RUN``, ``[REL]``),
+    not in typer 0.29's braces (``{RUN}``): set ``metavar="RUN"`` on the ``typer.Argument``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [re.sub(r"^\{(.+)\}((?:\.\.\.)?)$", r"\1\2", p) for p in super().collect_usage_pieces(ctx)]
+
+
+class _App(typer.Typer):
+    """Every command of the app is a :class:`_Command`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
     name="imagenet-plus",
     help="Build a synthetic, quality-filtered ImageNet clone with diffusion models, and publish it.",
     no_args_is_help=True,
@@ -39,7 +63,8 @@ app = typer.Typer(
 # classes
 @app.command("classes")
 def classes_cmd(
-    spec: Annotated[str, typer.Argument(help="imagenet-1k | wordnet:SYNSET | path/to/classes.{csv,json,yaml}")],
+    spec: Annotated[str, typer.Argument(metavar="SPEC",
+                                        help="imagenet-1k | wordnet:SYNSET | path/to/classes.{csv,json,yaml}")],
     class_limit: Annotated[Optional[int], typer.Option(help="Keep only the first N classes.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON objects instead of a table.")] = False,
 ) -> None:
@@ -52,42 +77,11 @@ def classes_cmd(
 # --------------------------------------------------------------------------------------------------
 # generate
 @app.command("generate")
+@with_config_options(GenerateConfig)
 def generate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory (created if missing).")],
+    flags: dict,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file whose keys are these flags.")] = None,
-    classes: Annotated[Optional[str], typer.Option(help="Class set spec (see 'imagenet-plus classes').")] = None,
-    class_limit: Annotated[Optional[int], typer.Option(help="Keep only the first N classes.")] = None,
-    images_per_class: Annotated[Optional[int], typer.Option(help="Images per class (may grow on a re-run).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Diffusers model: Hub id, local path, or tiny-random.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Inference steps (default: model preset).")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per pipeline call.")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels, multiple of 8.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Global seed.")] = None,
-    prompt_strategy: Annotated[
-        Optional[str], typer.Option(help="Comma list of name,gloss,hypernym,diverse; one is picked per image.")
-    ] = None,
-    negative_prompt: Annotated[
-        Optional[str], typer.Option(help="Negative prompt for every image ('default' = a stock list).")
-    ] = None,
-    image_format: Annotated[Optional[str], typer.Option(help="jpg, png or webp.")] = None,
-    quality: Annotated[Optional[int], typer.Option(help="JPEG/WebP quality.")] = None,
-    shard_size: Annotated[Optional[int], typer.Option(help="Images per shard.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
-    max_attempts: Annotated[Optional[int], typer.Option(help="Tries per image when NSFW-flagged or black.")] = None,
-    family: Annotated[
-        Optional[str], typer.Option(help="Pipeline family of a model without a preset: sd, sdxl, flux or sd3.")
-    ] = None,
-    max_sequence_length: Annotated[
-        Optional[int], typer.Option(help="T5 tokens kept per prompt (FLUX, SD3; default: model preset).")
-    ] = None,
-    offload: Annotated[
-        Optional[str], typer.Option(help="none, model or sequential: diffusers' CPU offload for small GPUs.")
-    ] = None,
-    compile: Annotated[
-        Optional[bool],
-        typer.Option("--compile/--no-compile", help="torch.compile the UNet/transformer and VAE decoder."),
-    ] = None,
     top_up: Annotated[
         bool, typer.Option("--top-up", help="Add new indices for classes short of their quota in selection.parquet.")
     ] = False,
@@ -97,33 +91,9 @@ def generate_cmd(
     ] = False,
 ) -> None:
     """Generate images into RUN/generated/*.tar (resumable; use 'accelerate launch -m imagenet_plus' for N GPUs)."""
-    from imagenet_plus.generate.config import load_generate_config
-    from imagenet_plus.generate.stage import run_generate
+    from imagenet_plus.generate import run_generate
 
-    overrides = dict(
-        classes=classes,
-        class_limit=class_limit,
-        images_per_class=images_per_class,
-        model=model,
-        steps=steps,
-        guidance=guidance,
-        batch_size=batch_size,
-        resolution=resolution,
-        seed=seed,
-        prompt_strategy=prompt_strategy,
-        negative_prompt=negative_prompt,
-        image_format=image_format,
-        quality=quality,
-        shard_size=shard_size,
-        dtype=dtype,
-        max_attempts=max_attempts,
-        family=family,
-        max_sequence_length=max_sequence_length,
-        offload=offload,
-        compile=compile,
-    )
-    cfg = load_generate_config(config, overrides)
-    run_generate(cfg, out, top_up=top_up, remedy=remedy)
+    run_generate(load_generate_config(config, flags), out, top_up=top_up, remedy=remedy)
 
 
 # --------------------------------------------------------------------------------------------------

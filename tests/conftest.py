@@ -67,11 +67,9 @@ def write_fake_run(root: Path, per_class: int = 8, shard_size: int = 10, size: i
     import json
 
     import numpy as np
-    import yaml
     from PIL import Image
 
-    from imagenet_plus.contract import make_key, shard_name
-    from imagenet_plus.io.atomic import write_json_atomic
+    from imagenet_plus.contract import RunRecord, Segment, ShardStats, make_key, shard_name
     from imagenet_plus.io.tar import PartialTarWriter
 
     classes = classes or FAKE_CLASSES
@@ -79,8 +77,9 @@ def write_fake_run(root: Path, per_class: int = 8, shard_size: int = 10, size: i
     (root / "generated").mkdir(parents=True, exist_ok=True)
     config = {"classes": "fake", "images_per_class": per_class, "model": "fake", "steps": 1, "guidance": 0.0,
               "resolution": size, "seed": seed, "shard_size": shard_size, "image_format": "jpg"}
-    (root / "run.yaml").write_text(yaml.safe_dump({"config": config, "config_hash": "fake", "versions": {},
-                                                   "segments": []}))
+    initial = Segment("initial", tuple((c["label"], 0, per_class) for c in classes))
+    RunRecord(config=config, config_hash="fake", versions={}, num_classes=len(classes),
+              num_images=len(classes) * per_class, segments=(initial,)).write(root / "run.yaml")
     (root / "classes.json").write_text(json.dumps(classes, indent=2))
     rng = np.random.default_rng(seed)
     plan = [(c, i) for c in classes for i in range(per_class)]
@@ -99,10 +98,11 @@ def write_fake_run(root: Path, per_class: int = 8, shard_size: int = 10, size: i
                         "height": size, "attempt": 0, "nsfw": False, "strategy": "name", "index": i}
                 w.write({"__key__": make_key(c["id"], i), "jpg": buf.getvalue(), "cls": str(c["label"]).encode(),
                          "json": json.dumps(meta, sort_keys=True).encode()})
-        n = len(plan[s:s + shard_size])
-        write_json_atomic(root / "generated" / f"{name}.json",
-                          {"shard": name, "count": n, "failures": 0, "regenerated": {"nsfw": 0, "black": 0},
-                           "seconds": 0.0, "rank": 0, "model": "fake"})
+        chunk = plan[s:s + shard_size]
+        ShardStats(shard=name, count=len(chunk), first_key=make_key(chunk[0][0]["id"], chunk[0][1]),
+                   last_key=make_key(chunk[-1][0]["id"], chunk[-1][1]), failures=0, failed_keys=[],
+                   regenerated={"nsfw": 0, "black": 0}, seconds=0.0, images_per_second=None, rank=0,
+                   model="fake").write(root / "generated" / f"{name}.json")
     return root
 
 

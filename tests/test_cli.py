@@ -87,3 +87,28 @@ def test_user_error_is_one_line(tmp_path: Path) -> None:
 def test_help_of_a_command() -> None:
     proc = _run("publish", "--help")
     assert proc.returncode == 0 and "--repo-id" in proc.stdout and "--dry-run" in proc.stdout
+
+
+def test_generate_help_lists_each_setting_once() -> None:
+    """Settings are declared once (GenerateConfig's fields): each is one option of --help, beside the command's own."""
+    import re
+
+    from imagenet_plus.generate.config import GenerateConfig
+    from imagenet_plus.pipeline.config import flag_name, settings_of
+
+    proc = _run("generate", "--help")
+    assert proc.returncode == 0, proc.stderr
+    settings = settings_of(GenerateConfig)
+    assert len(settings) >= 20
+    for name, spec in settings.items():
+        found = re.findall(rf"(?<![\w-]){re.escape(flag_name(name))}(?![\w-])", proc.stdout)
+        assert len(found) == (1 if spec.cli else 0), (name, len(found))
+    for own in ("--out", "--config", "--top-up", "--remedy"):
+        assert re.search(rf"^\s+{own}\b", proc.stdout, re.MULTILINE), own
+
+
+def test_usage_names_positional_arguments_by_their_metavar() -> None:
+    proc = _run("classes", "--help")
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines()[0] == "Usage: imagenet-plus classes [OPTIONS] SPEC"
+    _check_usage_error(_run("classes"), "classes", "Missing argument 'SPEC'")

@@ -25,21 +25,43 @@ RUN/scores/summary.json          dataset metrics (ScoreSummary), written last
 RUN/diagnosis.parquet            one row per class: verdict and evidence (+ diagnosis.json, diagnosis_centroids.npz)
 RUN/selection.parquet            every key: kept yes/no, the reason, the composite (+ selection.json summary)
 RUN/thresholds.yaml              thresholds written by `run` from a config's inline `select.thresholds`
-RUN/pipeline.json                `run`'s record of finished stages
+RUN/pipeline.json                a log of what the last `run` did with each stage (never read to decide)
 RUN/report/index.html            the report
 REL/README.md, REL/_info.json, REL/data/{split}-NNNNN.tar       a release
 ```
 """
 
 from imagenet_plus.contract.diagnosis import (  # noqa: F401
+    CENTROIDS_CLASS_IDS,
+    CENTROIDS_REAL,
+    CENTROIDS_SYNTHETIC,
     DIAGNOSIS_COLUMNS,
+    REFERENCE_CLASS_IDS,
+    REFERENCE_CLIP,
+    VERDICT_AMBIGUOUS,
+    VERDICT_CONCEPT_FAILURE,
+    VERDICT_LOW_ADHERENCE,
+    VERDICT_LOW_DIVERSITY,
     VERDICT_OK,
+    VERDICT_SEVERITY,
     VERDICTS,
     DiagnosisCentroids,
     DiagnosisColumns,
     DiagnosisSummary,
+    FlaggedClass,
+    Geometry,
+    diagnosis_frame,
+    diagnosis_schema,
+    read_remedy_strategies_file,
 )
-from imagenet_plus.contract.generated import SAMPLE_FIELDS, clean_partials, done_shards, generated_done  # noqa: F401
+from imagenet_plus.contract.generated import (  # noqa: F401
+    SAMPLE_FIELDS,
+    ShardStats,
+    clean_partials,
+    done_shards,
+    generated_done,
+    stats_path,
+)
 from imagenet_plus.contract.names import (  # noqa: F401
     CARD_NAME,
     CLASS_TEXT_EMBEDDINGS,
@@ -70,6 +92,7 @@ from imagenet_plus.contract.names import (  # noqa: F401
     SELECTION_JSON,
     SELECTION_PARQUET,
     SPLITS,
+    STATE_DIR,
     SUMMARY_JSON,
     TAR_MTIME,
     THRESHOLDS_YAML,
@@ -91,7 +114,16 @@ from imagenet_plus.contract.release import (  # noqa: F401
     check_relative_name,
     read_release_info,
 )
-from imagenet_plus.contract.run import library_versions, read_class_records, read_run_yaml, write_run_yaml  # noqa: F401
+from imagenet_plus.contract.report import ReportSummary  # noqa: F401
+from imagenet_plus.contract.run import (  # noqa: F401
+    RunRecord,
+    Segment,
+    library_versions,
+    read_class_records,
+    read_run_record,
+    read_run_yaml,
+    write_run_yaml,
+)
 from imagenet_plus.contract.scores import (  # noqa: F401
     COL_CLASSIFIER_PROB,
     COL_CLASSIFIER_TOP1,
@@ -106,15 +138,22 @@ from imagenet_plus.contract.scores import (  # noqa: F401
     COL_REALISM,
     COMPOSITE,
     DATASET_PASS_COLUMNS,
+    DEFAULT_INCEPTION_WEIGHTS,
     METRIC_LABELS,
     RELEASE_SCORE_FIELDS,
     REQUIRED_SCORE_COLUMNS,
     SCORE_COLUMNS,
+    BadShard,
     ClassScores,
     DatasetMetrics,
+    MetricLabel,
     ModelsRecord,
+    ScoredShard,
     ScoreSummary,
+    SummaryModels,
+    card_metric_rows,
     check_score_columns,
+    headline_labels,
     score_schema,
     score_table,
 )
@@ -127,5 +166,7 @@ from imagenet_plus.contract.selection import (  # noqa: F401
     REASON_OVER_QUOTA,
     SELECTION_COLUMNS,
     SelectionSummary,
+    selection_schema,
 )
 from imagenet_plus.contract.state import StageState  # noqa: F401
+from imagenet_plus.contract.typed import TypedRecord, typed_from_dict, typed_values  # noqa: F401

@@ -1,15 +1,58 @@
-"""Generated shards: the sample's json fields and the done rules of ``RUN/generated/NNNNN.{tar,json}``."""
+"""Generated shards: the sample's json fields, the shard stats record and the done rules of
+``RUN/generated/NNNNN.{tar,json}``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imagenet_plus.contract.names import PARTIAL_SUFFIX
+from imagenet_plus.contract.records import JsonRecord
+from imagenet_plus.contract.typed import typed_from_dict
+
+
+@dataclass(frozen=True)
+class ShardStats(JsonRecord):
+    """``RUN/generated/NNNNN.json``: what making one shard took (written after its tar: it marks the shard done).
+
+    Attributes:
+        shard: the shard's stem (``00007``).
+        count: samples in the shard.
+        first_key: key of its first sample; ``last_key`` of its last.
+        failures: samples still NSFW-flagged or black after every attempt (kept, listed in ``failed_keys``).
+        regenerated: regeneration attempts by cause (``nsfw``, ``black``).
+        seconds: time to make the shard; ``images_per_second`` the rate (None for a zero time).
+        rank: the process that made it.
+        model: the generating model.
+    """
+
+    shard: str
+    count: int
+    first_key: str
+    last_key: str
+    failures: int
+    failed_keys: list[str]
+    regenerated: dict[str, int]
+    seconds: float
+    images_per_second: float | None
+    rank: int
+    model: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: Path | str) -> ShardStats:
+        return typed_from_dict(cls, data, source, refuse_unknown=True)
+
+
+def stats_path(tar: Path) -> Path:
+    """The stats JSON beside a generated shard (``00007.tar`` → ``00007.json``)."""
+    return tar.with_suffix(".json")
 
 
 def generated_done(tar: Path) -> bool:
     """A generated shard is done when its ``.tar`` and its stats ``.json`` both exist."""
-    return tar.is_file() and tar.with_suffix(".json").is_file()
+    return tar.is_file() and stats_path(tar).is_file()
 
 
 def clean_partials(folder: Path) -> list[Path]:

@@ -1,15 +1,175 @@
-"""The run record and class set: ``RUN/run.yaml`` (written first) and ``RUN/classes.json``."""
+"""The run record and class set: ``RUN/run.yaml`` (written first) and ``RUN/classes.json``.
+
+``run.yaml`` is :class:`RunRecord`: the resolved generate config, its hash (config + class set), the library
+versions, the class and image counts and the plan's :class:`Segment` list. It is read back validated: a
+hand-edited file with a missing key or a value of the wrong type is a one-line error naming the key.
+The check is :func:`~imagenet_plus.contract.typed.typed_values`, the one every typed record uses.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from imagenet_plus.contract.names import RECORDED_LIBRARIES, RUN_YAML
 from imagenet_plus.contract.paths import RunPaths
 from imagenet_plus.contract.records import read_json
+from imagenet_plus.contract.typed import typed_values
 from imagenet_plus.errors import UserError
-from imagenet_plus.io import atomic  # the module: io.atomic imports contract.names, which runs this package
+from imagenet_plus.io.atomic import write_bytes_atomic
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------------------------
+# run.yaml
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A block of planned indices: ``ranges`` = ((label, start, stop), ...) with stop exclusive.
+
+    ``strategies`` = ((label, strategy), ...): the prompt strategy of every new index of those labels in this
+    segment, in place of the configured ones (``generate --top-up --remedy``); empty otherwise.
+    """
+
+    kind: str
+    ranges: tuple[tuple[int, int, int], ...]
+    based_on: str = ""
+    strategies: tuple[tuple[int, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "ranges": [list(r) for r in self.ranges]}
+        if self.based_on:
+            out["based_on"] = self.based_on
+        if self.strategies:
+            out["strategies"] = [[label, strategy] for label, strategy in self.strategies]
+        return out
+
+    @staticmethod
+    def from_dict(data: Any, source: Path | str = RUN_YAML, name: str = "segment") -> Segment:
+        """A segment from its run.yaml mapping.
+
+        Args:
+            data: the mapping.
+            source: the file it was read from; ``name`` its place there (``segments[1]``). Both name errors.
+
+        Raises:
+            UserError: a key missing, unknown or of the wrong type, named as ``segments[1].ranges``.
+        """
+        if not isinstance(data, Mapping):
+            raise UserError(f"{source}: key '{name}' must be a mapping, got {_short_repr(data)}")
+        checks = {
+            "kind": (lambda v: isinstance(v, str), "a string"),
+            "ranges": (lambda v: isinstance(v, list) and all(
+                isinstance(r, list) and len(r) == 3 and all(_is_int(x) for x in r) for r in v),
+                "a list of [label, start, stop] integer triples"),
+            "based_on": (lambda v: isinstance(v, str), "a string"),
+            "strategies": (lambda v: isinstance(v, list) and all(
+                isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and isinstance(p[1], str) for p in v),
+                "a list of [label, strategy] pairs"),
+        }
+        for key in data:
+            if key not in checks:
+                raise UserError(f"{source}: unknown key '{name}.{key}'")
+        for key, (ok, what) in checks.items():
+            if key not in data:
+                if key in ("kind", "ranges"):
+                    raise UserError(f"{source}: missing key '{name}.{key}'")
+            elif not ok(data[key]):
+                raise UserError(f"{source}: key '{name}.{key}' must be {what}, got {_short_repr(data[key])}")
+        return Segment(
+            kind=data["kind"],
+            ranges=tuple((a, b, c) for a, b, c in data["ranges"]),
+            based_on=data.get("based_on", ""),
+            strategies=tuple((label, strategy) for label, strategy in data.get("strategies", ())),
+        )
+
+    @property
+    def num_items(self) -> int:
+        return sum(stop - start for _, start, stop in self.ranges)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``RUN/run.yaml``: what the run's images are made from, written before any image.
+
+    Attributes:
+        config: the resolved generate config (every setting, presets filled in).
+        config_hash: hash of the settings that change images and of the class set (a re-run with another one
+            is refused).
+        versions: versions of the libraries that shape the output.
+        num_classes: classes in ``classes.json``.
+        num_images: images the plan holds (every segment).
+        segments: the plan's segments, in order.
+    """
+
+    config: dict[str, Any]
+    config_hash: str
+    versions: dict[str, str]
+    num_classes: int
+    num_images: int
+    segments: tuple[Segment, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping written to run.yaml, keys in this order."""
+        return {
+            "config": self.config,
+            "config_hash": self.config_hash,
+            "versions": self.versions,
+            "num_classes": self.num_classes,
+            "num_images": self.num_images,
+            "segments": [s.to_dict() for s in self.segments],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: Path | str) -> RunRecord:
+        """Validate a loaded run.yaml.
+
+        Raises:
+            UserError: an unknown or missing key, or a value of the wrong type, naming the key.
+        """
+        values = typed_values(cls, data, source, skip=("segments",), refuse_unknown=True)
+        raw = values["segments"]
+        if not isinstance(raw, list):
+            raise UserError(f"{source}: key 'segments' must be a list, got {_short_repr(raw)}")
+        segments = tuple(Segment.from_dict(s, source, f"segments[{i}]") for i, s in enumerate(raw))
+        return cls(**{**values, "config": dict(values["config"]), "versions": dict(values["versions"]),
+                      "segments": segments})
+
+    @classmethod
+    def read(cls, path: Path) -> RunRecord:
+        """Read and validate a run.yaml.
+
+        Raises:
+            UserError: unreadable, not YAML, or not a run record (naming the key at fault).
+        """
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"unreadable {path}: {exc}") from None
+        if not isinstance(data, Mapping):
+            raise UserError(f"{path} is not a {RUN_YAML} written by imagenet-plus (not a mapping)")
+        return cls.from_dict(data, path)
+
+    def write(self, path: Path) -> None:
+        """Write atomically (YAML, keys in record order)."""
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def library_versions() -> dict[str, str]:
@@ -23,25 +183,19 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def read_run_record(paths: RunPaths) -> RunRecord:
+    """Read ``RUN/run.yaml`` as a validated :class:`RunRecord`."""
+    return RunRecord.read(paths.run_yaml)
+
+
 def read_run_yaml(paths: RunPaths) -> dict[str, Any]:
-    """Read ``RUN/run.yaml``."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(paths.run_yaml.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"unreadable {paths.run_yaml}: {exc}") from None
-    if not isinstance(data, dict) or "config" not in data:
-        raise UserError(f"{paths.run_yaml} is not a {RUN_YAML} written by imagenet-plus (no 'config' key)")
-    return data
+    """``RUN/run.yaml`` as a plain mapping, validated as a :class:`RunRecord` (prefer :func:`read_run_record`)."""
+    return read_run_record(paths).to_dict()
 
 
-def write_run_yaml(paths: RunPaths, data: dict[str, Any]) -> None:
+def write_run_yaml(paths: RunPaths, record: RunRecord) -> None:
     """Write ``RUN/run.yaml`` atomically."""
-    import yaml
-
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    atomic.write_bytes_atomic(paths.run_yaml, text.encode("utf-8"))
+    record.write(paths.run_yaml)
 
 
 def read_class_records(paths: RunPaths) -> list[dict[str, Any]]:

@@ -34,29 +34,45 @@ class TypedRecord(JsonRecord):
         return typed_from_dict(cls, data, source)
 
 
-def typed_from_dict(cls: Any, data: Any, source: Path | str, where: str = "") -> Any:
-    """Build the record dataclass ``cls`` from ``data``, checking keys and value types.
-
-    Keys ``data`` has beyond the fields are ignored (a newer writer may add some).
+def typed_values(cls: Any, data: Any, source: Path | str, where: str = "", *, skip: tuple[str, ...] = (),
+                 refuse_unknown: bool = False) -> dict[str, Any]:
+    """The fields of the record dataclass ``cls`` read from ``data``, each checked against its annotation.
 
     Args:
         cls: a dataclass whose fields are annotated with the supported types.
-        data: the JSON value read from ``source``.
+        data: the JSON/YAML value read from ``source``.
         source: the file, named in errors.
         where: the path of ``data`` inside the file (``per_class.n01440764.``), for nested records.
+        skip: fields the caller parses itself (their presence is still checked).
+        refuse_unknown: a key that is not a field is an error (files a user may edit by hand, like run.yaml);
+            otherwise it is ignored (a newer writer may add some).
+
+    Returns:
+        ``{field: value}`` for the fields ``data`` holds (optional ones may be absent).
 
     Raises:
-        UserError: ``data`` is not an object, lacks a required key, or holds a value of the wrong type.
+        UserError: ``data`` is not an object, lacks a required key, has an unknown one (``refuse_unknown``), or
+            holds a value of the wrong type.
     """
     if not isinstance(data, Mapping):
-        raise UserError(f"{source}: {repr(where.rstrip('.')) if where else 'the top level'} is not a JSON object")
+        raise UserError(f"{source}: {repr(where.rstrip('.')) if where else 'the top level'} is not a mapping")
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
+    if refuse_unknown:
+        names = [f.name for f in fields]
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise UserError(f"{source}: unknown key '{where}{unknown[0]}' (known keys: {', '.join(names)})")
     missing = [where + f.name for f in fields if f.name not in data and _required(f)]
     if missing:
-        raise UserError(f"{source} lacks key(s) {', '.join(missing)}")
-    return cls(**{f.name: _checked(data[f.name], hints[f.name], source, where + f.name)
-                  for f in fields if f.name in data})
+        raise UserError(f"{source}: missing key(s) {', '.join(repr(m) for m in missing)}")
+    return {f.name: data[f.name] if f.name in skip else _checked(data[f.name], hints[f.name], source, where + f.name)
+            for f in fields if f.name in data}
+
+
+def typed_from_dict(cls: Any, data: Any, source: Path | str, where: str = "", *, refuse_unknown: bool = False) -> Any:
+    """Build the record dataclass ``cls`` from ``data``, checking keys and value types (see :func:`typed_values`)."""
+    return cls(**typed_values(cls, data, source, where, refuse_unknown=refuse_unknown))
 
 
 def _required(f: dataclasses.Field) -> bool:

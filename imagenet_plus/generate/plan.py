@@ -1,6 +1,7 @@
 """The generation plan: which (class, index) pairs exist, their seeds, and how they fall into shards.
 
-Pure functions only; ``generate`` stores the plan's *segments* in ``RUN/run.yaml``:
+Pure functions only; ``generate`` stores the plan's *segments* (:class:`~imagenet_plus.contract.run.Segment`)
+in ``RUN/run.yaml``:
 
 - the first segment holds indices ``0 .. images_per_class-1`` of every class;
 - raising ``images_per_class`` on a re-run appends an ``extend`` segment with the new indices only;
@@ -10,7 +11,7 @@ Pure functions only; ``generate`` stores the plan's *segments* in ``RUN/run.yaml
 
 Within a segment items are ordered by (label, index) and cut into shards of ``shard_size``; a shard
 never spans two segments, so adding a segment never changes a finished shard. Shard numbers run on
-across segments. Shard ``s`` belongs to rank ``s % world_size`` (:mod:`imagenet_plus.distributed`).
+across segments. Shard ``s`` belongs to rank ``s % world_size`` (:mod:`imagenet_plus.pipeline.ranks`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from imagenet_plus.contract.run import Segment
+
+__all__ = [
+    "SEED_MASK", "PlanItem", "Segment", "attempt_seed", "extend_segment", "image_seed", "initial_segment",
+    "next_index_per_class", "plan_shards", "segment_items", "top_up_segment",
+]
 
 #: Seeds are 63-bit so that every library (torch, numpy, random) accepts them.
 SEED_MASK = (1 << 63) - 1
@@ -35,41 +42,6 @@ class PlanItem:
     class_id: str
     index: int
     strategy: str = ""
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A block of planned indices: ``ranges`` = ((label, start, stop), ...) with stop exclusive.
-
-    ``strategies`` = ((label, strategy), ...): the prompt strategy of every new index of those labels in this
-    segment, in place of the configured ones (``generate --top-up --remedy``); empty otherwise.
-    """
-
-    kind: str
-    ranges: tuple[tuple[int, int, int], ...]
-    based_on: str = ""
-    strategies: tuple[tuple[int, str], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "ranges": [list(r) for r in self.ranges]}
-        if self.based_on:
-            out["based_on"] = self.based_on
-        if self.strategies:
-            out["strategies"] = [[label, strategy] for label, strategy in self.strategies]
-        return out
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> Segment:
-        return Segment(
-            kind=str(data["kind"]),
-            ranges=tuple((int(a), int(b), int(c)) for a, b, c in data["ranges"]),
-            based_on=str(data.get("based_on", "")),
-            strategies=tuple((int(label), str(strategy)) for label, strategy in data.get("strategies") or ()),
-        )
-
-    @property
-    def num_items(self) -> int:
-        return sum(stop - start for _, start, stop in self.ranges)
 
 
 def image_seed(global_seed: int, class_id: str, index: int) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-#: Suffix of a file being written (renamed to its final name once complete).
+#: Suffix of a file being written (renamed to its final name once complete; re-exported by the contract).
 PARTIAL_SUFFIX = ".partial"
 
 

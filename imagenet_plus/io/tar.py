@@ -19,7 +19,6 @@ and can skip members it is not asked for.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tarfile
@@ -292,11 +291,3 @@ def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield sample
     except OSError as exc:
         raise CorruptShard(p, str(exc)) from None
-
-
-def read_stats(path: Path) -> dict[str, Any]:
-    """Read a shard's stats JSON, naming the file when it is malformed."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"unreadable shard stats {path}: {exc}") from None

@@ -2,7 +2,7 @@
 
 Any model ``AutoPipelineForText2Image`` knows (SD 1.x, 2.x, sd-turbo, SDXL, FLUX.1, SD 3.5, …) by Hub id
 or local folder, plus the tiny test pipelines ``tiny-random`` (SD), ``tiny-random-flux`` and
-``tiny-random-sd3`` (see :mod:`imagenet_plus.tiny`). A model that cannot be found is a
+``tiny-random-sd3`` (see :mod:`imagenet_plus.models.tiny`). A model that cannot be found is a
 :class:`~imagenet_plus.errors.UserError`, never a fallback to another model.
 
 Arguments are mapped per pipeline family (:func:`pipeline_kwargs`, docs/models.md): SD, SDXL and SD3 take
@@ -24,8 +24,8 @@ from imagenet_plus.models.registry import (
     T5_FAMILIES,
     check_family_arguments,
     family_of_pipeline_class,
+    tiny_builder,
 )
-from imagenet_plus.models.tiny import TINY_MODELS
 
 #: torch.compile mode on CUDA: autotuned kernels + CUDA graphs, as in diffusers' "accelerate inference" tutorial.
 COMPILE_MODE_CUDA = "max-autotune"
@@ -66,8 +66,9 @@ def model_location(model: str) -> str:
     Raises:
         UserError: a local path that does not exist.
     """
-    if model in TINY_MODELS:
-        return str(TINY_MODELS[model]())
+    tiny = tiny_builder(model)
+    if tiny is not None:
+        return str(tiny())
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -187,7 +188,7 @@ def load_pipeline(model: str, device: Any, dtype_name: str = "auto", offload: st
     check_offload(offload, device)
     location = model_location(model)
     dtype = resolve_dtype(dtype_name, device)
-    if model in TINY_MODELS:
+    if tiny_builder(model) is not None:
         _quiet_tiny_pipeline_warnings()
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype)

@@ -9,7 +9,8 @@ vocabulary), :func:`tiny_t5_tokenizer` (a T5 Unigram tokenizer over single chara
 ``tokenizers`` library), and one pipeline folder per family: :func:`tiny_text_to_image_dir` (Stable
 Diffusion: UNet), :func:`tiny_flux_dir` (FLUX.1: MMDiT transformer, CLIP + T5, 16-channel VAE) and
 :func:`tiny_sd3_dir` (Stable Diffusion 3.5: MMDiT transformer, two CLIP encoders with projection + T5,
-16-channel VAE). :data:`TINY_MODELS` maps each ``--model`` word to its builder.
+16-channel VAE). The model registry (:data:`~imagenet_plus.models.registry.MODELS`) maps each ``--model`` word
+to its builder.
 """
 
 from __future__ import annotations
@@ -348,7 +349,3 @@ def tiny_sd3_dir(sample_size: int = 8) -> Path:
         pipe.save_pretrained(folder, safe_serialization=True)
 
     return write_once(cache_dir("tiny-random", f"sd3-pipeline-{sample_size}"), build)
-
-
-#: ``--model`` word → builder of the tiny pipeline folder (each loaded back through ``from_pretrained``).
-TINY_MODELS = {TINY_RANDOM: tiny_text_to_image_dir, TINY_RANDOM_FLUX: tiny_flux_dir, TINY_RANDOM_SD3: tiny_sd3_dir}

@@ -247,7 +247,8 @@ def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], source: str) -
         The dataclass instance (its ``__post_init__`` ran the range checks).
 
     Raises:
-        UserError: an unknown key, or a value of the wrong type or out of range.
+        ConfigError: an unknown key, or a value of the wrong type or out of range (every message starts with
+            ``source``, range checks of ``__post_init__`` included).
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -264,6 +265,10 @@ def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], source: str) -
         return cls(**values)
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"{source}: {exc}") from None
+    except UserError as exc:  # a range check of __post_init__: a ConfigError named with the source too
+        if "source" in values:  # a record that carries its source names it in its own errors (select's thresholds)
+            raise
+        raise ConfigError(f"{source}: {exc.message}") from None
 
 
 def load_config(cls: type[T], file_mapping: Mapping[str, Any] | None, flags: Mapping[str, Any] | None,

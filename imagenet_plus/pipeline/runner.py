@@ -1,54 +1,70 @@
 """The one-command pipeline: ``imagenet-plus run --config CFG --out RUN``.
 
-Input: a YAML config whose top-level keys are ``generate``'s flags and whose sections ``score:``,
-``diagnose:``, ``select:``, ``release:``, ``report:``, ``evaluate:`` and ``publish:`` hold the flags of
-those stages. Output: the run folder RUN (``generated/``, ``scores/``, ``selection.*``, ``report/``,
-and ``pipeline.json``, the record of finished stages), the release folder (``release.out``, default
-``RUN/release``), the evaluation folder (``evaluate.out``, default ``RUN/eval``) and, when
-``publish.repo-id`` is set, the dataset repo on the Hub.
+Input: a YAML config whose top-level keys are ``generate``'s settings and whose sections ``score:``,
+``diagnose:``, ``select:``, ``release:``, ``report:``, ``evaluate:`` and ``publish:`` hold the settings of
+those stages. Output: the run folder RUN, the release folder (``release.out``, default ``RUN/release``), the
+evaluation folder (``evaluate.out``, default ``RUN/eval``) and, when ``publish.repo-id`` is set, the dataset
+repo on the Hub.
 
 Order: generate → score (→ diagnose when a ``diagnose:`` section is given) → select → release → report
 (→ evaluate when ``evaluate.test`` names a real test set, → publish when ``publish.repo-id`` is set).
 Every setting of every stage is validated before any work starts, so a typo in the last section fails
 at once, as one line naming ``FILE: section`` and the key.
 
-The stages are entries of :data:`REGISTRY` (as torch-fidelity's registry does for feature extractors):
-each :class:`StageSpec` names its config loader, its run function, the check that its outputs are still
-there and whether every process of a multi-process launch takes part. Adding a stage is one
-``register(StageSpec(...))`` call at its place in the order (plus its section name in
+The stages are entries of :data:`REGISTRY` (as torch-fidelity's registry does for feature extractors). A
+:class:`StageSpec` names the stage's package face (``imagenet_plus.score``…), from which ``run`` takes its
+config class, its ``run_<stage>`` function and its ``stage_inputs``; every section is loaded by the one
+generic loader (``load_config(XConfig, section, None, "FILE: section")``) and the few real special cases are
+small hooks (select's inline thresholds, release's ``out``, evaluate's defaults, publish's token check).
+Adding a stage is one ``register(StageSpec(...))`` call at its place in the order (plus its section name in
 ``config.STAGE_SECTIONS``, which a test keeps equal to the registry's sections).
 
-Skipping and resuming: a stage is skipped when ``RUN/pipeline.json`` records it as finished with the
-same settings (its own and those of every stage before it) and its outputs are there. A stage that is
-not finished is called again, and every stage resumes by itself (generate and score skip finished
-shards, select/report rewrite their small outputs atomically, release is a no-op for the same
-inputs, publish's upload resumes), so a ``run`` killed at any point finishes when started again.
-Changing a stage's settings re-runs that stage and the ones after it; a stage that is not configured
-does not enter the chain, so adding an optional section later re-runs only the stages after it.
+Skipping and resuming: ``run`` asks each stage the question the stage asks itself, through the same
+function: ``freshness.is_current(paths, <stage>.stage_inputs(...))`` (the stage's settings, the fingerprints
+of the stages it reads and its input files against its record ``RUN/state/{stage}.json``, and its outputs
+exist). A current stage is skipped; any other runs, and every stage resumes by itself (generate and score
+skip finished shards, select/report rewrite their small outputs atomically, release is a no-op for the same
+inputs, publish's upload resumes), so a ``run`` killed at any point finishes when started again. A stage
+that re-ran records a new fingerprint, which changes the fingerprint of every stage that reads it: changing
+a stage's settings re-runs that stage and the ones after it. ``evaluate`` has no record of its own: ``run``
+declares its inputs (its settings, the release's fingerprint, ``eval.json`` as output) and records it after
+it ran; ``publish`` always runs (its upload is a no-op when the repo already equals the release).
+``RUN/pipeline.json`` is only a log of what the last ``run`` did with each stage; nothing reads it to decide.
 
 ``select.thresholds`` may be a file path or an inline mapping of thresholds (written to
-``RUN/thresholds.yaml`` for the select stage). Relative paths are relative to the current directory.
+``RUN/thresholds.yaml``, rewritten only when its contents change, for the select stage). Relative paths are
+relative to the current directory.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import sys
+import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.contract import PIPELINE_FAILED, ReleasePaths, RunPaths
-from imagenet_plus.errors import UserError
-from imagenet_plus.pipeline.config import config_from_mapping, config_to_dict, field_name, stable_hash
+from imagenet_plus import diagnose, evaluate, generate, publish, release, report, score, select
+from imagenet_plus.contract import EVAL_JSON, RunPaths
+from imagenet_plus.errors import ConfigError, UserError
+from imagenet_plus.io.atomic import write_bytes_atomic, write_json_atomic
+from imagenet_plus.pipeline.config import config_to_dict, field_name, load_config, split_config_file
+from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current, what_changed
+from imagenet_plus.pipeline.ranks import init_dist
 
-#: Written by the main process when a stage fails under a multi-process launch (the others stop waiting).
-FAILED_FILE = PIPELINE_FAILED
+log = logging.getLogger(__name__)
+
 #: Default release folder (inside RUN) and evaluation folder.
 DEFAULT_RELEASE = "release"
 DEFAULT_EVAL = "eval"
+#: Folder below ``RUN/markers`` where the main process tells the others what it did with each stage.
+RUN_MARKERS = "run"
+#: What the main process tells the others: a stage is ``running`` (all-ranks stages), ``skipped`` or ``done``.
+RUNNING, SKIPPED, DONE = "running", "skipped", "done"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,27 +88,21 @@ class Plan:
             raise AttributeError(f"Plan has no {name!r} (stages: {', '.join(REGISTRY)})")
         return values[name]
 
-    def settings(self, stage: str) -> Any:
-        """The JSON-able settings of one stage (what its record in pipeline.json is hashed from), None if off."""
-        return REGISTRY[stage].settings(self)
-
 
 @dataclass(frozen=True)
 class ConfigSource:
-    """What a stage's loader reads: the config file, its sections, the run folder and earlier loaders' values."""
+    """What a stage's loader reads: the config file, its generate keys and sections, the run folder, and the
+    values earlier stages' loaders returned."""
 
     path: Path
     run: Path
+    top: Mapping[str, Any]
     sections: Mapping[str, dict[str, Any]]
     earlier: Mapping[str, Any]
 
     def where(self, section: str) -> str:
         """``FILE: section``, the prefix of every error about that section."""
         return f"{self.path}: {section}"
-
-    def build(self, cls: Any, section: str, mapping: Mapping[str, Any] | None = None) -> Any:
-        """A config dataclass from a section (or ``mapping``), with ``FILE: section`` in every error."""
-        return _build(cls, dict(self.sections.get(section, {}) if mapping is None else mapping), self.where(section))
 
 
 def _pop(section: dict[str, Any], key: str) -> Any:
@@ -107,28 +117,13 @@ def _has(section: Mapping[str, Any], key: str) -> bool:
     return any(field_name(k) == field_name(key) and section[k] not in (None, "") for k in section)
 
 
-def _build(cls: Any, mapping: dict[str, Any], source: str) -> Any:
-    """``config_from_mapping``, with the source (``FILE: section``) in every error, range checks included."""
-    try:
-        return config_from_mapping(cls, mapping, source)
-    except UserError as exc:
-        if exc.message.startswith(source):
-            raise
-        raise UserError(f"{source}: {exc.message}") from None
-
-
-def _config_settings(name: str) -> Callable[[Plan], Any]:
-    """The default settings of a stage: its config as a dict (None when not configured)."""
-
-    def settings(plan: Plan) -> Any:
-        cfg = plan.values.get(name)
-        return None if cfg is None else config_to_dict(cfg)
-
-    return settings
-
-
 # ------------------------------------------------------------------------------------------------
 # The registry
+
+
+def _run_and_config(spec: StageSpec, plan: Plan) -> tuple[Any, ...]:
+    """The arguments most stages take, in ``run_<stage>`` and ``stage_inputs`` alike: ``(RUN, config)``."""
+    return (plan.run, plan.values[spec.name])
 
 
 @dataclass(frozen=True)
@@ -136,29 +131,65 @@ class StageSpec:
     """One stage of ``run``.
 
     Attributes:
-        name: the stage (its record in pipeline.json; also its config section unless ``section`` says otherwise).
-        load: reads and validates its settings: ``ConfigSource`` → plan values (``{name: None}`` when off).
-        run: runs it: ``Plan`` → extra facts recorded in pipeline.json. Looks its module function up when
-            called, so tests can replace it.
-        outputs_present: ``(Plan, its pipeline.json entry)`` → whether its outputs are still there.
-        settings: ``Plan`` → the JSON-able settings its chain hash covers (default: its config as a dict).
+        name: the stage (its record ``RUN/state/{name}.json``; also its config section unless ``section`` says
+            otherwise).
+        face: its package (lazy face), offering ``config`` (the config class), ``run_<name>`` and ``stage_inputs``;
+            looked up when called, so tests can replace them.
+        config: the name of its config class on ``face``.
+        args: ``(spec, Plan)`` → the arguments of ``run_<name>`` and ``stage_inputs`` (default ``(RUN, config)``).
+        call: ``Plan`` → runs the stage, when not ``face.run_<name>(*args)``.
+        inputs: ``Plan`` → its :class:`StageInputs` (None: always runs), when not ``face.stage_inputs(*args)``.
         all_ranks: every process of a multi-process launch takes part (else the main process runs it).
-        section: its config file section (None: top-level keys, as for generate).
+        optional: runs only when its section is in the config file.
+        section: its config file section (None: the top-level keys, as for generate).
+        prepare: ``(ConfigSource, section mapping)`` → extra plan values; may take keys out of the mapping or add
+            defaults before the config is built (select's inline thresholds, release's ``out``…).
+        check: ``(ConfigSource, config)`` → raises on what the built config cannot be run with (a missing folder).
+        marked_by_run: ``run`` records the stage as current after it ran (a stage without a record of its own).
     """
 
     name: str
-    load: Callable[[ConfigSource], dict[str, Any]]
-    run: Callable[[Plan], dict[str, Any]]
-    outputs_present: Callable[[Plan, dict[str, Any]], bool]
-    settings: Callable[[Plan], Any] | None = None
+    face: Any
+    config: str
+    args: Callable[[StageSpec, Plan], tuple[Any, ...]] = _run_and_config
+    call: Callable[[Plan], Any] | None = None
+    inputs: Callable[[Plan], StageInputs | None] | None = None
     all_ranks: bool = False
+    optional: bool = False
     section: str | None = ""
+    prepare: Callable[[ConfigSource, dict[str, Any]], dict[str, Any]] | None = None
+    check: Callable[[ConfigSource, Any], None] | None = None
+    marked_by_run: bool = False
 
     def __post_init__(self) -> None:
-        if self.settings is None:
-            object.__setattr__(self, "settings", _config_settings(self.name))
         if self.section == "":
             object.__setattr__(self, "section", self.name)
+
+    def load(self, src: ConfigSource) -> dict[str, Any]:
+        """Read and validate the stage's settings: ``{name: config or None, **extra values}``."""
+        if self.section is None:
+            mapping, where = dict(src.top), str(src.path)
+        elif self.optional and self.section not in src.sections:
+            return {self.name: None}
+        else:
+            mapping, where = dict(src.sections.get(self.section, {})), src.where(self.section)
+        extra = self.prepare(src, mapping) if self.prepare is not None else {}
+        cfg = load_config(getattr(self.face, self.config), mapping, None, where)
+        if self.check is not None:
+            self.check(src, cfg)
+        return {self.name: cfg, **extra}
+
+    def stage_inputs(self, plan: Plan) -> StageInputs | None:
+        """What the stage's outputs are made from now (None: it has no freshness rule and always runs)."""
+        if self.inputs is not None:
+            return self.inputs(plan)
+        return self.face.stage_inputs(*self.args(self, plan))
+
+    def execute(self, plan: Plan) -> Any:
+        """Run the stage."""
+        if self.call is not None:
+            return self.call(plan)
+        return getattr(self.face, f"run_{self.name}")(*self.args(self, plan))
 
 
 #: Every stage of ``run``, in the order they run (filled by :func:`register` below).
@@ -173,260 +204,119 @@ def register(spec: StageSpec) -> StageSpec:
     return spec
 
 
-# generate --------------------------------------------------------------------------------------
+# generate ------------------------------------------------------------------------------------------
 
 
-def _load_generate(src: ConfigSource) -> dict[str, Any]:
-    from imagenet_plus.generate.config import load_generate_config
-
-    try:
-        return {"generate": load_generate_config(src.path)}
-    except UserError as exc:
-        raise UserError(exc.message if str(src.path) in exc.message else f"{src.path}: {exc.message}") from None
-
-
-def _run_generate(plan: Plan) -> dict[str, Any]:
-    from imagenet_plus.generate import stage as generate
-
+def _run_generate(plan: Plan) -> None:
     result = generate.run_generate(plan.generate, plan.run)
     if not result.done:
         raise UserError(f"generate did not finish every shard of {plan.run}: run the same command again")
-    return {"shards": result.num_shards}
 
 
-def _generate_done(plan: Plan, entry: dict[str, Any]) -> bool:
-    from imagenet_plus.contract import PARTIAL_SUFFIX, done_shards
-
-    generated = RunPaths(plan.run).generated
-    return len(done_shards(generated)) == entry.get("shards", -1) and not any(generated.glob(f"*{PARTIAL_SUFFIX}"))
-
-
-register(StageSpec("generate", _load_generate, _run_generate, _generate_done,
-                   settings=lambda plan: config_to_dict(plan.generate.resolved()), all_ranks=True, section=None))
-
-
-# score -----------------------------------------------------------------------------------------
-
-
-def _load_score(src: ConfigSource) -> dict[str, Any]:
-    from imagenet_plus.score.stage import ScoreConfig
-
-    return {"score": src.build(ScoreConfig, "score")}
-
-
-def _run_score(plan: Plan) -> dict[str, Any]:
-    from imagenet_plus.score import stage as score
-
-    score.run_score(plan.run, plan.score)
-    return {}
-
-
-def _score_done(plan: Plan, entry: dict[str, Any]) -> bool:
-    """Done when summary.json covers exactly the finished generated shards (a top-up adds shards to score)."""
-    from imagenet_plus.score import stage as score
-
-    return score.is_finished(plan.run, plan.score)
-
-
-register(StageSpec("score", _load_score, _run_score, _score_done, all_ranks=True))
-
-
-# diagnose (optional: runs when the config has a ``diagnose:`` section) ------------------------------
-
-
-def _load_diagnose(src: ConfigSource) -> dict[str, Any]:
-    if "diagnose" not in src.sections:
-        return {"diagnose": None}
-    from imagenet_plus.diagnose.stage import DiagnoseConfig
-
-    return {"diagnose": src.build(DiagnoseConfig, "diagnose")}
-
-
-def _run_diagnose(plan: Plan) -> dict[str, Any]:
-    from imagenet_plus.diagnose import stage as diagnose
-
-    summary = diagnose.run_diagnose(plan.run, plan.diagnose)
-    return {"verdicts": summary.get("verdict_counts")}
-
-
-def _newer_or_same(output: Path, source: Path) -> bool:
-    """``output`` exists and was written after ``source`` (or ``source`` is absent)."""
-    if not output.is_file():
-        return False
-    return not source.is_file() or output.stat().st_mtime_ns >= source.stat().st_mtime_ns
-
-
-def _diagnose_done(plan: Plan, entry: dict[str, Any]) -> bool:
-    """Done when the diagnosis was written after the current scores (a re-score, e.g. after a top-up, redoes it)."""
-    paths = RunPaths(plan.run)
-    return paths.diagnosis_parquet.is_file() and _newer_or_same(paths.diagnosis_json, paths.summary_json)
-
-
-register(StageSpec("diagnose", _load_diagnose, _run_diagnose, _diagnose_done))
+register(StageSpec("generate", generate, "GenerateConfig", call=_run_generate, all_ranks=True, section=None))
+register(StageSpec("score", score, "ScoreConfig", all_ranks=True))
+register(StageSpec("diagnose", diagnose, "DiagnoseConfig", optional=True))
 
 
 # select ----------------------------------------------------------------------------------------
 
 
-def _inline_thresholds(src: ConfigSource, sel: dict[str, Any]) -> dict[str, Any] | None:
+def _inline_thresholds(src: ConfigSource, sel: dict[str, Any]) -> dict[str, Any]:
     """Take ``thresholds`` out of the select section when it is a mapping (validated); check a file path."""
-    from imagenet_plus.select import Thresholds
-
     raw = sel.get("thresholds")
     if isinstance(raw, dict):
+        where = src.where("select.thresholds")
         inline = {field_name(k): v for k, v in _pop(sel, "thresholds").items()}
         if "source" in inline:
-            raise UserError(f"{src.where('select.thresholds')}: unknown key 'source'")
-        where = src.where("select.thresholds")
-        _build(Thresholds, {**inline, "source": where}, where)
-        return inline
+            raise ConfigError(f"{where}: unknown key 'source'")
+        load_config(select.Thresholds, {**inline, "source": where}, None, where)
+        return {"thresholds": inline}
     if raw is not None and not Path(str(raw)).is_file():
-        raise UserError(f"{src.where('select')}: thresholds file not found: {raw}")
-    return None
+        raise ConfigError(f"{src.where('select')}: thresholds file not found: {raw}")
+    return {"thresholds": None}
 
 
-def _load_select(src: ConfigSource) -> dict[str, Any]:
-    from imagenet_plus.select import SelectConfig
-
-    sel = dict(src.sections.get("select", {}))
-    inline = _inline_thresholds(src, sel)
-    return {"select": src.build(SelectConfig, "select", sel), "thresholds": inline}
-
-
-def _run_select(plan: Plan) -> dict[str, Any]:
-    from dataclasses import replace
-
-    from imagenet_plus.select import stage as select
-
+def _select_args(spec: StageSpec, plan: Plan) -> tuple[Any, ...]:
+    """``(RUN, config)``, inline thresholds written to ``RUN/thresholds.yaml`` (only when they changed, so the
+    file's identity, an input of select, changes only then) and named by the config."""
     cfg = plan.select
     if plan.thresholds is not None:
         import yaml
 
-        from imagenet_plus.io.atomic import write_bytes_atomic
-
         th_file = RunPaths(plan.run).thresholds_yaml
-        write_bytes_atomic(th_file, yaml.safe_dump(plan.thresholds, sort_keys=True).encode())
+        text = yaml.safe_dump(plan.thresholds, sort_keys=True).encode()
+        if not th_file.is_file() or th_file.read_bytes() != text:
+            write_bytes_atomic(th_file, text)
         cfg = replace(cfg, thresholds=str(th_file))
-    summary = select.run_select(plan.run, cfg)
-    return {"kept": summary.num_kept}
+    return (plan.run, cfg)
 
 
-def _select_done(plan: Plan, entry: dict[str, Any]) -> bool:
-    """Done when the selection covers as many images as the current scores (a top-up adds images)."""
-    import json
-
-    paths = RunPaths(plan.run)
-    if not (paths.selection_parquet.is_file() and paths.selection_json.is_file() and paths.summary_json.is_file()):
-        return False
-    try:
-        scored = json.loads(paths.summary_json.read_text(encoding="utf-8")).get("num_images")
-        selected = json.loads(paths.selection_json.read_text(encoding="utf-8")).get("num_scored")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return scored == selected
+register(StageSpec("select", select, "SelectConfig", args=_select_args, prepare=_inline_thresholds))
 
 
-register(StageSpec("select", _load_select, _run_select, _select_done,
-                   settings=lambda plan: {"config": config_to_dict(plan.select), "inline_thresholds": plan.thresholds}))
+# release, report ---------------------------------------------------------------------------------
 
 
-# release ---------------------------------------------------------------------------------------
-
-
-def _load_release(src: ConfigSource) -> dict[str, Any]:
-    from imagenet_plus.release.stage import ReleaseConfig
-
-    rel = dict(src.sections.get("release", {}))
+def _release_out(src: ConfigSource, rel: dict[str, Any]) -> dict[str, Any]:
     out = _pop(rel, "out")
     if out is not None and not isinstance(out, str):
-        raise UserError(f"{src.where('release')}: key 'out' must be a folder path, got {out!r}")
-    return {"release": src.build(ReleaseConfig, "release", rel),
-            "release_out": Path(out) if out else src.run / DEFAULT_RELEASE}
+        raise ConfigError(f"{src.where('release')}: key 'out' must be a folder path, got {out!r}")
+    return {"release_out": Path(out) if out else src.run / DEFAULT_RELEASE}
 
 
-def _run_release(plan: Plan) -> dict[str, Any]:
-    from imagenet_plus.release import stage as release
-
-    release.run_release(plan.run, plan.release_out, plan.release)
-    return {"out": str(plan.release_out)}
+def _release_args(spec: StageSpec, plan: Plan) -> tuple[Any, ...]:
+    return (plan.run, plan.release_out, plan.release)
 
 
-def _release_done(plan: Plan, entry: dict[str, Any]) -> bool:
-    """Done when the release was written after the current selection (a new selection re-releases)."""
-    rel = ReleasePaths(plan.release_out)
-    return rel.card.is_file() and _newer_or_same(rel.info_json, RunPaths(plan.run).selection_json)
-
-
-register(StageSpec("release", _load_release, _run_release, _release_done,
-                   settings=lambda plan: {"config": config_to_dict(plan.release), "out": str(plan.release_out)}))
-
-
-# report ----------------------------------------------------------------------------------------
-
-
-def _load_report(src: ConfigSource) -> dict[str, Any]:
-    from imagenet_plus.report.stage import ReportConfig
-
-    return {"report": src.build(ReportConfig, "report")}
-
-
-def _run_report(plan: Plan) -> dict[str, Any]:
-    from imagenet_plus.report import stage as report
-
-    return {"index": str(report.run_report(plan.run, plan.report))}
-
-
-def _report_done(plan: Plan, entry: dict[str, Any]) -> bool:
-    from imagenet_plus.report import stage as report
-
-    return report.is_up_to_date(plan.run, plan.report)
-
-
-register(StageSpec("report", _load_report, _run_report, _report_done))
+register(StageSpec("release", release, "ReleaseConfig", args=_release_args, prepare=_release_out))
+register(StageSpec("report", report, "ReportConfig"))
 
 
 # evaluate (optional: runs when ``evaluate.test`` names a real test set) -----------------------------
 
 
-def _load_evaluate(src: ConfigSource) -> dict[str, Any]:
-    if "evaluate" not in src.sections:
-        return {"evaluate": None}
-    from imagenet_plus.evaluate.stage import EvaluateConfig
-
-    ev = src.sections["evaluate"]
+def _evaluate_defaults(src: ConfigSource, ev: dict[str, Any]) -> dict[str, Any]:
     if not _has(ev, "test"):
-        raise UserError(f"{src.where('evaluate')}: missing required setting 'test' (real images in class-id "
-                        "subfolders); remove the evaluate section to skip evaluation")
-    mapping = {"train": str(src.earlier["release_out"]), "out": str(src.run / DEFAULT_EVAL)}
-    mapping.update({field_name(k): v for k, v in ev.items()})
-    evaluate = src.build(EvaluateConfig, "evaluate", mapping)
-    if not Path(evaluate.test).is_dir():
-        raise UserError(f"{src.where('evaluate')}: test folder not found: {evaluate.test}")
-    if evaluate.finetune and not Path(evaluate.finetune).is_dir():
-        raise UserError(f"{src.where('evaluate')}: finetune folder not found: {evaluate.finetune}")
-    return {"evaluate": evaluate}
+        raise ConfigError(f"{src.where('evaluate')}: missing required setting 'test' (real images in class-id "
+                          "subfolders); remove the evaluate section to skip evaluation")
+    defaults = {"train": str(src.earlier["release_out"]), "out": str(src.run / DEFAULT_EVAL)}
+    for key, value in defaults.items():
+        if not any(field_name(k) == key for k in ev):
+            ev[key] = value
+    return {}
 
 
-def _run_evaluate(plan: Plan) -> dict[str, Any]:
-    from imagenet_plus.evaluate import stage as evaluate
-
-    res = evaluate.run_evaluate(plan.evaluate)
-    return {"accuracy": {k: v.get("accuracy") for k, v in res["results"].items()}}
-
-
-def _evaluate_done(plan: Plan, entry: dict[str, Any]) -> bool:
-    from imagenet_plus.contract import EVAL_JSON
-
-    return (Path(plan.evaluate.out) / EVAL_JSON).is_file()
+def _evaluate_folders(src: ConfigSource, cfg: Any) -> None:
+    if not Path(cfg.test).is_dir():
+        raise ConfigError(f"{src.where('evaluate')}: test folder not found: {cfg.test}")
+    if cfg.finetune and not Path(cfg.finetune).is_dir():
+        raise ConfigError(f"{src.where('evaluate')}: finetune folder not found: {cfg.finetune}")
 
 
-register(StageSpec("evaluate", _load_evaluate, _run_evaluate, _evaluate_done, all_ranks=True))
+def _evaluate_inputs(plan: Plan) -> StageInputs:
+    """evaluate's inputs, declared by ``run``: its settings and the release it trains on; ``eval.json`` its output."""
+    return StageInputs("evaluate", settings=config_to_dict(plan.evaluate), upstream=("release",),
+                       outputs=(Path(plan.evaluate.out) / EVAL_JSON,))
+
+
+register(StageSpec("evaluate", evaluate, "EvaluateConfig", args=lambda spec, plan: (plan.evaluate,),
+                   inputs=_evaluate_inputs, all_ranks=True, optional=True, prepare=_evaluate_defaults,
+                   check=_evaluate_folders, marked_by_run=True))
 
 
 # publish (optional: runs when ``publish.repo-id`` is set) --------------------------------------------
 
 
-def _check_token(src: ConfigSource) -> None:
+def _require_repo_id(src: ConfigSource, pub: dict[str, Any]) -> dict[str, Any]:
+    if not _has(pub, "repo_id"):
+        raise ConfigError(f"{src.where('publish')}: missing required setting 'repo-id' (USER/NAME); "
+                          "remove the publish section to skip publishing")
+    return {}
+
+
+def _check_token(src: ConfigSource, cfg: Any) -> None:
+    if cfg.dry_run:
+        return
     from huggingface_hub import get_token
 
     if not get_token():
@@ -434,27 +324,8 @@ def _check_token(src: ConfigSource) -> None:
                         "checked before any work starts")
 
 
-def _load_publish(src: ConfigSource) -> dict[str, Any]:
-    if "publish" not in src.sections:
-        return {"publish": None}
-    from imagenet_plus.publish.stage import PublishConfig
-
-    if not _has(src.sections["publish"], "repo_id"):
-        raise UserError(f"{src.where('publish')}: missing required setting 'repo-id' (USER/NAME); "
-                        "remove the publish section to skip publishing")
-    publish = src.build(PublishConfig, "publish")
-    if not publish.dry_run:
-        _check_token(src)
-    return {"publish": publish}
-
-
-def _run_publish(plan: Plan) -> dict[str, Any]:
-    from imagenet_plus.publish import stage as publish
-
-    return {"url": publish.run_publish(plan.release_out, plan.publish).splitlines()[0]}
-
-
-register(StageSpec("publish", _load_publish, _run_publish, lambda plan, entry: True))  # nothing local to check
+register(StageSpec("publish", publish, "PublishConfig", args=lambda spec, plan: (plan.release_out, plan.publish),
+                   inputs=lambda plan: None, optional=True, prepare=_require_repo_id, check=_check_token))
 
 #: Stages in the order they run.
 STAGES = tuple(REGISTRY)
@@ -466,21 +337,6 @@ ALL_RANK_STAGES = tuple(name for name, spec in REGISTRY.items() if spec.all_rank
 # Loading a run config
 
 
-def _check_out(out: str | Path) -> Path:
-    run = Path(out)
-    if run.exists() and not run.is_dir():
-        raise UserError(f"--out {run} is a file, not a run directory")
-    return run
-
-
-def _read_sections(path: Path) -> dict[str, dict[str, Any]]:
-    """The stage sections of the config file (copies: loaders may pop keys)."""
-    from imagenet_plus.pipeline.config import split_config_file
-
-    _top, sections = split_config_file(path)
-    return {k: dict(v) for k, v in sections.items()}
-
-
 def load_plan(config_path: str | Path, out: str | Path) -> Plan:
     """Read and validate every stage's settings from the run config, stage by stage in the registry's order.
 
@@ -489,68 +345,80 @@ def load_plan(config_path: str | Path, out: str | Path) -> Plan:
             as ``FILE: section``.
     """
     path = Path(config_path)
-    run = _check_out(out)
-    sections = _read_sections(path)
+    run = Path(out)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"--out {run} is a file, not a run directory")
+    top, sections = split_config_file(path)
     values: dict[str, Any] = {}
     for spec in REGISTRY.values():
-        values.update(spec.load(ConfigSource(path, run, sections, dict(values))))
+        src = ConfigSource(path, run, dict(top), {k: dict(v) for k, v in sections.items()}, dict(values))
+        values.update(spec.load(src))
     return Plan(run, values)
 
 
 # ------------------------------------------------------------------------------------------------
-# The record of finished stages
+# Telling the other processes (files, never a collective) and the log
 
 
-class PipelineState:
-    """``RUN/pipeline.json``: for each finished stage, the hash of its settings chain and when it finished."""
+class MainProcessNotes:
+    """The files through which the main process tells the others what it did with each stage.
 
-    def __init__(self, run: Path) -> None:
-        self.path = RunPaths(Path(run)).pipeline_json
-        self.stages: dict[str, Any] = {}
-        if self.path.is_file():
-            import json
+    ``RUN/markers/run/{stage}`` holds ``running`` (an all-ranks stage the others must join), ``skipped`` or
+    ``done``; ``RUN/pipeline.failed`` holds the main process's error. The main process clears them when a
+    launch starts (before the one start-up barrier), so notes of an earlier launch never count.
+    """
 
-            try:
-                self.stages = dict(json.loads(self.path.read_text(encoding="utf-8")).get("stages", {}))
-            except (OSError, ValueError, AttributeError):
-                self.stages = {}  # unreadable record: every stage is checked again (they all resume)
+    def __init__(self, paths: RunPaths, poll: float = 2.0) -> None:
+        self.folder = paths.markers / RUN_MARKERS
+        self.failed = paths.pipeline_failed
+        self.poll = poll
 
-    def finished(self, stage: str, chain: str) -> bool:
-        entry = self.stages.get(stage)
-        return isinstance(entry, dict) and entry.get("hash") == chain
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.failed.unlink(missing_ok=True)
 
-    def mark(self, stage: str, chain: str, seconds: float, **extra: Any) -> None:
-        from imagenet_plus.io.atomic import write_json_atomic
+    def tell(self, stage: str, word: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.folder / stage, f"{word}\n".encode())
 
-        self.stages[stage] = {"hash": chain, "seconds": round(seconds, 2),
-                              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
-        write_json_atomic(self.path, {"stages": self.stages})
+    def fail(self, exc: BaseException) -> None:
+        message = exc.message if isinstance(exc, UserError) else type(exc).__name__
+        write_bytes_atomic(self.failed, f"{message}\n".encode())
 
-    def forget(self, stage: str) -> None:
-        from imagenet_plus.io.atomic import write_json_atomic
+    def wait(self, stage: str, words: tuple[str, ...]) -> str:
+        """Poll until the main process said one of ``words`` about ``stage``.
 
-        if self.stages.pop(stage, None) is not None:
-            write_json_atomic(self.path, {"stages": self.stages})
+        Raises:
+            UserError: the main process failed (its message).
+        """
+        note = self.folder / stage
+        while True:
+            if self.failed.is_file():
+                reason = self.failed.read_text(encoding="utf-8").strip()
+                raise UserError(f"stage {stage} failed on the main process: {reason}")
+            word = note.read_text(encoding="utf-8").strip() if note.is_file() else ""
+            if word in words:
+                return word
+            time.sleep(self.poll)
 
 
-def outputs_present(plan: Plan, stage: str, entry: dict[str, Any]) -> bool:
-    """Whether a finished stage's outputs are still there (a deleted output makes the stage run again)."""
-    return REGISTRY[stage].outputs_present(plan, entry)
+def _log_outcome(paths: RunPaths, stage: str, outcome: str | None, seconds: float = 0.0) -> None:
+    """Record what this ``run`` did with a stage in ``RUN/pipeline.json`` (None: not configured, dropped)."""
+    try:
+        stages = dict(json.loads(paths.pipeline_json.read_text(encoding="utf-8"))["stages"])
+    except (OSError, ValueError, KeyError, TypeError):
+        stages = {}
+    if outcome is None:
+        if stages.pop(stage, None) is None:
+            return
+    else:
+        stages[stage] = {"outcome": outcome, "seconds": round(seconds, 2),
+                         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json_atomic(paths.pipeline_json, {"stages": stages})
 
 
 # ------------------------------------------------------------------------------------------------
 # Running
-
-
-def _log(message: str) -> None:
-    print(f"run: {message}", file=sys.stderr, flush=True)
-
-
-def _run_stage(plan: Plan, stage: str) -> dict[str, Any]:
-    """Call one stage's function (looked up at call time); returns extra facts for pipeline.json."""
-    if stage not in REGISTRY:
-        raise ValueError(f"unknown stage {stage}")
-    return REGISTRY[stage].run(plan)
 
 
 def _launch() -> tuple[int, int]:
@@ -558,51 +426,54 @@ def _launch() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _wait_for_main(plan: Plan, stage: str, chain: str, poll: float = 2.0) -> None:
-    """On a non-main process: wait (no collective, so no timeout) until the main process has finished ``stage``."""
-    failed = RunPaths(plan.run).pipeline_failed
-    while not PipelineState(plan.run).finished(stage, chain):
-        if failed.is_file():
-            raise UserError(f"stage {stage} failed on the main process: {failed.read_text(encoding='utf-8').strip()}")
-        time.sleep(poll)
-
-
-def _start(plan: Plan, main: bool, world_size: int) -> None:
-    """The main process creates RUN and clears an old failure marker; every process then meets once."""
-    if main:
-        plan.run.mkdir(parents=True, exist_ok=True)
-        RunPaths(plan.run).pipeline_failed.unlink(missing_ok=True)
-    if world_size > 1:
-        from imagenet_plus.pipeline.ranks import init_dist
-
-        init_dist().barrier()  # nobody reads the run folder before the main process has cleaned it
-
-
-def _execute(plan: Plan, stage: str, chain: str, main: bool, world_size: int) -> None:
-    """Run one stage; record it in pipeline.json (main process), or leave a failure marker for the others."""
-    if main:
-        _log(f"{stage}: running" + (f" ({world_size} processes)" if REGISTRY[stage].all_ranks and world_size > 1
-                                     else ""))
+def _lead(plan: Plan, spec: StageSpec, notes: MainProcessNotes, world_size: int) -> str:
+    """The main process: skip the stage when it is current, else run it; tell the others."""
+    paths = RunPaths(plan.run)
+    several = world_size > 1
+    inputs = spec.stage_inputs(plan)
+    if inputs is not None and is_current(paths, inputs):
+        log.info(f"run: {spec.name}: already done, skipped")
+        if several:
+            notes.tell(spec.name, SKIPPED)
+        _log_outcome(paths, spec.name, SKIPPED)
+        return "skipped"
+    if inputs is not None:
+        changed = ", ".join(what_changed(paths, inputs)) or "an output is missing"
+        log.debug(f"run: {spec.name}: not current ({changed})")
+    if several and spec.all_ranks:
+        notes.tell(spec.name, RUNNING)
+    log.info(f"run: {spec.name}: running" + (f" ({world_size} processes)" if several and spec.all_ranks else ""))
     start = time.perf_counter()
-    try:
-        extra = _run_stage(plan, stage)
-    except BaseException as exc:
-        if main and world_size > 1:
-            message = exc.message if isinstance(exc, UserError) else type(exc).__name__
-            RunPaths(plan.run).pipeline_failed.write_text(f"{message}\n", encoding="utf-8")
-        raise
+    spec.execute(plan)
+    if spec.marked_by_run and inputs is not None:
+        mark_current(paths, inputs)
     seconds = time.perf_counter() - start
-    if main:
-        PipelineState(plan.run).mark(stage, chain, seconds, **extra)
-        _log(f"{stage}: done in {seconds:.1f}s")
+    if several and not spec.all_ranks:
+        notes.tell(spec.name, DONE)
+    _log_outcome(paths, spec.name, "ran", seconds)
+    if inputs is not None and not spec.marked_by_run and not is_current(paths, spec.stage_inputs(plan)):
+        log.warning(f"run: {spec.name}: finished without recording itself as current; it will run again")
+    log.info(f"run: {spec.name}: done in {seconds:.1f}s")
+    return "ran"
+
+
+def _follow(plan: Plan, spec: StageSpec, notes: MainProcessNotes) -> str:
+    """Another process: join an all-ranks stage the main process runs; wait for it to finish a main-only one."""
+    if spec.all_ranks:
+        if notes.wait(spec.name, (RUNNING, SKIPPED)) == SKIPPED:
+            return "skipped"
+        spec.execute(plan)
+        return "ran"
+    return "skipped" if notes.wait(spec.name, (SKIPPED, DONE)) == SKIPPED else "ran on the main process"
 
 
 def run_all(config_path: str | Path, out: str | Path) -> dict[str, str]:
-    """Run every configured stage in order, skipping the finished ones (see the module docstring).
+    """Run every configured stage in order, skipping the current ones (see the module docstring).
 
     Under ``accelerate launch -m imagenet_plus run`` (or torchrun), every process takes part in the
-    stages marked ``all_ranks`` (generate, score, evaluate); the others run on the main process while
-    the other processes wait for its record in ``pipeline.json``.
+    stages marked ``all_ranks`` (generate, score, evaluate); the others run on the main process. The main
+    process alone decides which stages run (so the processes cannot disagree) and tells the others through
+    files (:class:`MainProcessNotes`); they wait on those files, never in a collective.
 
     Args:
         config_path: the run config (generate keys + stage sections).
@@ -616,29 +487,35 @@ def run_all(config_path: str | Path, out: str | Path) -> dict[str, str]:
     """
     plan = load_plan(config_path, out)
     rank, world_size = _launch()
+    notes = MainProcessNotes(RunPaths(plan.run))
+    if rank == 0:
+        plan.run.mkdir(parents=True, exist_ok=True)
+        notes.clear()
+    if world_size > 1:
+        init_dist().barrier()  # nobody reads the run folder before the main process has cleaned it
+    return run_stages(plan, rank, world_size, notes)
+
+
+def run_stages(plan: Plan, rank: int, world_size: int, notes: MainProcessNotes) -> dict[str, str]:
+    """Every stage of ``plan`` in order, as process ``rank`` of ``world_size`` (see :func:`run_all`)."""
     main = rank == 0
-    _start(plan, main, world_size)
-    chain = ""
+    paths = RunPaths(plan.run)
     outcome: dict[str, str] = {}
-    for stage, spec in REGISTRY.items():
-        settings = plan.settings(stage)
-        state = PipelineState(plan.run)
-        if settings is None:
-            outcome[stage] = "not configured"
+    for name, spec in REGISTRY.items():
+        if plan.values.get(name) is None:
+            outcome[name] = "not configured"
             if main:
-                state.forget(stage)
-            continue
-        chain = stable_hash([chain, stage, settings])
-        if state.finished(stage, chain) and outputs_present(plan, stage, state.stages[stage]):
-            if main:
-                _log(f"{stage}: already done, skipped")
-            outcome[stage] = "skipped"
-        elif not main and not spec.all_ranks:
-            _wait_for_main(plan, stage, chain)
-            outcome[stage] = "ran on the main process"
+                _log_outcome(paths, name, None)
+        elif main:
+            try:
+                outcome[name] = _lead(plan, spec, notes, world_size)
+            except BaseException as exc:
+                if world_size > 1:
+                    notes.fail(exc)  # the others stop waiting, with the same message
+                raise
         else:
-            _execute(plan, stage, chain, main, world_size)
-            outcome[stage] = "ran"
+            outcome[name] = _follow(plan, spec, notes)
     if main:
-        _log(f"finished: {plan.run} (report: {RunPaths(plan.run).report_index}, release: {plan.release_out})")
+        release_out = plan.values.get("release_out")
+        log.info(f"run: finished: {plan.run} (report: {paths.report_index}, release: {release_out})")
     return outcome

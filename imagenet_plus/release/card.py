@@ -34,6 +34,7 @@ from imagenet_plus.contract import (
     read_json,
 )
 from imagenet_plus.errors import UserError
+from imagenet_plus.models.registry import model_license  # noqa: F401 (the card's licence follows the model's)
 
 if TYPE_CHECKING:
     from imagenet_plus.release.sources import ReleaseSources
@@ -41,86 +42,7 @@ if TYPE_CHECKING:
 #: The template shipped with the project (a Jinja2 markdown file; ``{{ card_data }}`` is the YAML header).
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "card_template.md"
 
-#: Model id → (card license, license name, license link). The card's license follows the generating model's.
-MODEL_LICENSES: dict[str, tuple[str, str | None, str | None]] = {
-    "stabilityai/sd-turbo": (
-        "other", "sai-nc-community", "https://huggingface.co/stabilityai/sd-turbo/blob/main/LICENSE.md"),
-    "stabilityai/sdxl-turbo": (
-        "other", "sai-nc-community", "https://huggingface.co/stabilityai/sdxl-turbo/blob/main/LICENSE.md"),
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": ("creativeml-openrail-m", None, None),
-    "runwayml/stable-diffusion-v1-5": ("creativeml-openrail-m", None, None),
-    "CompVis/stable-diffusion-v1-4": ("creativeml-openrail-m", None, None),
-    "stabilityai/stable-diffusion-2-1": ("openrail++", None, None),
-    "stabilityai/stable-diffusion-2-1-base": ("openrail++", None, None),
-    "stabilityai/stable-diffusion-xl-base-1.0": ("openrail++", None, None),
-    "black-forest-labs/FLUX.1-schnell": ("apache-2.0", None, None),
-    "black-forest-labs/FLUX.1-dev": (
-        "other", "flux-1-dev-non-commercial-license",
-        "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md"),
-    "stabilityai/stable-diffusion-3.5-large": (
-        "other", "stabilityai-ai-community",
-        "https://huggingface.co/stabilityai/stable-diffusion-3.5-large/blob/main/LICENSE.md"),
-    "stabilityai/stable-diffusion-3.5-large-turbo": (
-        "other", "stabilityai-ai-community",
-        "https://huggingface.co/stabilityai/stable-diffusion-3.5-large-turbo/blob/main/LICENSE.md"),
-    "stabilityai/stable-diffusion-3.5-medium": (
-        "other", "stabilityai-ai-community",
-        "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/blob/main/LICENSE.md"),
-    # the tiny test pipelines are random weights built by imagenet-plus itself
-    "tiny-random": ("apache-2.0", None, None),
-    "tiny-random-flux": ("apache-2.0", None, None),
-    "tiny-random-sd3": ("apache-2.0", None, None),
-}
-
 REQUIRED_YAML_KEYS = ("pretty_name", "license", "task_categories", "size_categories", "configs", "dataset_info")
-
-
-def model_license(model: str, override: str | None = None,
-                  required: bool = False) -> tuple[str, str | None, str | None, str]:
-    """The card license for a generating model: the user's ``override``, else :data:`MODEL_LICENSES`.
-
-    Args:
-        model: the model id recorded in ``run.yaml``.
-        override: a license the publisher names: a Hub license id (``apache-2.0``, ``mit``…) or
-            ``other:NAME:LINK`` for a custom license (LINK may hold colons). Wins over the table.
-        required: raise instead of falling back to ``other`` for a model outside the table (publish
-            passes ``True``: a dataset must not go out under an unknown license).
-
-    Returns:
-        (license, license_name, license_link, note); an unknown model without override gives ``other`` and a
-        note asking the publisher to check the model's license (when not ``required``).
-
-    Raises:
-        UserError: ``required`` and the model's license is unknown with no override; a malformed override.
-    """
-    if override:
-        text = override.strip()
-        if text.startswith("other:"):
-            parts = text.split(":", 2)
-            if len(parts) != 3 or not parts[1] or not parts[2]:
-                raise UserError(f"license {override!r}: write other:NAME:LINK for a custom license")
-            lic, name, link = "other", parts[1], parts[2]
-        elif not text or ":" in text or " " in text:
-            raise UserError(f"license {override!r}: give a Hub license id (e.g. apache-2.0) or other:NAME:LINK")
-        else:
-            lic, name, link = text, None, None
-        note = (f"Images generated with `{model}`; the publisher states the license ({name or lic}). Check that "
-                "the model's terms allow it.")
-        return lic, name, link, note
-    if model in MODEL_LICENSES:
-        lic, name, link = MODEL_LICENSES[model]
-        note = f"Images generated with `{model}`; the dataset inherits that model's license ({name or lic})."
-        if link:
-            note += f" Terms: {link}"
-        return lic, name, link, note
-    if required:
-        raise UserError(
-            f"the license of model {model!r} is unknown to imagenet-plus: name the dataset's license "
-            "(a Hub license id such as apache-2.0, or other:NAME:LINK) after checking the model's terms"
-        )
-    note = (f"The license of `{model}` is not in imagenet-plus's table: the card says `other`. Check the model's "
-            "license and terms of use before publishing, and edit `license` accordingly.")
-    return "other", None, None, note
 
 
 def size_category(n: int) -> str:

@@ -190,3 +190,76 @@ def test_split_member_name_agrees_with_webdataset(tmp_path: Path) -> None:
                 split_member_name(name)
         else:
             assert split_member_name(name) == expected, name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# run.yaml and shard stats
+
+
+#: A run.yaml as the writer before the typed record wrote it (initial + top-up segment with strategies).
+GOLDEN_RUN_YAML = Path(__file__).with_name("golden_run.yaml")
+
+
+def test_run_record_reads_and_writes_the_same_bytes(tmp_path: Path) -> None:
+    from imagenet_plus.contract import RunRecord, Segment
+
+    record = RunRecord.read(GOLDEN_RUN_YAML)
+    assert record.num_images == sum(s.num_items for s in record.segments) == 7
+    assert record.segments[1] == Segment("top-up", ((1, 2, 5),), based_on="abc123", strategies=((1, "gloss"),))
+    assert record.config["negative_prompt"] == "no café"
+    out = tmp_path / contract.RUN_YAML
+    record.write(out)
+    assert out.read_bytes() == GOLDEN_RUN_YAML.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("num_images"), "missing key(s) 'num_images'"),
+        (lambda d: d.update(num_classes="two"), "key 'num_classes' must be an integer, got 'two'"),
+        (lambda d: d.update(num_images=True), "key 'num_images' must be an integer, got True"),
+        (lambda d: d.update(config=["a"]), "key 'config' must be an object"),
+        (lambda d: d.update(versions={"torch": 2}), "key 'versions.torch' must be a string, got 2"),
+        (lambda d: d.update(config_hash=None), "key 'config_hash' must be a string, got None"),
+        (lambda d: d.update(notes="mine"), "unknown key 'notes'"),
+        (lambda d: d["segments"][1].update(ranges=[[1, 2]]), "key 'segments[1].ranges' must be a list of"),
+        (lambda d: d["segments"][0].pop("kind"), "missing key 'segments[0].kind'"),
+        (lambda d: d.update(segments={"a": 1}), "key 'segments' must be a list"),
+    ],
+)
+def test_hand_edited_run_yaml_is_one_line_naming_the_key(tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+    import yaml
+
+    from imagenet_plus.contract import read_run_record, read_run_yaml
+
+    data = yaml.safe_load(GOLDEN_RUN_YAML.read_text(encoding="utf-8"))
+    edit(data)
+    paths = RunPaths(tmp_path)
+    paths.run_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+    for read in (read_run_record, read_run_yaml):
+        with pytest.raises(UserError) as err:
+            read(paths)
+        assert err.value.message.startswith(f"{paths.run_yaml}: ") and message in err.value.message
+        assert "\n" not in err.value.message
+    paths.run_yaml.write_text("- just\n- a list\n")
+    with pytest.raises(UserError, match="not a run.yaml written by imagenet-plus"):
+        read_run_record(paths)
+
+
+def test_shard_stats_round_trip_and_typed_read(tmp_path: Path) -> None:
+    from imagenet_plus.contract import ShardStats, generated_done, stats_path
+
+    stats = ShardStats(shard="00003", count=2, first_key="a_000000", last_key="a_000001", failures=1,
+                       failed_keys=["a_000001"], regenerated={"nsfw": 2, "black": 0}, seconds=1.5,
+                       images_per_second=1.333, rank=1, model="tiny-random")
+    tar = tmp_path / "00003.tar"
+    tar.write_bytes(b"")
+    assert not generated_done(tar)
+    stats.write(stats_path(tar))
+    assert stats_path(tar).name == "00003.json" and generated_done(tar)
+    assert json.loads(stats_path(tar).read_text())["failed_keys"] == ["a_000001"]  # plain JSON on disk
+    assert ShardStats.read(stats_path(tar)) == stats
+    data = stats.to_dict() | {"seconds": 2, "images_per_second": None}  # an int where a float goes, a null rate
+    assert ShardStats.from_dict(data, "s.json").seconds == 2
+    with pytest.raises(UserError, match="s.json: key 'regenerated' must be dict\\[str, int\\]"):
+        ShardStats.from_dict(stats.to_dict() | {"regenerated": {"nsfw": "2"}}, "s.json")

@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagenet_plus.contract import RunPaths, SelectionSummary
 from imagenet_plus.errors import UserError
+from imagenet_plus.generate import planned_keys, run_generate, shard_stats, stage_inputs
 from imagenet_plus.generate.config import GenerateConfig, load_generate_config
-from imagenet_plus.generate.stage import is_black, planned_keys, run_generate, shard_stats
+from imagenet_plus.generate.stage import is_black
 from imagenet_plus.io.tar import iter_shard
+from imagenet_plus.pipeline.freshness import is_current, read_state
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +64,16 @@ def make_cfg(class_file: Path, **kw) -> GenerateConfig:
     return GenerateConfig(**base)
 
 
+def _selection(run: Path, short: dict[str, int], pass_rate: dict[str, float]) -> None:
+    """A ``RUN/selection.json`` as select writes it, with the classes short of their quota."""
+    SelectionSummary(thresholds={}, per_class_quota=2, pass_rate=pass_rate, kept={}, short=short, dropped_classes=[],
+                     flagged_classes=[], reasons={}, num_kept=0, num_scored=6).write(RunPaths(run).selection_json)
+
+
+def _keys_by_shard(run: Path) -> list[list[str]]:
+    return [[s["__key__"] for s in iter_shard(tar)] for tar in sorted((run / "generated").glob("*.tar"))]
+
+
 def read_run(run: Path) -> dict[str, dict]:
     samples = {}
     for tar in sorted((run / "generated").glob("*.tar")):
@@ -92,8 +105,9 @@ def test_shards_follow_the_schema(tmp_path, class_file):
         assert meta["class_name"].lower().split()[0] in meta["prompt"].lower()
         assert Image.open(__import__("io").BytesIO(s["jpg"])).format == "JPEG"
     stats = shard_stats(run)
-    assert sum(st["count"] for st in stats) == 15
-    assert all(st["failures"] == 0 for st in stats)
+    assert sum(st.count for st in stats) == 15
+    assert all(st.failures == 0 for st in stats)
+    assert [(st.first_key, st.last_key) for st in stats] == [(k[0], k[-1]) for k in _keys_by_shard(run)]
     # run.yaml records the resolved config, its hash and versions
     import yaml
 
@@ -149,9 +163,9 @@ def test_black_and_nsfw_images_are_regenerated_with_the_next_seed(tmp_path, clas
     assert got[keys[0]]["attempt"] == 1 and got[keys[0]]["seed"] == black_seed + 1
     assert got[keys[1]]["attempt"] == 2 and got[keys[1]]["nsfw"] is True
     stats = shard_stats(run)
-    assert sum(st["regenerated"]["black"] for st in stats) == 1
-    assert sum(st["regenerated"]["nsfw"] for st in stats) == 2
-    assert [k for st in stats for k in st["failed_keys"]] == [keys[1]]
+    assert sum(st.regenerated["black"] for st in stats) == 1
+    assert sum(st.regenerated["nsfw"] for st in stats) == 2
+    assert [k for st in stats for k in st.failed_keys] == [keys[1]]
     assert is_black(Image.new("RGB", (8, 8)), 4.0) and not is_black(Image.new("RGB", (8, 8), "white"), 4.0)
 
 
@@ -175,7 +189,7 @@ def test_top_up_generates_new_indices_for_short_classes(tmp_path, class_file):
     run_generate(make_cfg(class_file, images_per_class=2), run, source_factory=fake_factory(FakeSource()))
     classes = json.loads((run / "classes.json").read_text())
     short_id = classes[1]["id"]
-    (run / "selection.json").write_text(json.dumps({"short": {short_id: 1}, "pass_rate": {short_id: 0.5}}))
+    _selection(run, short={short_id: 1}, pass_rate={short_id: 0.5})
     res = run_generate(make_cfg(class_file, images_per_class=2), run, top_up=True,
                        source_factory=fake_factory(FakeSource()))
     assert res.images_made == 2  # ceil(1 / 0.5)
@@ -215,6 +229,48 @@ def test_leftovers_of_a_crash_are_removed_and_redone(tmp_path, class_file):
     assert not list(gen.glob("*.partial"))
     assert (gen / "00001.tar").read_bytes() == good
     assert sorted(read_run(run)) == sorted(planned_keys(run))
+
+
+def test_generate_is_current_after_a_run_and_not_after_images_per_class_grows(tmp_path, class_file):
+    run = tmp_path / "run"
+    paths = RunPaths(run)
+    cfg = make_cfg(class_file)
+    assert not is_current(paths, stage_inputs(run, cfg)) and not run.exists()  # asking writes nothing
+    run_generate(cfg, run, source_factory=fake_factory(FakeSource()))
+    inputs = stage_inputs(run, cfg)
+    assert is_current(paths, inputs)
+    # what it declares: the config hash and the plan (settings), the done shards' stats, every planned shard
+    ry = __import__("yaml").safe_load(paths.run_yaml.read_text())
+    assert inputs.settings == {"config_hash": ry["config_hash"], "segments": ry["segments"]}
+    assert list(inputs.files) == sorted(paths.generated.glob("*.json")) and len(inputs.files) == 4
+    assert sorted(inputs.outputs) == sorted(paths.generated.iterdir())
+    assert read_state(paths, "generate").facts == {"shards": 4, "images": 15}
+    # settings that change no image (batch size) leave it current
+    assert is_current(paths, stage_inputs(run, make_cfg(class_file, batch_size=1)))
+    # more images per class: a new segment, not current until generate made them
+    bigger = make_cfg(class_file, images_per_class=6)
+    assert not is_current(paths, stage_inputs(run, bigger))
+    run_generate(bigger, run, source_factory=fake_factory(FakeSource()))
+    assert is_current(paths, stage_inputs(run, bigger))
+    # a shard made again (a deleted tar) is a new input, and a deleted output is not current
+    (paths.generated / "00001.tar").unlink()
+    assert not is_current(paths, stage_inputs(run, bigger))
+    run_generate(bigger, run, source_factory=fake_factory(FakeSource()))
+    assert is_current(paths, stage_inputs(run, bigger))
+
+
+def test_hand_edited_shard_stats_are_named(tmp_path, class_file):
+    run = tmp_path / "run"
+    run_generate(make_cfg(class_file, images_per_class=1), run, source_factory=fake_factory(FakeSource()))
+    stats = run / "generated" / "00000.json"
+    data = json.loads(stats.read_text())
+    stats.write_text(json.dumps({**data, "count": "three"}))
+    with pytest.raises(UserError, match=r"00000.json: key 'count' must be an integer, got 'three'"):
+        shard_stats(run)
+    del data["rank"]
+    stats.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"00000.json: missing key 'rank'"):
+        shard_stats(run)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,10 +359,10 @@ def test_tiny_pipeline_end_to_end_and_identical_bytes(tmp_path, class_file, mode
     import yaml
 
     recorded = yaml.safe_load((a / "run.yaml").read_text())["config"]
-    from imagenet_plus.models.registry import MODEL_PRESETS
+    from imagenet_plus.models.registry import MODELS
 
-    assert recorded["family"] == MODEL_PRESETS[model].family and recorded["steps"] == 2
-    assert recorded["max_sequence_length"] == MODEL_PRESETS[model].max_sequence_length
+    assert recorded["family"] == MODELS[model].family and recorded["steps"] == 2
+    assert recorded["max_sequence_length"] == MODELS[model].max_sequence_length
     # same settings → identical bytes
     c = tmp_path / "c"
     assert cli(*tiny_args(c, class_file, model=model)).returncode == 0
@@ -353,7 +409,7 @@ def test_torchrun_two_processes_split_shards(tmp_path, class_file, model):
            "-m", "imagenet_plus", *tiny_args(run, class_file, model=model)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    stats = {st["shard"]: st["rank"] for st in shard_stats(run)}
+    stats = {st.shard: st.rank for st in shard_stats(run)}
     assert stats == {f"{s:05d}": s % 2 for s in range(4)}
     keys = []
     for tar in sorted((run / "generated").glob("*.tar")):
@@ -410,12 +466,19 @@ def test_negative_prompt_reaches_the_model_and_the_json(tmp_path, class_file):
     assert {json.loads(s["json"])["negative_prompt"] for s in read_run(run).values()} == {DEFAULT_NEGATIVE_PROMPT}
 
 
+def _every_stage_declares_its_inputs() -> bool:
+    from imagenet_plus import diagnose, generate, release, report, score, select
+
+    return all(hasattr(face, "stage_inputs") for face in (generate, score, diagnose, select, release, report))
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not _every_stage_declares_its_inputs(), reason="a stage package does not offer stage_inputs yet")
 def test_tiny_flux_run_scores_selects_releases_and_reports_with_its_license(tmp_path):
     """The demo config with the tiny FLUX pipeline: every later stage runs, and the card's license is the model's."""
     import yaml
 
-    from imagenet_plus.release.card import model_license
+    from imagenet_plus.models.registry import model_license
 
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     cfg.update({"model": "tiny-random-flux", "resolution": 32, "steps": 2, "guidance": 3.5, "images-per-class": 4,
@@ -444,7 +507,7 @@ def test_tiny_flux_run_scores_selects_releases_and_reports_with_its_license(tmp_
 def _short_selection_and_diagnosis(run: Path, strategies: dict[str, str]) -> list[dict]:
     classes = json.loads((run / "classes.json").read_text())
     short = {classes[0]["id"]: 1, classes[1]["id"]: 1}
-    (run / "selection.json").write_text(json.dumps({"short": short, "pass_rate": {k: 0.5 for k in short}}))
+    _selection(run, short=short, pass_rate={k: 0.5 for k in short})
     (run / "diagnosis.json").write_text(json.dumps({"verdict_counts": {}, "strategies": strategies}))
     return classes
 

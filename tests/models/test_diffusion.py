@@ -167,7 +167,7 @@ def test_compiled_pipeline_gives_the_same_images(model):
 
 
 def test_card_license_follows_the_model_and_unknown_models_need_one():
-    from imagenet_plus.release.card import model_license
+    from imagenet_plus.models.registry import model_license
 
     assert model_license("black-forest-labs/FLUX.1-schnell")[0] == "apache-2.0"
     lic, name, link, note = model_license("black-forest-labs/FLUX.1-dev")
@@ -177,9 +177,9 @@ def test_card_license_follows_the_model_and_unknown_models_need_one():
         lic, name, link, _ = model_license(f"stabilityai/stable-diffusion-3.5-{sd35}")
         assert (lic, name) == ("other", "stabilityai-ai-community") and f"stable-diffusion-3.5-{sd35}/" in link
     # every preset has a known license
-    from imagenet_plus.models.registry import MODEL_PRESETS
+    from imagenet_plus.models.registry import MODELS
 
-    for model in MODEL_PRESETS:
+    for model in MODELS:
         model_license(model, required=True)
     # an unknown model: 'other' with a warning note for the card, an error when publishing…
     assert model_license("someone/new-model")[0] == "other"

@@ -14,24 +14,41 @@ from pathlib import Path
 import pytest
 from conftest import write_fake_run
 
-from imagenet_plus.errors import UserError
+from imagenet_plus.errors import PeerRankFailed, UserError
 from imagenet_plus.pipeline.ranks import Dist, FileRendezvous, process_group_timeout
 
 TINY_FLAGS = ["--clip-model", "tiny-random", "--inception-weights", "tiny-random", "--classifier", "tiny-random",
               "--nsfw-model", "tiny-random"]
 
+#: Replaces a function of the score package wherever one of its modules holds it (defined there or imported).
+WRAP = """
+import importlib, pkgutil, sys
+import imagenet_plus.score
+
+def wrap_everywhere(name, make):
+    for info in pkgutil.walk_packages(imagenet_plus.score.__path__, "imagenet_plus.score."):
+        importlib.import_module(info.name)
+    holders = [m for n, m in list(sys.modules.items()) if n.startswith("imagenet_plus.score.") and name in vars(m)]
+    if not holders:
+        raise SystemExit(f"no module of imagenet_plus.score holds {name}")
+    original = vars(holders[0])[name]
+    wrapped = make(original)
+    for module in holders:
+        if vars(module)[name] is original:
+            setattr(module, name, wrapped)
+"""
+
 #: Runs the CLI after making the dataset pass sleep (so that it outlasts the process-group timeout).
-SLOW_CLI = """
-import os, sys, time
-import imagenet_plus.score as score
+SLOW_CLI = WRAP + """
+import os, time
 
-original = score._dataset_pass
+def make_slow(original):
+    def slow(*args, **kwargs):
+        time.sleep(float(os.environ["SLOW_DATASET_PASS"]))
+        return original(*args, **kwargs)
+    return slow
 
-def slow(*args, **kwargs):
-    time.sleep(float(os.environ["SLOW_DATASET_PASS"]))
-    return original(*args, **kwargs)
-
-score._dataset_pass = slow
+wrap_everywhere("_dataset_pass", make_slow)
 from imagenet_plus.cli import main
 
 sys.argv = ["imagenet-plus", *sys.argv[1:]]
@@ -55,8 +72,9 @@ def test_markers_done_failed_and_wait(tmp_path: Path):
     assert rank0.finished() == [0, 1]
     rank1.fail(UserError("corrupt shard RUN/generated/00001.tar: truncated"))
     start = time.monotonic()
-    with pytest.raises(UserError, match="rank 1 failed, stopping: corrupt shard .*00001.tar"):
+    with pytest.raises(PeerRankFailed, match="rank 1 failed: stopping: corrupt shard .*00001.tar") as failed:
         rank0.wait_for_all()
+    assert failed.value.rank == 1
     assert time.monotonic() - start < 1
     rank1.check()  # a rank does not stop on its own marker
     rank0.close()
@@ -128,23 +146,22 @@ def test_a_bad_shard_on_one_rank_stops_every_rank(tmp_path: Path):
 
 
 #: Runs the CLI after making every rank record the reference part it wrote (block and rows) in RECORD_DIR.
-RECORDING_CLI = """
-import json, os, sys
+RECORDING_CLI = WRAP + """
+import json, os
 from pathlib import Path
 import numpy as np
-import imagenet_plus.reference as reference
 
-original = reference.load_reference_part
+def make_recording(original):
+    def recording(spec, inception, folder, rank, world_size, *args, **kwargs):
+        result = original(spec, inception, folder, rank, world_size, *args, **kwargs)
+        for part in Path(folder).glob(f"reference-*-part-{rank:05d}-of-{world_size:05d}.npz"):
+            with np.load(part) as data:
+                record = {"block": data["block"].tolist(), "rows": len(data["features"]), "world_size": world_size}
+            Path(os.environ["RECORD_DIR"], f"rank-{rank}.json").write_text(json.dumps(record))
+        return result
+    return recording
 
-def recording(spec, inception, folder, rank, world_size, *args, **kwargs):
-    result = original(spec, inception, folder, rank, world_size, *args, **kwargs)
-    for part in Path(folder).glob(f"reference-*-part-{rank:05d}-of-{world_size:05d}.npz"):
-        with np.load(part) as data:
-            record = {"block": data["block"].tolist(), "rows": len(data["features"]), "world_size": world_size}
-        Path(os.environ["RECORD_DIR"], f"rank-{rank}.json").write_text(json.dumps(record))
-    return result
-
-reference.load_reference_part = recording
+wrap_everywhere("load_reference_part", make_recording)
 from imagenet_plus.cli import main
 
 sys.argv = ["imagenet-plus", *sys.argv[1:]]

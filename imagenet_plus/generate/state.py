@@ -1,0 +1,214 @@
+"""The run folder's plan: ``RUN/run.yaml`` and ``RUN/classes.json`` checked, extended and written, and what
+``generate``'s outputs are made from (:func:`stage_inputs`, the freshness rule ``run`` and the stage share).
+
+A run folder belongs to one config: a re-run with settings that change images (or another class set) is
+refused; raising ``images_per_class`` appends an ``extend`` segment; ``--top-up`` appends a ``top-up`` segment
+for the classes ``select`` found short (``--remedy``: with the prompt strategy ``diagnose`` names).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagenet_plus import diagnose
+from imagenet_plus.classes.prompts import STRATEGIES
+from imagenet_plus.classes.sets import ClassInfo, read_classes_json, resolve_classes, write_classes_json
+from imagenet_plus.contract import (
+    RunPaths,
+    RunRecord,
+    SelectionSummary,
+    generated_done,
+    library_versions,
+    make_key,
+    read_run_record,
+    stats_path,
+    write_run_yaml,
+)
+from imagenet_plus.errors import UserError
+from imagenet_plus.generate.config import GenerateConfig, hashed_settings
+from imagenet_plus.generate.plan import (
+    PlanItem,
+    Segment,
+    extend_segment,
+    initial_segment,
+    plan_shards,
+    top_up_segment,
+)
+from imagenet_plus.pipeline.config import config_to_dict, stable_hash
+from imagenet_plus.pipeline.freshness import StageInputs
+
+#: The stage's name: its record ``RUN/state/generate.json`` and its marker folder ``RUN/markers/generate``.
+STAGE = "generate"
+#: Minimum pass rate assumed when sizing a top-up (a class that passed nothing still gets a bounded top-up).
+TOP_UP_MIN_PASS_RATE = 0.1
+
+
+@dataclass(frozen=True)
+class RunState:
+    """The run's plan as it will be after this invocation (what run.yaml says)."""
+
+    config: GenerateConfig
+    classes: list[ClassInfo]
+    run_hash: str
+    segments: tuple[Segment, ...]
+    new_run: bool
+    changed: bool
+
+    def shards(self) -> list[list[PlanItem]]:
+        """The plan cut into shards (shard numbers run on across segments)."""
+        return plan_shards(self.segments, [c.id for c in self.classes], self.config.shard_size)
+
+    def record(self) -> RunRecord:
+        """The run.yaml record of this plan."""
+        return RunRecord(config=config_to_dict(self.config), config_hash=self.run_hash, versions=library_versions(),
+                         num_classes=len(self.classes), num_images=sum(s.num_items for s in self.segments),
+                         segments=self.segments)
+
+
+def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``["model: 'a' → 'b'", …]`` for keys whose values differ."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _read_top_up_counts(paths: RunPaths, classes: Sequence[ClassInfo]) -> tuple[dict[int, int], str]:
+    """New images per label for classes short of their quota, from ``RUN/selection.json``; and its hash."""
+    if not paths.selection_json.is_file():
+        raise UserError(f"--top-up needs {paths.selection_json}: run 'imagenet-plus score' and 'select' first")
+    text = paths.selection_json.read_text(encoding="utf-8")
+    try:
+        selection = SelectionSummary.from_dict(json.loads(text), paths.selection_json)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{paths.selection_json}: malformed selection summary ({exc})") from None
+    label_of = {c.id: c.label for c in classes}
+    counts: dict[int, int] = {}
+    for class_id, missing in selection.short.items():
+        if class_id not in label_of:
+            raise UserError(f"{paths.selection_json}: unknown class id {class_id!r} in 'short'")
+        rate = max(float(selection.pass_rate.get(class_id, 0.0) or 0.0), TOP_UP_MIN_PASS_RATE)
+        if int(missing) > 0:
+            counts[label_of[class_id]] = math.ceil(int(missing) / rate)
+    return counts, stable_hash(text)
+
+
+def _read_remedy(paths: RunPaths, classes: Sequence[ClassInfo]) -> dict[int, str]:
+    """Prompt strategy per label for the classes ``diagnose`` flagged, from ``RUN/diagnosis.json``."""
+    if not paths.diagnosis_json.is_file():
+        raise UserError(f"--remedy needs {paths.diagnosis_json}: run 'imagenet-plus diagnose {paths.root}' first")
+    label_of = {c.id: c.label for c in classes}
+    out: dict[int, str] = {}
+    for class_id, strategy in diagnose.read_remedy_strategies(paths.root).items():
+        if class_id not in label_of:
+            raise UserError(f"{paths.diagnosis_json}: unknown class id {class_id!r} in 'strategies'")
+        if strategy not in STRATEGIES:
+            raise UserError(f"{paths.diagnosis_json}: unknown prompt strategy {strategy!r} for class {class_id!r} "
+                            f"(choose from {', '.join(STRATEGIES)})")
+        out[label_of[class_id]] = strategy
+    return out
+
+
+def _recorded_count(paths: RunPaths, recorded: RunRecord, key: str) -> int:
+    """A positive integer setting of the recorded config (a hand-edited run.yaml is named, with the key)."""
+    value = recorded.config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise UserError(f"{paths.run_yaml}: key 'config.{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: bool = False) -> RunState:
+    """Check the run folder against the config and work out the plan (reads only, writes nothing).
+
+    Raises:
+        UserError: ``RUN`` is a file; it was made with another config or class set; images per class
+            would shrink; ``--top-up`` without a selection; ``--remedy`` without ``--top-up`` or a diagnosis;
+            a run.yaml that does not read back.
+    """
+    if remedy and not top_up:
+        raise UserError("--remedy only works with --top-up (it sets the prompt strategy of the new indices)")
+    if paths.root.exists() and not paths.root.is_dir():
+        raise UserError(f"--out {paths.root} is a file, not a run directory")
+    cfg = cfg.resolved()
+    classes = resolve_classes(cfg.classes, class_limit=cfg.class_limit)
+    for c in classes:
+        make_key(c.id, 0)  # every class id must give valid keys
+    hashed = hashed_settings(cfg)
+    run_hash = stable_hash({"config": hashed, "classes": [c.to_dict() for c in classes]})
+
+    if not paths.run_yaml.exists():
+        if top_up:
+            raise UserError(f"--top-up needs an existing run in {paths.root}")
+        segments = (initial_segment(len(classes), cfg.images_per_class),)
+        return RunState(cfg, classes, run_hash, segments, new_run=True, changed=True)
+
+    recorded = read_run_record(paths)
+    if recorded.config_hash != run_hash:
+        changes = diff_configs(hashed_settings(recorded.config), hashed) or ["the class set's contents"]
+        raise UserError(
+            f"{paths.root} was made with another config ({'; '.join(changes)}): use another --out, "
+            "or the original settings"
+        )
+    segments = recorded.segments
+    old_ipc = _recorded_count(paths, recorded, "images_per_class")
+    changed = False
+    if cfg.images_per_class < old_ipc:
+        raise UserError(
+            f"{paths.root} already has {old_ipc} images per class; images-per-class {cfg.images_per_class} "
+            "would drop planned images (use another --out)"
+        )
+    if cfg.images_per_class > old_ipc:
+        segments += (extend_segment(len(classes), old_ipc, cfg.images_per_class),)
+        changed = True
+    if top_up:
+        counts, based_on = _read_top_up_counts(paths, classes)
+        strategies = _read_remedy(paths, classes) if remedy else None
+        already = any(s.kind == "top-up" and s.based_on == based_on for s in segments)
+        if counts and not already:
+            segments += (top_up_segment(segments, counts, based_on, strategies),)
+            changed = True
+    return RunState(cfg, classes, run_hash, segments, new_run=False, changed=changed)
+
+
+def write_run_state(state: RunState, paths: RunPaths) -> None:
+    """Write ``classes.json`` (new runs) and ``run.yaml`` (when the plan changed)."""
+    paths.generated.mkdir(parents=True, exist_ok=True)
+    if state.new_run:
+        write_classes_json(paths.classes_json, state.classes)
+    if state.changed:
+        write_run_yaml(paths, state.record())
+
+
+def inputs_of(paths: RunPaths, state: RunState) -> StageInputs:
+    """What the run's generated shards are made from: the config hash and the plan's segments (settings), the
+    stats JSONs of the shards done so far (files), and every planned shard's tar and stats (outputs)."""
+    tars = [paths.generated_tar(s) for s in range(len(state.shards()))]
+    return StageInputs(
+        STAGE,
+        settings={"config_hash": state.run_hash, "segments": [s.to_dict() for s in state.segments]},
+        files=tuple(stats_path(t) for t in tars if generated_done(t)),
+        outputs=tuple(p for t in tars for p in (t, stats_path(t))),
+    )
+
+
+def stage_inputs(run: str | Path, cfg: GenerateConfig) -> StageInputs:
+    """``generate``'s freshness declaration for the run folder ``run`` and the config ``cfg`` (reads only).
+
+    Raises:
+        UserError: as :func:`plan_run_state` (the run folder holds another config, …).
+    """
+    paths = RunPaths(Path(run))
+    return inputs_of(paths, plan_run_state(cfg, paths, top_up=False))
+
+
+def planned_keys(run: str | Path) -> list[str]:
+    """Every key the run's plan holds, in shard order (for checks and downstream stages)."""
+    paths = RunPaths(Path(run))
+    recorded = read_run_record(paths)
+    classes = read_classes_json(paths.classes_json)
+    shard_size = _recorded_count(paths, recorded, "shard_size")
+    shards = plan_shards(recorded.segments, [c.id for c in classes], shard_size)
+    return [make_key(it.class_id, it.index) for shard in shards for it in shard]
