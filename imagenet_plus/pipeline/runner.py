@@ -381,9 +381,10 @@ class MainProcessNotes:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self.folder / stage, f"{word}\n".encode())
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, stage: str, exc: BaseException) -> None:
+        """Tell the others that ``stage`` failed on the main process, and why (first line: the stage)."""
         message = exc.message if isinstance(exc, UserError) else type(exc).__name__
-        write_bytes_atomic(self.failed, f"{message}\n".encode())
+        write_bytes_atomic(self.failed, f"{stage}\n{message}\n".encode())
 
     def wait(self, stage: str, words: tuple[str, ...]) -> str:
         """Poll until the main process said one of ``words`` about ``stage``.
@@ -394,8 +395,8 @@ class MainProcessNotes:
         note = self.folder / stage
         while True:
             if self.failed.is_file():
-                reason = self.failed.read_text(encoding="utf-8").strip()
-                raise UserError(f"stage {stage} failed on the main process: {reason}")
+                failed_stage, _, reason = self.failed.read_text(encoding="utf-8").strip().partition("\n")
+                raise UserError(f"stage {failed_stage} failed on the main process: {reason}")
             word = note.read_text(encoding="utf-8").strip() if note.is_file() else ""
             if word in words:
                 return word
@@ -511,7 +512,7 @@ def run_stages(plan: Plan, rank: int, world_size: int, notes: MainProcessNotes) 
                 outcome[name] = _lead(plan, spec, notes, world_size)
             except BaseException as exc:
                 if world_size > 1:
-                    notes.fail(exc)  # the others stop waiting, with the same message
+                    notes.fail(name, exc)  # the others stop waiting, with the same message
                 raise
         else:
             outcome[name] = _follow(plan, spec, notes)

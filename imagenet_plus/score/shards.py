@@ -33,11 +33,13 @@ from imagenet_plus.contract import (
     SCORE_COLUMNS,
     RunPaths,
     ScoreFiles,
+    ShardStats,
     image_member,
+    stats_path,
 )
 from imagenet_plus.contract.scores import BadShard, ScoredShard
 from imagenet_plus.errors import CorruptShard, UserError
-from imagenet_plus.io.tar import iter_shard, read_stats
+from imagenet_plus.io.tar import iter_shard
 from imagenet_plus.pipeline.progress import progress_bar
 from imagenet_plus.pipeline.ranks import Dist, FileRendezvous
 from imagenet_plus.score import metrics
@@ -194,8 +196,8 @@ def score_shard(tar: Path, files: ScoreFiles, models: Scorers, cfg: ScoreConfig,
 def _shard_count(paths: RunPaths, stem: str) -> int:
     """The image count a generated shard's stats JSON gives (0 when unreadable: only the progress bar uses it)."""
     try:
-        return int(read_stats(paths.generated / f"{stem}.json").get("count", 0))
-    except (UserError, AttributeError, TypeError, ValueError):
+        return ShardStats.read(stats_path(paths.generated / f"{stem}.tar")).count
+    except UserError:
         return 0
 
 

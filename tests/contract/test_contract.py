@@ -261,5 +261,5 @@ def test_shard_stats_round_trip_and_typed_read(tmp_path: Path) -> None:
     assert ShardStats.read(stats_path(tar)) == stats
     data = stats.to_dict() | {"seconds": 2, "images_per_second": None}  # an int where a float goes, a null rate
     assert ShardStats.from_dict(data, "s.json").seconds == 2
-    with pytest.raises(UserError, match="s.json: key 'regenerated' must be dict\\[str, int\\]"):
+    with pytest.raises(UserError, match="s.json: key 'regenerated.nsfw' must be an integer, got '2'"):
         ShardStats.from_dict(stats.to_dict() | {"regenerated": {"nsfw": "2"}}, "s.json")

@@ -61,8 +61,8 @@ def test_summary_record_is_the_file_the_stage_wrote(run: Path, reference: Path):
 
 
 @pytest.mark.parametrize(("edit", "fragments"), [
-    (lambda d: d.pop("strategies"), ["lacks key(s) strategies"]),
-    (lambda d: d["geometry"].pop("images"), ["lacks key(s) geometry.images"]),
+    (lambda d: d.pop("strategies"), ["missing key(s) 'strategies'"]),
+    (lambda d: d["geometry"].pop("images"), ["missing key(s) 'geometry.images'"]),
     (lambda d: d["verdict_counts"].update(ok="2"), ["'verdict_counts.ok'", "an integer"]),
     (lambda d: d["flagged_classes"][0].update(flags=["a"]), ["'flagged_classes[0].flags'", "a string"]),
 ])

@@ -269,7 +269,7 @@ def test_hand_edited_shard_stats_are_named(tmp_path, class_file):
         shard_stats(run)
     del data["rank"]
     stats.write_text(json.dumps(data))
-    with pytest.raises(UserError, match=r"00000.json: missing key 'rank'"):
+    with pytest.raises(UserError, match=r"00000.json: missing key\(s\) 'rank'"):
         shard_stats(run)
 
 

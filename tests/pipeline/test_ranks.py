@@ -72,7 +72,7 @@ def test_markers_done_failed_and_wait(tmp_path: Path):
     assert rank0.finished() == [0, 1]
     rank1.fail(UserError("corrupt shard RUN/generated/00001.tar: truncated"))
     start = time.monotonic()
-    with pytest.raises(PeerRankFailed, match="rank 1 failed: stopping: corrupt shard .*00001.tar") as failed:
+    with pytest.raises(PeerRankFailed, match="rank 1 failed, stopping: corrupt shard .*00001.tar") as failed:
         rank0.wait_for_all()
     assert failed.value.rank == 1
     assert time.monotonic() - start < 1

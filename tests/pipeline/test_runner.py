@@ -420,8 +420,8 @@ def test_other_processes_wait_for_the_main_process_notes(tmp_path: Path) -> None
     assert notes.wait("select", ("skipped", "done")) == "done"
     assert time.perf_counter() - t0 >= 0.25
     timer.join()
-    notes.fail(UserError("thresholds keep no image"))
-    with pytest.raises(UserError, match="stage release failed on the main process: thresholds keep no image"):
+    notes.fail("select", UserError("thresholds keep no image"))
+    with pytest.raises(UserError, match="stage select failed on the main process: thresholds keep no image"):
         notes.wait("release", ("skipped", "done"))
     notes.clear()  # a new launch: the notes of the last one never count
     assert not notes.folder.exists() and not notes.failed.exists()

@@ -63,13 +63,13 @@ def test_summary_round_trip(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("edit", "fragments"), [
-    (lambda d: d.pop("fid"), ["lacks key(s) fid"]),
-    (lambda d: d["per_class"]["c0"].pop("duplicates"), ["lacks key(s) per_class.c0.duplicates"]),
+    (lambda d: d.pop("fid"), ["missing key(s) 'fid'"]),
+    (lambda d: d["per_class"]["c0"].pop("duplicates"), ["missing key(s) 'per_class.c0.duplicates'"]),
     (lambda d: d["per_class"]["c0"].update(count="3"), ["'per_class.c0.count'", "an integer", "'3'"]),
     (lambda d: d.update(num_images=True), ["'num_images'", "an integer"]),
     (lambda d: d.update(fid="12"), ["'fid'", "a number or null"]),
     (lambda d: d.update(models=["clip"]), ["'models'", "an object"]),
-    (lambda d: d["bad_shards"][0].pop("error"), ["lacks key(s) bad_shards[0].error"]),
+    (lambda d: d["bad_shards"][0].pop("error"), ["missing key(s) 'bad_shards[0].error'"]),
     (lambda d: d.update(shards="00000"), ["'shards'", "a list"]),
 ])
 def test_a_bad_summary_is_one_line_naming_the_file_and_the_key(tmp_path: Path, edit, fragments):
@@ -91,7 +91,7 @@ def test_an_unreadable_or_foreign_summary_names_the_file(tmp_path: Path):
     with pytest.raises(UserError, match="unreadable .*summary.json"):
         ScoreSummary.read(path)
     path.write_text("[1, 2]")
-    with pytest.raises(UserError, match="summary.json: the top level is not a JSON object"):
+    with pytest.raises(UserError, match="summary.json: the top level is not a mapping"):
         ScoreSummary.read(path)
 
 
@@ -104,7 +104,7 @@ def test_models_record_reads_what_score_writes(tmp_path: Path):
                                             "classifier": "tiny-random", "nsfw_detector": "none"}
     assert ModelsRecord.read(path) == models_record(ScoreConfig(**LIGHT))
     path.write_text(json.dumps({"clip": "x"}))
-    with pytest.raises(UserError, match="models.json lacks key"):
+    with pytest.raises(UserError, match="models.json: missing key"):
         ModelsRecord.read(path)
 
 
