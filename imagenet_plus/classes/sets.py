@@ -26,13 +26,14 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from imagenet_plus.classes import wordnet as wnmod
+from imagenet_plus.classes import wordnet_index as wnindex
+from imagenet_plus.classes.wordnet import SynsetInfo
 from imagenet_plus.contract import KEY_PATTERN
 from imagenet_plus.errors import UserError
-
-if TYPE_CHECKING:
-    from imagenet_plus.classes.wordnet import SynsetInfo
+from imagenet_plus.io.atomic import write_bytes_atomic
 
 #: The spec of the ImageNet-1k class set.
 IMAGENET_1K = "imagenet-1k"
@@ -200,12 +201,11 @@ def imagenet_1k_info() -> tuple[list[str], dict[str, str], dict[str, str]]:
 
 def imagenet_1k_classes(class_limit: int | None = None) -> list[ClassInfo]:
     """The ImageNet-1k classes in label order (timm's shipped info + WordNet hypernym and group)."""
-    from imagenet_plus.classes import wordnet as wnmod
 
     wnids, lemma_text, definitions = imagenet_1k_info()
     if class_limit is not None:
         wnids = wnids[:class_limit]
-    wn = wnmod.lookup()
+    wn = wnindex.lookup()
     out = []
     for label, wnid in enumerate(wnids):
         lemmas = tuple(x.strip() for x in lemma_text[wnid].split(", ") if x.strip())
@@ -237,11 +237,10 @@ def wordnet_classes(target: str, class_limit: int | None = None) -> list[ClassIn
     Raises:
         UserError: unknown synset, or not a noun.
     """
-    from imagenet_plus.classes import wordnet as wnmod
 
     if not target:
         raise UserError("'wordnet:' needs a synset, like wordnet:object.n.01 or wordnet:n00002684")
-    wn = wnmod.lookup()
+    wn = wnindex.lookup()
     root = wn.by_wnid(target) if wnmod.is_wnid(target) else wn.by_name(target)
     if root.pos != "n":
         raise UserError(f"wordnet:{target} is not a noun synset ({root.name}): image classes must be nouns")
@@ -253,7 +252,6 @@ def wordnet_classes(target: str, class_limit: int | None = None) -> list[ClassIn
 
 def synset_class(label: int, synset: SynsetInfo) -> ClassInfo:
     """A :class:`ClassInfo` for a WordNet synset."""
-    from imagenet_plus.classes import wordnet as wnmod
 
     lemmas = tuple(wnmod.readable(x) for x in synset.lemma_names)
     return ClassInfo(
@@ -403,10 +401,9 @@ def file_classes(path: Path, class_limit: int | None = None) -> list[ClassInfo]:
         if "/" in raw_id or "\\" in raw_id or ".." in raw_id:
             check_class_id(raw_id, f"{path}: {where}")
         if NOUN_WNID.match(raw_id):
-            from imagenet_plus.classes import wordnet as wnmod
 
             try:
-                synset = wnmod.lookup().by_wnid(raw_id)
+                synset = wnindex.lookup().by_wnid(raw_id)
             except UserError as exc:
                 raise UserError(f"{path}: {where}: {exc.message}") from None
             base = synset_class(label, synset)
@@ -445,7 +442,6 @@ def file_classes(path: Path, class_limit: int | None = None) -> list[ClassInfo]:
 
 def write_classes_json(path: str | Path, classes: Sequence[ClassInfo]) -> None:
     """Write a class set as a JSON list in label order (atomically: ``.partial`` then rename)."""
-    from imagenet_plus.io.atomic import write_bytes_atomic
 
     text = json.dumps([c.to_dict() for c in classes], indent=2, ensure_ascii=False) + "\n"
     write_bytes_atomic(Path(path), text.encode("utf-8"))

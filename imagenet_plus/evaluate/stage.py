@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         logits, y = predict(model, test_ds, cfg, accelerator, f"evaluate: test {phase}")
         if accelerator.is_main_process:
             metrics, curves = classification_metrics(logits[:, cols], remap[y], test_classes)
-            metrics.update(epochs=epochs, train_loss=[round(v, 5) for v in losses], train_seconds=round(seconds, 2))
-            results[phase] = metrics
+            metrics = replace(metrics, epochs=epochs, train_loss=[round(v, 5) for v in losses],
+                              train_seconds=round(seconds, 2))
+            results[phase] = metrics.to_dict()
             plots[phase] = plot_curves(curves, test_classes, f"{phase} → real test", out, phase)
             save_model(model, out / f"model_{phase.replace('+', '_')}.pt")
             if cfg.explain:

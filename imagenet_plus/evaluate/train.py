@@ -4,6 +4,7 @@ scores with ROC / precision-recall plots."""
 from __future__ import annotations
 
 import random
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,41 @@ def predict(model: Any, ds: ImageDataset, cfg: EvaluateConfig, accelerator: Any,
     return torch.cat(outs), torch.cat(ys)
 
 
-def classification_metrics(logits: Any, target: Any, class_ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+@dataclass(frozen=True)
+class PhaseMetrics:
+    """One phase's scores on the real test set, as ``eval.json`` holds them under ``results.{phase}``.
+
+    Attributes:
+        accuracy: top-1 accuracy; ``top5_accuracy`` top-5 (None with 5 classes or fewer).
+        precision_macro, recall_macro, f1_macro, roc_auc_macro: macro averages over the classes.
+        chance_accuracy: 1 / classes.
+        num_samples: test images.
+        per_class_accuracy: class id → its accuracy.
+        epochs, train_loss, train_seconds: how the phase was trained (filled in by the stage).
+    """
+
+    accuracy: float
+    precision_macro: float
+    recall_macro: float
+    f1_macro: float
+    roc_auc_macro: float
+    chance_accuracy: float
+    num_samples: int
+    per_class_accuracy: dict[str, float]
+    top5_accuracy: float | None = None
+    epochs: int | None = None
+    train_loss: list[float] = field(default_factory=list)
+    train_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of eval.json (``top5_accuracy`` only when computed)."""
+        out = asdict(self)
+        if out["top5_accuracy"] is None:
+            del out["top5_accuracy"]
+        return out
+
+
+def classification_metrics(logits: Any, target: Any, class_ids: list[str]) -> tuple[PhaseMetrics, dict[str, Any]]:
     """torchmetrics scores of ``logits`` (N×K) against ``target`` (N) and the ROC / PR curves.
 
     Returns:
@@ -112,19 +147,18 @@ def classification_metrics(logits: Any, target: Any, class_ids: list[str]) -> tu
 
     k = len(class_ids)
     probs = torch.softmax(logits.float(), dim=1)
-    m: dict[str, Any] = {
-        "accuracy": MulticlassAccuracy(k, average="micro")(probs, target).item(),
-        "precision_macro": MulticlassPrecision(k, average="macro")(probs, target).item(),
-        "recall_macro": MulticlassRecall(k, average="macro")(probs, target).item(),
-        "f1_macro": MulticlassF1Score(k, average="macro")(probs, target).item(),
-        "roc_auc_macro": MulticlassAUROC(k, average="macro")(probs, target).item(),
-        "chance_accuracy": 1.0 / k,
-        "num_samples": int(target.numel()),
-    }
-    if k > 5:
-        m["top5_accuracy"] = MulticlassAccuracy(k, top_k=5, average="micro")(probs, target).item()
     per_class = MulticlassAccuracy(k, average="none")(probs, target)
-    m["per_class_accuracy"] = {cid: round(float(v), 6) for cid, v in zip(class_ids, per_class.tolist(), strict=True)}
+    m = PhaseMetrics(
+        accuracy=MulticlassAccuracy(k, average="micro")(probs, target).item(),
+        precision_macro=MulticlassPrecision(k, average="macro")(probs, target).item(),
+        recall_macro=MulticlassRecall(k, average="macro")(probs, target).item(),
+        f1_macro=MulticlassF1Score(k, average="macro")(probs, target).item(),
+        roc_auc_macro=MulticlassAUROC(k, average="macro")(probs, target).item(),
+        chance_accuracy=1.0 / k,
+        num_samples=int(target.numel()),
+        per_class_accuracy={cid: round(float(v), 6) for cid, v in zip(class_ids, per_class.tolist(), strict=True)},
+        top5_accuracy=MulticlassAccuracy(k, top_k=5, average="micro")(probs, target).item() if k > 5 else None,
+    )
     fpr, tpr, _ = MulticlassROC(k)(probs, target)
     prec, rec, _ = MulticlassPrecisionRecallCurve(k)(probs, target)
     onehot = torch.nn.functional.one_hot(target, k).flatten()

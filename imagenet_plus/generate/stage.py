@@ -252,7 +252,8 @@ def run_generate(
     missing = [s for s in range(len(shards)) if not generated_done(paths.generated_tar(s))]
     if dist.is_main:
         if not missing:
-            mark_current(paths, inputs_of(paths, state), {"shards": len(shards), "images": sum(map(len, shards))})
+            facts = {"num_shards": len(shards), "num_planned": sum(map(len, shards))}
+            mark_current(paths, inputs_of(paths, state), facts)
         log.info(
             f"generate: {paths.root}: {len(shards) - len(missing)}/{len(shards)} shards done "
             f"({sum(len(x) for x in shards)} images planned); made {made} images in {seconds:.1f}s on rank 0"

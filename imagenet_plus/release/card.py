@@ -16,22 +16,23 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagenet_plus import diagnose
 from imagenet_plus.contract import (
-    DIAGNOSIS_JSON,
     RELEASE_DATA_DIR,
     RELEASE_SCORE_FIELDS,
     SAMPLE_FIELDS,
     SCORES_MEMBER,
+    VERDICT_OK,
+    DiagnosisSummary,
     ReleaseInfo,
     RunPaths,
+    ScoreSummary,
     SelectionSummary,
-    read_json,
+    card_metric_rows,
 )
 from imagenet_plus.errors import UserError
 from imagenet_plus.models.registry import model_license  # noqa: F401 (the card's licence follows the model's)
@@ -174,24 +175,17 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _metrics_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+def _metrics_rows(summary: ScoreSummary | None) -> list[tuple[str, str]]:
+    """The card's metrics table: (label, value) per :func:`~imagenet_plus.contract.card_metric_rows` row."""
+
+    def value(key: str | None) -> Any:
+        return None if summary is None or key is None else getattr(summary, key)
+
     def pm(mean: Any, std: Any) -> str:
         return "not computed" if mean is None else f"{_fmt(mean)} ± {_fmt(std)}"
 
-    return [
-        ("FID (Inception pool3, vs reference)", _fmt(summary.get("fid"))),
-        ("KID", pm(summary.get("kid_mean"), summary.get("kid_std"))),
-        ("Inception Score", pm(summary.get("inception_score_mean"), summary.get("inception_score_std"))),
-        ("CLIP score (mean, 100·cos)", _fmt(summary.get("clip_score_mean"))),
-        ("precision (Kynkäänniemi et al.)", _fmt(summary.get("precision"))),
-        ("recall (Kynkäänniemi et al.)", _fmt(summary.get("recall"))),
-        ("images scored", _fmt(summary.get("num_images"))),
-    ]
-
-
-def _read_json_file(path: Path) -> dict[str, Any]:
-    """A JSON file of the run, ``{}`` when it is absent (``contract.read_json`` names a malformed one)."""
-    return read_json(path) if path.is_file() else {}
+    return [(m.card_label or m.label, pm(value(m.key), value(m.std_key)) if m.std_key else _fmt(value(m.key)))
+            for m in card_metric_rows()]
 
 
 #: Classes listed by name in the card's small-class line (the rest are counted).
@@ -203,7 +197,7 @@ class CardInputs:
     """What the card is rendered from."""
 
     run_yaml: dict[str, Any]
-    summary: dict[str, Any]
+    summary: ScoreSummary | None
     selection: SelectionSummary | None
     info: ReleaseInfo
     split_bytes: dict[str, int]
@@ -213,7 +207,7 @@ class CardInputs:
     small: list[str]
     small_policy: str
     license: str | None = None
-    diagnosis: dict[str, Any] = field(default_factory=dict)
+    diagnosis: DiagnosisSummary | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -225,11 +219,13 @@ class CardInputs:
                sources: ReleaseSources, small_policy: str, license: str | None) -> CardInputs:
         """Read the run's records the card cites (selection, score summary, diagnosis) beside the new release."""
         selection = SelectionSummary.read(paths.selection_json) if paths.selection_json.is_file() else None
-        return cls(run_yaml=run_yaml, summary=_read_json_file(paths.summary_json), selection=selection, info=info,
+        summary = ScoreSummary.read(paths.summary_json) if paths.summary_json.is_file() else None
+        diagnosis = DiagnosisSummary.read(paths.diagnosis_json) if paths.diagnosis_json.is_file() else None
+        return cls(run_yaml=run_yaml, summary=summary, selection=selection, info=info,
                    split_bytes=split_bytes, per_class=sources.plan.per_class_counts(),
                    extra_meta=sources.index.extra_meta, scheduler=", ".join(sorted(sources.index.schedulers)),
                    small=sources.plan.small, small_policy=small_policy, license=license,
-                   diagnosis=_read_json_file(paths.diagnosis_json))
+                   diagnosis=diagnosis)
 
 
 def _card_yaml(inp: CardInputs) -> dict[str, Any]:
@@ -302,34 +298,24 @@ def _nsfw_filter_text(inp: CardInputs, models: dict[str, Any]) -> str:
     return f"NSFW checks: {how}; images flagged by either (detector P(nsfw) > {limit}) were dropped."
 
 
-def _joined(value: Any) -> str:
-    return ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value or "")
-
-
-def _diagnosis_context(diagnosis: dict[str, Any]) -> dict[str, Any] | None:
+def _diagnosis_context(diagnosis: DiagnosisSummary | None) -> dict[str, Any] | None:
     """The card's diagnosis section from ``RUN/diagnosis.json`` (None when the run was not diagnosed).
 
-    Lists the classes per verdict (``verdict_counts``) and the flagged classes worst first (``flagged_classes``,
-    as many as ``diagnose`` listed), with the prompt strategies a ``generate --top-up --remedy`` would use.
+    Lists the classes per verdict and the flagged classes worst first (as many as ``diagnose`` listed), with
+    the prompt strategies a ``generate --top-up --remedy`` would use.
     """
-    if not diagnosis:
+    if diagnosis is None:
         return None
-    counts = diagnosis.get("verdict_counts")
-    flagged = diagnosis.get("flagged_classes")
-    if not isinstance(counts, dict) or not isinstance(flagged, list):
-        raise UserError(f"RUN/{DIAGNOSIS_JSON} lacks 'verdict_counts' or 'flagged_classes': "
-                        "re-run 'imagenet-plus diagnose'")
-    num_ok = int(counts.get(diagnose.VERDICT_OK, 0) or 0)
-    num_flagged = sum(int(v or 0) for k, v in counts.items() if k != diagnose.VERDICT_OK)
-    rows = [{"class_id": r.get("class_id"), "name": r.get("name"), "verdict": r.get("verdict"),
-             "flags": _joined(r.get("flags")), "remedy": r.get("remedy") or ""} for r in flagged if isinstance(r, dict)]
+    counts = diagnosis.verdict_counts
+    rows = [{"class_id": r.class_id, "name": r.name, "verdict": r.verdict, "flags": r.flags, "remedy": r.remedy}
+            for r in diagnosis.flagged_classes]
     return {
-        "verdict_counts": [(k, int(v or 0)) for k, v in counts.items()],
-        "num_flagged": num_flagged,
-        "num_ok": num_ok,
+        "verdict_table": [(k, int(v)) for k, v in counts.items()],
+        "num_flagged": sum(v for k, v in counts.items() if k != VERDICT_OK),
+        "num_ok": counts.get(VERDICT_OK, 0),
         "flagged": rows,
-        "reference": diagnosis.get("reference"),
-        "note": diagnosis.get("note"),
+        "reference": diagnosis.reference,
+        "note": diagnosis.note,
     }
 
 
@@ -341,7 +327,7 @@ def card_text(inp: CardInputs) -> str:
     counts = inp.counts
     n_train_shards = len(inp.info.splits["train"].filenames) if "train" in inp.info.splits else 0
     n_val_shards = len(inp.info.splits["validation"].filenames) if "validation" in inp.info.splits else 0
-    models = inp.summary.get("models") or {}
+    models = inp.summary.models.to_dict() if inp.summary is not None else {}
     context = {
         "card_yaml": card_yaml,
         "pretty_name": card_yaml["pretty_name"],
@@ -361,14 +347,14 @@ def card_text(inp: CardInputs) -> str:
         "class_spec": config.get("classes"),
         "config_hash": inp.run_yaml.get("config_hash"),
         "metrics": _metrics_rows(inp.summary),
-        "reference": inp.summary.get("reference"),
+        "reference": inp.summary.reference if inp.summary is not None else None,
         "scoring_models": ", ".join(f"{k}: {v}" for k, v in models.items() if v) or "not recorded",
         "nsfw_filter": _nsfw_filter_text(inp, models),
         **_selection_context(inp, sum(counts.values())),
         "is_imagenet": config.get("classes") == "imagenet-1k",
         "classes": _class_rows(inp),
         "diagnosis": _diagnosis_context(inp.diagnosis),
-        "image_ext": inp.info.image_ext,
+        "image_member": inp.info.image_ext,
         "train_shards": n_train_shards,
         "validation_shards": n_val_shards,
         "last_train_shard": f"{max(n_train_shards - 1, 0):05d}",

@@ -13,36 +13,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from imagenet_plus.contract import RunPaths, SelectionSummary, read_class_records, read_json, read_run_yaml
-from imagenet_plus.diagnose.stage import (
-    CENTROIDS_CLASS_IDS,
-    CENTROIDS_REAL,
-    CENTROIDS_SYNTHETIC,
+from imagenet_plus.contract import (
     VERDICT_OK,
     VERDICTS,
+    DiagnosisCentroids,
+    DiagnosisSummary,
+    RunPaths,
+    ScoreSummary,
+    SelectionSummary,
+    headline_labels,
+    read_class_records,
+    read_run_yaml,
 )
+from imagenet_plus.contract import DiagnosisColumns as D
 from imagenet_plus.errors import UserError
 from imagenet_plus.report.scan import columns_to_read
 
 # ------------------------------------------------------------------------------------------------
-# summary.json (written by score)
+# summary.json (written by score: contract.ScoreSummary)
 
-#: Headline metrics of summary.json (its keys), with a readable name.
-HEADLINE = {
-    "num_images": "images scored",
-    "fid": "FID",
-    "kid_mean": "KID (mean)",
-    "kid_std": "KID (std)",
-    "inception_score_mean": "Inception Score (mean)",
-    "inception_score_std": "Inception Score (std)",
-    "clip_score_mean": "CLIP score (mean)",
-    "precision": "precision (Kynkäänniemi)",
-    "recall": "recall (Kynkäänniemi)",
-}
-#: Per-class figures of summary.json shown in the per-class table: key → whether it is cast to float.
+#: Headline metrics of summary.json (ScoreSummary fields), with a readable name, in headline order.
+HEADLINE = headline_labels()
+#: Per-class figures of summary.json shown in the per-class table (``ClassScores`` fields): field → cast to float.
 CLASS_STATS = {"fid": True, "vendi": True, "duplicates": False}
 
 
@@ -54,7 +48,7 @@ class ScoreFacts:
         headline: the :data:`HEADLINE` metrics present, by their summary.json key, in :data:`HEADLINE` order.
         per_class: class id → the :data:`CLASS_STATS` figures it has.
         models: scorer → the model it used.
-        reference: the real reference ``score`` compared with (None, "" or {} when there was none).
+        reference: the real reference ``score`` compared with (None when there was none).
     """
 
     headline: dict[str, Any] = field(default_factory=dict)
@@ -63,43 +57,35 @@ class ScoreFacts:
     reference: Any = None
 
 
-def _read_object(path: Path) -> dict[str, Any]:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
-
-
 def read_score_facts(paths: RunPaths) -> ScoreFacts:
     """The headline metrics, per-class figures, scorer models and reference of ``summary.json``.
 
     Raises:
-        UserError: the file is unreadable or not a JSON object.
+        UserError: the file is unreadable or not a score summary (the key at fault named).
     """
-    summary = _read_object(paths.summary_json)
-    per_class = {str(cid): {k: (v or {}).get(k) for k in CLASS_STATS}
-                 for cid, v in (summary.get("per_class") or {}).items()}
-    return ScoreFacts(headline={k: summary.get(k) for k in HEADLINE if k in summary}, per_class=per_class,
-                      models=summary.get("models") or {}, reference=summary.get("reference"))
+    summary = ScoreSummary.read(paths.summary_json)
+    per_class = {str(cid): {k: getattr(v, k) for k in CLASS_STATS} for cid, v in summary.per_class.items()}
+    return ScoreFacts(headline={k: getattr(summary, k) for k in HEADLINE}, per_class=per_class,
+                      models=summary.models.to_dict(), reference=summary.reference)
 
 
 # ------------------------------------------------------------------------------------------------
 # diagnosis.parquet, diagnosis.json and diagnosis_centroids.npz (written by diagnose)
 
 #: Columns of ``RUN/diagnosis.parquet`` the report reads by name.
-DIAG_LABEL = "label"
-DIAG_CLASS_ID = "class_id"
-DIAG_NAME = "name"
-DIAG_VERDICT = "verdict"
-DIAG_COUNT = "count"
-DIAG_CLIP_CLASS_PROB = "clip_class_prob_mean"
+DIAG_LABEL = D.LABEL
+DIAG_CLASS_ID = D.CLASS_ID
+DIAG_NAME = D.NAME
+DIAG_VERDICT = D.VERDICT
+DIAG_COUNT = D.COUNT
+DIAG_CLIP_CLASS_PROB = D.CLIP_CLASS_PROB_MEAN
 #: Columns of ``RUN/diagnosis.parquet`` shown in the worst-first table (those present), in order.
-DIAGNOSIS_COLUMNS = (DIAG_LABEL, DIAG_CLASS_ID, DIAG_NAME, DIAG_VERDICT, "flags", DIAG_COUNT, "confusion_share",
-                     "confused_with", DIAG_CLIP_CLASS_PROB, "classifier_top5_rate", "vendi", "vendi_ratio",
-                     "mean_pairwise_similarity", "centroid_cosine", "nearest_real_class", "spread_ratio",
-                     "modality_gap", "remedy")
+DIAGNOSIS_COLUMNS = (D.LABEL, D.CLASS_ID, D.NAME, D.VERDICT, D.FLAGS, D.COUNT, D.CONFUSION_SHARE, D.CONFUSED_WITH,
+                     D.CLIP_CLASS_PROB_MEAN, D.CLASSIFIER_TOP5_RATE, D.VENDI, D.VENDI_RATIO,
+                     D.MEAN_PAIRWISE_SIMILARITY, D.CENTROID_COSINE, D.NEAREST_REAL_CLASS, D.SPREAD_RATIO,
+                     D.MODALITY_GAP, D.REMEDY)
 #: Columns of diagnosis.parquet naming the class a flagged class's images lean to, in order of preference.
-ARROW_COLUMNS = ("nearest_real_class", "zero_shot_centroid_class", "confused_with")
+ARROW_COLUMNS = (D.NEAREST_REAL_CLASS, D.ZERO_SHOT_CENTROID_CLASS, D.CONFUSED_WITH)
 #: Verdicts, most severe first, then the verdict of a class with no flag.
 VERDICT_ORDER = (*VERDICTS, VERDICT_OK)
 #: Classes (worst first, flagged only) that get a diagnosis contact sheet.
@@ -150,12 +136,12 @@ def read_diagnosis_notes(paths: RunPaths) -> DiagnosisNotes:
     """The reference and note of ``RUN/diagnosis.json`` (empty when the file is absent).
 
     Raises:
-        UserError: the file is unreadable or not a JSON object.
+        UserError: the file is unreadable or not a diagnosis summary.
     """
     if not paths.diagnosis_json.is_file():
         return DiagnosisNotes()
-    data = _read_object(paths.diagnosis_json)
-    return DiagnosisNotes(reference=data.get("reference"), note=data.get("note"))
+    summary = DiagnosisSummary.read(paths.diagnosis_json)
+    return DiagnosisNotes(reference=summary.reference, note=summary.note)
 
 
 def worst_classes(diagnosis: Any | None, k: int = DIAGNOSIS_SHEETS) -> list[str]:
@@ -172,38 +158,26 @@ def saved_centroids(paths: RunPaths, class_ids: list[str]) -> tuple[Any, Any | N
     """The per-class centroids ``diagnose`` saved (``RUN/diagnosis_centroids.npz``), rows in ``class_ids`` order.
 
     Returns:
-        ``(synthetic, real)`` (``C×D`` each, NaN rows for classes without data; ``real`` None when diagnose ran
-        without a reference), or None when the file is absent (a run diagnosed before it existed).
+        ``(synthetic, real)`` (``C×D`` float64 each, NaN rows for classes without data; ``real`` None when
+        diagnose ran without a reference), or None when the file is absent (a run diagnosed before it existed).
 
     Raises:
         UserError: the file is unreadable or its arrays disagree in shape.
     """
     import numpy as np
 
-    path = paths.diagnosis_centroids
-    if not path.is_file():
+    if not paths.diagnosis_centroids.is_file():
         return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k]) for k in data.files}
-        saved_ids = [str(c) for c in arrays[CENTROIDS_CLASS_IDS]]
-        syn = arrays[CENTROIDS_SYNTHETIC].astype(np.float64)
-    except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"unreadable {path}: {type(exc).__name__}: {exc}: re-run 'imagenet-plus diagnose'") from None
-    real = arrays[CENTROIDS_REAL].astype(np.float64) if CENTROIDS_REAL in arrays else None
-    for name, a in ((CENTROIDS_SYNTHETIC, syn), (CENTROIDS_REAL, real)):
-        if a is not None and (a.ndim != 2 or len(a) != len(saved_ids)):
-            raise UserError(f"{path}: '{name}' has shape {a.shape} but '{CENTROIDS_CLASS_IDS}' has {len(saved_ids)} "
-                            "rows: re-run 'imagenet-plus diagnose'")
-    row = {c: i for i, c in enumerate(saved_ids)}
+    saved = DiagnosisCentroids.read(paths.diagnosis_centroids)
+    row = {c: i for i, c in enumerate(saved.class_ids)}
     take = np.array([row.get(c, -1) for c in class_ids], dtype=np.int64)
 
     def reorder(a: Any) -> Any:
         out = np.full((len(class_ids), a.shape[1]), np.nan)
-        out[take >= 0] = a[take[take >= 0]]
+        out[take >= 0] = np.asarray(a, dtype=np.float64)[take[take >= 0]]
         return out
 
-    return reorder(syn), (reorder(real) if real is not None else None)
+    return reorder(saved.synthetic), (reorder(saved.real) if saved.real is not None else None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -42,6 +42,11 @@ import numpy as np
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import atomic_file
 from imagenet_plus.io.cache import cache_dir
+from imagenet_plus.io.tar import iter_shard
+from imagenet_plus.pipeline.progress import progress_bar
+from imagenet_plus.score.metrics import fid_statistics
+from imagenet_plus.score.scorers import decode_image
+from imagenet_plus.score.scorers.inception import center_crop
 
 #: Image file extensions read from a reference folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -154,7 +159,6 @@ def _iter_folder(root: Path, files: list[Path]) -> Iterator[tuple[bytes, str, st
 def _iter_tars(tars: list[Path]) -> Iterator[tuple[bytes, str, str | None]]:
     import json
 
-    from imagenet_plus.io.tar import iter_shard
 
     for tar in tars:
         for sample in iter_shard(tar):
@@ -177,9 +181,6 @@ def _extract(samples: Iterator[tuple[bytes, str, str | None]], total: int, incep
     """Features and class ids of ``samples`` in order (``0×2048`` when there are none); ``check`` runs per batch."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from imagenet_plus.pipeline.progress import progress_bar
-    from imagenet_plus.score.scorers import decode_image
-    from imagenet_plus.score.scorers.inception import center_crop
 
     feats: list[np.ndarray] = []
     class_ids: list[str | None] = []
@@ -311,7 +312,6 @@ def _check_count(path: Path, n: int) -> None:
 
 
 def _reference(source: _Source, weights_id: str, features: np.ndarray, class_ids: list[str | None]) -> Reference:
-    from imagenet_plus.score.metrics import fid_statistics
 
     return Reference(path=str(source.path), kind=source.kind, content_hash=source.content_hash, weights_id=weights_id,
                      features=features, class_ids=class_ids, stats=fid_statistics(features))
@@ -463,7 +463,7 @@ def load_reference_part(spec: str | Path, inception: Any, folder: str | Path, ra
     elif cache_file.is_file():
         return None  # the main rank reads it (it extracts this block itself if its own cache lacks it)
     start, stop = part_block(kind, len(source.items), rank, world_size, batch_size)
-    unit = "images" if kind == "folder" else "shards"
+    unit = "img" if kind == "folder" else "shard"
     desc = f"reference features (rank {rank}'s part: {stop - start} of {len(source.items)} {unit})"
     features, class_ids = _extract(source.samples(source.items[start:stop]), stop - start if kind == "folder" else 0,
                                    inception, batch_size, show_progress, desc, check)

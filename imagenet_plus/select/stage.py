@@ -53,9 +53,9 @@ from imagenet_plus.contract import (
     REASON_KEPT,
     REASON_OVER_QUOTA,
     RunPaths,
+    ScoreSummary,
     SelectionSummary,
     read_class_records,
-    read_json,
     read_run_yaml,
     run_paths,
 )
@@ -79,9 +79,7 @@ def class_fid_of(paths: RunPaths) -> dict[str, Any]:
 
     The one place select reads ``summary.json``.
     """
-    summary = read_json(paths.summary_json)
-    per_class = summary.get("per_class") if isinstance(summary, dict) else None
-    return {cid: v.get("fid") for cid, v in (per_class or {}).items() if isinstance(v, dict)}
+    return {cid: scores.fid for cid, scores in ScoreSummary.read(paths.summary_json).per_class.items()}
 
 
 def run_quota(paths: RunPaths) -> int | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from imagenet_plus.classes import wordnet as wnmod
+from imagenet_plus.classes import wordnet_index as wnindex
 from imagenet_plus.classes.sets import ClassInfo, read_classes_json, resolve_classes, slugify, write_classes_json
 from imagenet_plus.contract import make_key
 from imagenet_plus.errors import UserError
@@ -101,14 +102,14 @@ def test_imagenet_1k_info_is_timms(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_class_sets_read_through_nltk_are_the_same(imagenet: list[ClassInfo], monkeypatch: pytest.MonkeyPatch) -> None:
     """IMAGENET_PLUS_WORDNET_INDEX=0 (the benchmark's "before") gives the classes the index gives."""
     dog = resolve_classes("wordnet:dog.n.01")
-    monkeypatch.setenv(wnmod.INDEX_ENV, "0")
-    wnmod.lookup.cache_clear()
+    monkeypatch.setenv(wnindex.INDEX_ENV, "0")
+    wnindex.lookup.cache_clear()
     try:
-        assert isinstance(wnmod.lookup(), wnmod.NltkWordNet)
+        assert isinstance(wnindex.lookup(), wnmod.NltkWordNet)
         assert resolve_classes("imagenet-1k") == imagenet
         assert resolve_classes("wordnet:dog.n.01") == dog
     finally:
-        wnmod.lookup.cache_clear()
+        wnindex.lookup.cache_clear()
 
 
 def test_imagenet_1k_start_up_loads_neither_nltk_nor_timm(imagenet: list[ClassInfo]) -> None:
@@ -392,12 +393,12 @@ def test_missing_wordnet_via_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(nltk.data, "find", not_found)
     monkeypatch.setattr(wnmod, "system_wordnet_dirs", lambda: [tmp_path])
     wnmod.wordnet.cache_clear()
-    wnmod.lookup.cache_clear()
+    wnindex.lookup.cache_clear()
     try:
         code, out, err = run_main(["classes", "wordnet:dog.n.01"], monkeypatch, capsys)
     finally:
         wnmod.wordnet.cache_clear()
-        wnmod.lookup.cache_clear()
+        wnindex.lookup.cache_clear()
     assert code == 2 and "Traceback" not in out + err
     assert err.startswith("error: WordNet 3.0 not found") and "apt-get install wordnet-base wordnet-sense-index" in err
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from imagenet_plus.classes import wordnet as wnmod
+from imagenet_plus.classes import wordnet_index as wnindex
 from imagenet_plus.errors import UserError
 
 
@@ -198,9 +199,9 @@ def test_noun_sense_count_reads_the_index(wn) -> None:  # type: ignore[no-untype
 
 
 @pytest.fixture(scope="module")
-def index() -> wnmod.WordNetIndex:
-    built = wnmod.open_index(wnmod.cache_dir("wordnet"))  # the session's cache: built here or by an earlier test
-    assert isinstance(built, wnmod.WordNetIndex)
+def index() -> wnindex.WordNetIndex:
+    built = wnindex.open_index(wnmod.cache_dir("wordnet"))  # the session's cache: built here or by an earlier test
+    assert isinstance(built, wnindex.WordNetIndex)
     return built
 
 
@@ -300,46 +301,46 @@ def test_nltk_search_path_is_nltks(wn) -> None:  # type: ignore[no-untyped-def]
     import nltk
 
     ours = str(wnmod.cache_dir("nltk_data"))
-    assert wnmod.nltk_search_path() == [p for p in nltk.data.path if p != ours]
+    assert wnindex.nltk_search_path() == [p for p in nltk.data.path if p != ours]
 
 
 def test_damaged_index_is_never_trusted(index, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    fingerprint = wnmod.source_fingerprint()
+    fingerprint = wnindex.source_fingerprint()
     copy = tmp_path / index.path.name
     shutil.copyfile(index.path, copy)
-    assert wnmod.find_index(tmp_path, fingerprint) == copy
+    assert wnindex.find_index(tmp_path, fingerprint) == copy
     good = copy.read_bytes()
     middle = bytearray(good)
     middle[len(good) // 2] ^= 0x01  # one bit of a row: SQLite itself would not notice
     for damaged in (bytes(middle), good[: len(good) // 2], b"\0" * 100 + good[100:], b"", b"not a database"):
         copy.write_bytes(damaged)
-        assert wnmod.find_index(tmp_path, fingerprint) is None
+        assert wnindex.find_index(tmp_path, fingerprint) is None
 
 
 def test_index_of_other_wordnet_files_is_not_used(index, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    fingerprint = wnmod.source_fingerprint()
+    fingerprint = wnindex.source_fingerprint()
     shutil.copyfile(index.path, tmp_path / index.path.name)
-    assert wnmod.find_index(tmp_path, fingerprint) is not None
+    assert wnindex.find_index(tmp_path, fingerprint) is not None
     # a WordNet copy appears where nltk looks first
     _fake_dict(tmp_path / "nltk_data" / "corpora" / "wordnet", "other")
     monkeypatch.setenv("NLTK_DATA", str(tmp_path / "nltk_data"))
-    assert wnmod.source_fingerprint() != fingerprint
-    assert wnmod.find_index(tmp_path, wnmod.source_fingerprint()) is None
+    assert wnindex.source_fingerprint() != fingerprint
+    assert wnindex.find_index(tmp_path, wnindex.source_fingerprint()) is None
     monkeypatch.delenv("NLTK_DATA")
-    assert wnmod.source_fingerprint() == fingerprint
+    assert wnindex.source_fingerprint() == fingerprint
     # a system WordNet file is updated in place
     src = _fake_dict(tmp_path / "dict", "one")
     monkeypatch.setenv("WNSEARCHDIR", str(src))
-    before = wnmod.source_fingerprint()
+    before = wnindex.source_fingerprint()
     (src / "data.noun").write_text("an updated data.noun\n")
-    after = wnmod.source_fingerprint()
+    after = wnindex.source_fingerprint()
     assert before != after and fingerprint not in (before, after)
     # even under the name an index for ``after`` would have, an index made for another fingerprint is refused
     content = hashlib.sha256(index.path.read_bytes()).hexdigest()[:16]
     key = hashlib.sha256(after.encode()).hexdigest()[:16]
-    shutil.copyfile(index.path, tmp_path / f"{wnmod.INDEX_PREFIX}-{key}-{content}.sqlite")
-    assert wnmod.find_index(tmp_path, after) is None
+    shutil.copyfile(index.path, tmp_path / f"{wnindex.INDEX_PREFIX}-{key}-{content}.sqlite")
+    assert wnindex.find_index(tmp_path, after) is None
 
 
 _TINY_ROWS = (
@@ -351,12 +352,12 @@ def test_build_is_atomic_and_replaces_what_it_supersedes(wn, tmp_path: Path,  # 
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wnmod, "_index_rows", lambda reader: _TINY_ROWS)
     (tmp_path / "wordnet-index-v1-other-source.sqlite").write_bytes(b"")  # damaged: removed as well
-    first = wnmod.build_index(tmp_path, "fingerprint one\n")
+    first = wnindex.build_index(tmp_path, "fingerprint one\n")
     assert first is not None and first.name.endswith(f"-{hashlib.sha256(first.read_bytes()).hexdigest()[:16]}.sqlite")
-    assert wnmod.find_index(tmp_path, "fingerprint one\n") == first
-    thing = wnmod.WordNetIndex(first).by_name("thing.n.01")
+    assert wnindex.find_index(tmp_path, "fingerprint one\n") == first
+    thing = wnindex.WordNetIndex(first).by_name("thing.n.01")
     assert (thing.wnid, thing.lemma_names, thing.definition) == ("n00000001", ("thing", "object"), "a thing")
-    second = wnmod.build_index(tmp_path, "fingerprint two\n")  # same WordNet copy and nltk, newer fingerprint
+    second = wnindex.build_index(tmp_path, "fingerprint two\n")  # same WordNet copy and nltk, newer fingerprint
     assert sorted(tmp_path.iterdir()) == [second]  # the superseded and the damaged index are gone, no temp file left
 
 
@@ -370,26 +371,26 @@ def test_damaged_or_stale_index_is_rebuilt(wn, tmp_path: Path,  # type: ignore[n
 
     monkeypatch.setattr(wnmod, "_index_rows", rows)
     folder = tmp_path / "cache"
-    first = wnmod.open_index(folder)
+    first = wnindex.open_index(folder)
     assert first is not None and len(builds) == 1
-    assert wnmod.open_index(folder).path == first.path and len(builds) == 1  # type: ignore[union-attr]
+    assert wnindex.open_index(folder).path == first.path and len(builds) == 1  # type: ignore[union-attr]
     data = bytearray(first.path.read_bytes())
     data[-10] ^= 0xFF
     first.path.write_bytes(bytes(data))
-    again = wnmod.open_index(folder)  # damaged: rebuilt
+    again = wnindex.open_index(folder)  # damaged: rebuilt
     assert again is not None and len(builds) == 2
-    assert wnmod.find_index(folder, wnmod.source_fingerprint()) == again.path
+    assert wnindex.find_index(folder, wnindex.source_fingerprint()) == again.path
     assert again.by_wnid("n00000001").name == "thing.n.01"
     monkeypatch.setenv("WNSEARCHDIR", str(_fake_dict(tmp_path / "dict", "new")))  # stale: a WordNet copy appeared
-    third = wnmod.open_index(folder)
+    third = wnindex.open_index(folder)
     assert third is not None and len(builds) == 3 and third.path != again.path
     assert list(folder.iterdir()) == [third.path]  # the stale one (same WordNet copy read by nltk) is gone
 
 
 def test_switch_reads_through_nltk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(wnmod.INDEX_ENV, "0")
-    wnmod.lookup.cache_clear()
+    monkeypatch.setenv(wnindex.INDEX_ENV, "0")
+    wnindex.lookup.cache_clear()
     try:
-        assert isinstance(wnmod.lookup(), wnmod.NltkWordNet)
+        assert isinstance(wnindex.lookup(), wnmod.NltkWordNet)
     finally:
-        wnmod.lookup.cache_clear()
+        wnindex.lookup.cache_clear()

@@ -139,8 +139,8 @@ def test_top5_metric_with_more_than_five_classes(tmp_path: Path) -> None:
     target = torch.arange(7).repeat(3)
     logits = torch.nn.functional.one_hot((target + 1) % 7, 7).float() * 5 + torch.nn.functional.one_hot(target, 7)
     m, _ = classification_metrics(logits, target, ids)
-    assert m["accuracy"] == 0.0  # the true class always comes second
-    assert m["top5_accuracy"] == 1.0
+    assert m.accuracy == 0.0  # the true class always comes second
+    assert m.top5_accuracy == 1.0
 
 
 def test_read_release_uses_keys_for_class_ids(tmp_path: Path) -> None:

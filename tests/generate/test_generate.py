@@ -244,7 +244,7 @@ def test_generate_is_current_after_a_run_and_not_after_images_per_class_grows(tm
     assert inputs.settings == {"config_hash": ry["config_hash"], "segments": ry["segments"]}
     assert list(inputs.files) == sorted(paths.generated.glob("*.json")) and len(inputs.files) == 4
     assert sorted(inputs.outputs) == sorted(paths.generated.iterdir())
-    assert read_state(paths, "generate").facts == {"shards": 4, "images": 15}
+    assert read_state(paths, "generate").facts == {"num_shards": 4, "num_planned": 15}
     # settings that change no image (batch size) leave it current
     assert is_current(paths, stage_inputs(run, make_cfg(class_file, batch_size=1)))
     # more images per class: a new segment, not current until generate made them
