@@ -110,3 +110,28 @@ def write_fake_run(root: Path, per_class: int = 8, shard_size: int = 10, size: i
 def fake_run(tmp_path: Path) -> Path:
     """A run folder with 3 classes × 8 images in 3 shards (no model involved)."""
     return write_fake_run(tmp_path / "run")
+
+
+def fake_score_summary(per_class: dict[str, dict], **metrics) -> "ScoreSummary":  # noqa: F821, UP037
+    """A ``summary.json`` record as ``score`` writes it, built through the contract (every key present).
+
+    Args:
+        per_class: class id → the :class:`~imagenet_plus.contract.ClassScores` fields to set (``count`` at least;
+            the others default to plausible values).
+        metrics: dataset-level fields to set (``fid=…``, ``reference={…}``, ``models={…}``: the rest default).
+    """
+    from imagenet_plus.contract import ClassScores, DatasetMetrics, ScoreSummary, SummaryModels
+    from imagenet_plus.pipeline.config import config_to_dict
+    from imagenet_plus.score.config import ScoreConfig
+
+    classes = {cid: ClassScores(**{"fid": 50.0, "vendi": 3.0, "clip_score_mean": 28.0, "classifier_top1_rate": None,
+                                   "classifier_top5_rate": None, "duplicates": 0, **v}) for cid, v in per_class.items()}
+    run = {"shards": metrics.pop("shards", []), "bad_shards": [], "reference": metrics.pop("reference", None),
+           "reference_arg": metrics.pop("reference_arg", None), "config": config_to_dict(ScoreConfig()),
+           "versions": {}}
+    models = {"clip": "tiny-random", "inception_weights": "tiny-random", "classifier": "tiny-random",
+              "nsfw_detector": "none", "inception_weights_id": "tiny-random", **metrics.pop("models", {})}
+    values = {"fid": 123.4, "kid_mean": 0.05, "kid_std": 0.01, "inception_score_mean": 3.2, "inception_score_std": 0.1,
+              "clip_score_mean": 28.5, "precision": 0.6, "recall": 0.4, "duplicates": 0, "classifier_top1_rate": None,
+              "classifier_top5_rate": None, "num_images": sum(c.count for c in classes.values()), **metrics}
+    return ScoreSummary.of(DatasetMetrics(**values, per_class=classes), models=SummaryModels(**models), **run)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import fake_score_summary
+
 from imagenet_plus.contract import RunPaths
 from imagenet_plus.io.tar import iter_shard
 
@@ -57,16 +59,8 @@ def write_fake_scores(run: Path, seed: int = 0, dim: int = 16, dup_every: int = 
         df.to_parquet(files.parquet, index=False)
         np.save(files.clip, np.asarray(embs, dtype=np.float16))
     class_fid = class_fid or {}
-    summary = {
-        "fid": 123.4, "kid_mean": 0.05, "kid_std": 0.01, "inception_score_mean": 3.2, "inception_score_std": 0.1,
-        "clip_score_mean": 28.5, "precision": 0.6, "recall": 0.4, "num_images": sum(map(len, per_class.values())),
-        "per_class": {cid: {"fid": class_fid.get(cid, 50.0), "vendi": 3.0, "clip_score_mean": 28.0,
-                            "classifier_top1_rate": None, "classifier_top5_rate": None, "duplicates": 0,
-                            "count": len(keys)} for cid, keys in per_class.items()},
-        "models": {"clip": "tiny-random", "inception_weights": "tiny-random", "classifier": None},
-        "reference": None,
-    }
-    paths.summary_json.write_text(json.dumps(summary, indent=2))
+    fake_score_summary({cid: {"fid": class_fid.get(cid, 50.0), "count": len(keys)} for cid, keys in per_class.items()},
+                       models={"classifier": "none"}).write(paths.summary_json)
     return per_class
 
 

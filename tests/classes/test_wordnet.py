@@ -350,7 +350,7 @@ _TINY_ROWS = (
 
 def test_build_is_atomic_and_replaces_what_it_supersedes(wn, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wnmod, "_index_rows", lambda reader: _TINY_ROWS)
+    monkeypatch.setattr(wnindex, "_index_rows", lambda reader: _TINY_ROWS)
     (tmp_path / "wordnet-index-v1-other-source.sqlite").write_bytes(b"")  # damaged: removed as well
     first = wnindex.build_index(tmp_path, "fingerprint one\n")
     assert first is not None and first.name.endswith(f"-{hashlib.sha256(first.read_bytes()).hexdigest()[:16]}.sqlite")
@@ -369,7 +369,7 @@ def test_damaged_or_stale_index_is_rebuilt(wn, tmp_path: Path,  # type: ignore[n
         builds.append(1)
         return _TINY_ROWS
 
-    monkeypatch.setattr(wnmod, "_index_rows", rows)
+    monkeypatch.setattr(wnindex, "_index_rows", rows)
     folder = tmp_path / "cache"
     first = wnindex.open_index(folder)
     assert first is not None and len(builds) == 1

@@ -107,11 +107,10 @@ def test_missing_template(tmp_path: Path) -> None:
 
 
 def test_card_lists_diagnosis_when_the_run_was_diagnosed(tmp_path: Path) -> None:
-    import json
-
     from conftest import write_fake_run
     from release_fixtures import write_fake_scores
 
+    from imagenet_plus.contract import DiagnosisSummary, FlaggedClass, Geometry
     from imagenet_plus.release import ReleaseConfig, run_release
     from imagenet_plus.select import SelectConfig, run_select
 
@@ -119,21 +118,21 @@ def test_card_lists_diagnosis_when_the_run_was_diagnosed(tmp_path: Path) -> None
     write_fake_scores(run)
     run_select(run, SelectConfig(per_class=5))
     ids = [c["id"] for c in FAKE_CLASSES]
-    # the layout diagnose writes (imagenet_plus.diagnose._summary)
-    diagnosis = {
-        "reference": None, "note": "no real reference: real-side columns are null", "classes": len(ids),
-        "verdict_counts": {"ambiguous": 1, "concept-failure": 0, "low-diversity": 1, "low-adherence": 0,
-                           "ok": len(ids) - 2},
-        "flagged_classes": [
-            {"class_id": ids[1], "name": "crane", "verdict": "ambiguous", "flags": "ambiguous,low-adherence",
-             "remedy": "use the gloss prompt strategy"},
-            {"class_id": ids[0], "name": "tench", "verdict": "low-diversity", "flags": "low-diversity",
-             "remedy": "use the diverse prompt strategy"},
+    # what diagnose writes, built through the contract's record
+    DiagnosisSummary(
+        thresholds={}, reference=None, note="no real reference: real-side columns are null", classes=len(ids),
+        verdict_counts={"ambiguous": 1, "concept-failure": 0, "low-diversity": 1, "low-adherence": 0,
+                        "ok": len(ids) - 2},
+        flagged_classes=[
+            FlaggedClass(class_id=ids[1], name="crane", verdict="ambiguous", flags="ambiguous,low-adherence",
+                         remedy="use the gloss prompt strategy"),
+            FlaggedClass(class_id=ids[0], name="tench", verdict="low-diversity", flags="low-diversity",
+                         remedy="use the diverse prompt strategy"),
         ],
-        "strategies": {ids[1]: "gloss", ids[0]: "diverse"},
-        "geometry": {},
-    }
-    (run / "diagnosis.json").write_text(json.dumps(diagnosis))
+        strategies={ids[1]: "gloss", ids[0]: "diverse"},
+        geometry=Geometry(images=18, spread=None, modality_gap=None, real_images=None, real_spread=None,
+                          centroid_cosine=None, real_modality_gap=None),
+    ).write(run / "diagnosis.json")
     body = (run_release(run, tmp_path / "rel", ReleaseConfig(val_per_class=1, shard_size=4)) / "README.md").read_text()
     section = body.split("## Diagnosis", 1)[1].split("\n## ", 1)[0]
     assert f"2 classes flagged,\n{len(ids) - 2} without a flag" in section

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_fake_run
+from conftest import fake_score_summary, write_fake_run
 from typer.testing import CliRunner
 
-from imagenet_plus.contract import RunPaths, SelectionSummary
+from imagenet_plus.contract import DiagnosisSummary, FlaggedClass, Geometry, RunPaths, SelectionSummary
 from imagenet_plus.contract.report import ReportSummary
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.tar import iter_shard
@@ -65,18 +65,12 @@ def write_scores(run: Path, dim: int = 8, seed: int = 0, text_embeddings: bool =
         all_rows += rows
     if text_embeddings:
         np.save(scores / "class_text_embeddings.npy", rng.normal(size=(len(classes), dim)).astype(np.float16))
-    per_class = {}
-    for c in classes:
-        rs = [r for r in all_rows if r["class_id"] == c["id"]]
-        per_class[c["id"]] = {"fid": 100.0 + c["label"], "vendi": 2.5, "clip_score_mean": 25.0,
-                              "classifier_top1_rate": None, "classifier_top5_rate": None, "duplicates": 1,
-                              "count": len(rs)}
-    summary = {"fid": 150.5, "kid_mean": 0.07, "kid_std": 0.01, "inception_score_mean": 2.1,
-               "inception_score_std": 0.2, "clip_score_mean": 25.1, "precision": 0.3, "recall": 0.2,
-               "num_images": len(all_rows), "per_class": per_class,
-               "models": {"clip": "tiny-random", "inception_weights": "tiny-random", "classifier": "tiny-random"},
-               "reference": "/data/imagenet/val"}
-    (scores / "summary.json").write_text(json.dumps(summary))
+    per_class = {c["id"]: {"fid": 100.0 + c["label"], "vendi": 2.5, "clip_score_mean": 25.0, "duplicates": 1,
+                           "count": sum(r["class_id"] == c["id"] for r in all_rows)} for c in classes}
+    fake_score_summary(per_class, fid=150.5, kid_mean=0.07, inception_score_mean=2.1, inception_score_std=0.2,
+                       clip_score_mean=25.1, precision=0.3, recall=0.2, num_images=len(all_rows),
+                       reference={"path": "/data/imagenet/val", "kind": "folder"},
+                       reference_arg="/data/imagenet/val").write(scores / "summary.json")
     return all_rows
 
 
@@ -421,8 +415,16 @@ def write_diagnosis(run: Path, reference: Path | None = None) -> list[str]:
         "centroid_cosine": np.nan,
     })
     frame.to_parquet(run / "diagnosis.parquet", index=False)
-    (run / "diagnosis.json").write_text(json.dumps({"reference": str(reference) if reference else None,
-                                                    "note": "no real reference" if reference is None else None}))
+    flagged = [(c, v) for c, v, _ in rows if v != "ok"]
+    DiagnosisSummary(  # what the report reads of it: the reference and the note
+        thresholds={}, reference=str(reference) if reference else None,
+        note="no real reference" if reference is None else None, classes=len(rows),
+        verdict_counts={v: sum(r[1] == v for r in rows) for v in {r[1] for r in rows}},
+        flagged_classes=[FlaggedClass(class_id=c, name=c.upper(), verdict=v, flags=v, remedy=f"fix {v}")
+                         for c, v in flagged],
+        strategies={}, geometry=Geometry(images=40, spread=None, modality_gap=None, real_images=None,
+                                         real_spread=None, centroid_cosine=None, real_modality_gap=None),
+    ).write(run / "diagnosis.json")
     return ["granny_smith", "n03000684", "n07753592", "n02102040", "n01440764"]  # verdict, then lowest prob
 
 

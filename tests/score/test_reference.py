@@ -417,7 +417,7 @@ def test_fid_kid_is_equal_torch_fidelity_on_the_centre_crops(generated_run, tmp_
     assert sorted(Image.open(p).size[0] for p in crops.rglob("*.png")) == sorted(
         min(h, w) for h, w in REFERENCE_SHAPES[shapes])
     summary = run_score(run, ScoreConfig(reference=str(reference), batch_size=5, **tiny))  # the dataset pass only
-    assert summary["num_images"] == 12 and summary["reference"]["num_images"] == 6
+    assert summary.num_images == 12 and summary.reference["num_images"] == 6
     expected = torch_fidelity.calculate_metrics(
         input1=str(generated_files), input2=str(crops), fid=True, kid=True, kid_subset_size=6, isc=True,
         isc_splits=10, samples_find_deep=True, feature_extractor_weights_path=str(tiny_inception_weights()),
@@ -425,7 +425,8 @@ def test_fid_kid_is_equal_torch_fidelity_on_the_centre_crops(generated_run, tmp_
         cache=True, cache_root=str(base / "torch-fidelity-cache"), input1_cache_name="generated")
     pairs = {"fid": "frechet_inception_distance", "kid_mean": "kernel_inception_distance_mean",
              "inception_score_mean": "inception_score_mean"}
-    relative = {ours: abs(summary[ours] - expected[theirs]) / abs(expected[theirs]) for ours, theirs in pairs.items()}
+    relative = {ours: abs(getattr(summary, ours) - expected[theirs]) / abs(expected[theirs])
+                for ours, theirs in pairs.items()}
     assert all(err <= 1e-3 for err in relative.values()), relative
     assert expected["kernel_inception_distance_mean"] > 10 * expected["kernel_inception_distance_std"]
     assert expected["inception_score_mean"] > 1.01  # the tiny network's p(y|x) differs between images
