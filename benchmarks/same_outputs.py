@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(args.keep) if args.keep else Path(tmp)
         runs = {}
         for side in ("before", "after"):
-            tree = checkout(getattr(args, side), tmp_path / f"{side}-code")
-            runs[side] = tmp_path / f"{side}-run"
+            tree = checkout(getattr(args, side), tmp_path / side / "code")
+            runs[side] = tmp_path / side / "run"  # same folder name on both sides (the report's title shows it)
             run_demo(tree, Path(args.config).resolve(), runs[side], tmp_path / "cache")
             print(f"{side}: {getattr(args, side)} ran in {runs[side]}", file=sys.stderr)
         diffs = compare(runs["before"], runs["after"], tuple(args.ignore))

@@ -348,7 +348,7 @@ def card_text(inp: CardInputs) -> str:
         "config_hash": inp.run_yaml.get("config_hash"),
         "metrics": _metrics_rows(inp.summary),
         "reference": inp.summary.reference if inp.summary is not None else None,
-        "scoring_models": ", ".join(f"{k}: {v}" for k, v in models.items() if v) or "not recorded",
+        "scoring_models": ", ".join(f"{k}: {v}" for k, v in sorted(models.items()) if v) or "not recorded",
         "nsfw_filter": _nsfw_filter_text(inp, models),
         **_selection_context(inp, sum(counts.values())),
         "is_imagenet": config.get("classes") == "imagenet-1k",

@@ -1,0 +1,37 @@
+"""Issue 17's promise, checked on the demo: the package redesign changed no output.
+
+``benchmarks/same_outputs.py`` runs the demo config with the code of the last commit before the redesign and
+with this checkout, and compares every output file (tars member by member, JSON without its timing fields,
+the report without its timings). Left out: ``RUN/state/`` (the stages' records, new with the redesign) and
+``RUN/pipeline.json`` (now only a log of what ``run`` did, no longer its record of finished stages).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: The last commit before the package redesign (issue 17).
+BEFORE_REDESIGN = "99bd8f300340647dfedae0659bb15b3111703a47"
+
+
+def _have(rev: str) -> bool:
+    return subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{rev}^{{commit}}"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_the_redesign_changed_no_output_of_the_demo(tmp_path: Path) -> None:
+    if not _have(BEFORE_REDESIGN):
+        pytest.skip(f"this clone lacks commit {BEFORE_REDESIGN[:7]} (a shallow clone): nothing to compare with")
+    env = {k: v for k, v in os.environ.items() if k != "IMAGENET_PLUS_CACHE"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "same_outputs.py"), "--before", BEFORE_REDESIGN,
+                           "--after", ".", "--ignore", "state", "--ignore", "pipeline.json", "--keep",
+                           str(tmp_path / "runs")], capture_output=True, text=True, env=env, cwd=REPO, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "same_outputs_differences=0", proc.stdout
