@@ -336,3 +336,14 @@ def test_every_strategy_names_every_imagenet_class(imagenet: list[ClassInfo]) ->
         for strategy in STRATEGIES:
             p = build_prompt(c, strategy, c.label, **extra)
             assert c.name in p and "  " not in p and len(p.split()) <= MAX_PROMPT_WORDS, p
+
+
+def test_domain_and_scene_lists_are_documented() -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "recipes.md").read_text(encoding="utf-8")
+    listed = docs.split("with the domain one of 12:", 1)[1].split(". They combine", 1)[0]
+    assert [d.strip() for d in " ".join(listed.split()).split(",")] == list(DOMAINS)
+    assert "365 scene categories of Places365" in docs and "categories_places365.txt" in docs
+    header = Path(__file__).parents[2] / "imagenet_plus" / "classes" / "places365.txt"
+    assert "Zhou, Lapedriza, Khosla, Oliva and Torralba" in header.read_text(encoding="utf-8").split("\n\n")[0]
