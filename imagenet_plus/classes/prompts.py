@@ -15,19 +15,34 @@ its definition):
   where each slot is drawn from a list of phrases (tens each). The scene is a background or a
   setting (one slot, so the two never contradict); settings are chosen from a list that suits the
   class's WordNet group (animals get habitats, foods get tables and plates, …).
+- ``context``: ``a photo of a {name}, a kind of {hypernym}, inside/in a {scene}`` where the scene is one of
+  Places365's 365 scene categories (:func:`places365_scenes`, shipped as ``places365.txt``): ``inside``
+  for an indoor scene, ``in`` for an outdoor one (Sariyildiz et al., CVPR 2023, place the class in a
+  Places365 scene: "c, h_c inside b").
+- ``domain``: ``a {domain} of a {name}`` with the domain drawn from :data:`DOMAINS` (photo, painting,
+  sketch, cartoon, …: the multi-domain prompts of Shipard et al., "Diversity is Definitely Needed",
+  CVPR Workshops 2023, and DomainNet's six domains).
+- ``caption``: ``{name}, {caption}``: the caption of the real image the image is paired with (the
+  caption-in-prompt recipe of "Image Captions are Natural Prompts" and Real-Fake); ``build_prompt`` needs
+  ``caption=``.
+- ``llm``: one of the class's scene descriptions written by a local language model
+  (:mod:`imagenet_plus.classes.llm`), prefixed with ``{name}, `` unless it names the class already;
+  ``build_prompt`` needs ``descriptions=``.
 
 Graceful degradation for classes without a definition or hypernym (custom classes): ``gloss``
-without a definition is ``name``; ``hypernym`` without a hypernym is ``name``; ``diverse`` drops
-the "a kind of" part. Prompts are whitespace-normalised and kept short: the gloss is cut to its
+without a definition is ``name``; ``hypernym`` without a hypernym is ``name``; ``diverse`` and
+``context`` drop the "a kind of" part. Prompts are whitespace-normalised and kept short: the gloss is cut to its
 first clause and at most :data:`MAX_GLOSS_WORDS` words, and every prompt is at most
 :data:`MAX_PROMPT_WORDS` words (CLIP's text encoder reads 77 tokens; an English word is about 1.3).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imagenet_plus.errors import UserError
@@ -36,7 +51,11 @@ if TYPE_CHECKING:
     from imagenet_plus.classes.sets import ClassInfo
 
 #: The known strategies.
-STRATEGIES = ("name", "gloss", "hypernym", "diverse")
+STRATEGIES = ("name", "gloss", "hypernym", "diverse", "context", "domain", "caption", "llm")
+#: Strategies that need an input besides the class: strategy → the ``build_prompt`` argument it needs.
+INPUT_STRATEGIES = {"caption": "caption", "llm": "descriptions"}
+#: Strategies built from the class and the seed alone.
+TEXT_STRATEGIES = tuple(s for s in STRATEGIES if s not in INPUT_STRATEGIES)
 #: A negative prompt that suits photo-realistic class images (opt-in: ``--negative-prompt default``).
 DEFAULT_NEGATIVE_PROMPT = (
     "blurry, low quality, jpeg artifacts, text, watermark, logo, cartoon, drawing, illustration, painting, "
@@ -269,6 +288,55 @@ STYLES = (
     "wildlife-style photo",
 )
 
+#: Depictions of the ``domain`` strategy: the "photo / painting / sketch of …" prompts of Shipard et al.
+#: ("Diversity is Definitely Needed", CVPR Workshops 2023), DomainNet's six domains (Peng et al., "Moment
+#: Matching for Multi-Source Domain Adaptation", ICCV 2019: clipart, infograph, painting, quickdraw, real,
+#: sketch, spelled as a prompt would say them: clip art image, infographic, painting, doodle, photo, sketch) and
+#: common art media (cartoon, 3D render, watercolor, pencil drawing, oil painting, drawing).
+DOMAINS = (
+    "photo",
+    "painting",
+    "sketch",
+    "cartoon",
+    "3D render",
+    "watercolor",
+    "pencil drawing",
+    "oil painting",
+    "clip art image",
+    "infographic",
+    "doodle",
+    "drawing",
+)
+
+#: The scene file of the ``context`` strategy (package data): ``name<TAB>indoor|outdoor`` per line.
+PLACES365_FILE = Path(__file__).with_name("places365.txt")
+
+
+@functools.lru_cache(maxsize=1)
+def places365_scenes() -> tuple[tuple[str, bool], ...]:
+    """Places365's 365 scene categories in label order, as (readable name, indoor) pairs.
+
+    Read from :data:`PLACES365_FILE` (its header says where the names come from and how they were made
+    readable: ``/a/apartment_building/outdoor`` → ``outdoor apartment building``).
+    """
+    scenes = []
+    for line in PLACES365_FILE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, where = line.split("\t")
+            scenes.append((name, where == "indoor"))
+    return tuple(scenes)
+
+
+def indefinite_article(phrase: str) -> str:
+    """``a`` or ``an`` for ``phrase``: ``an`` before a vowel letter, except the "you"/"one" sounds (``a utility room``).
+
+    A spelling rule, not a pronunciation dictionary: it is right for every scene and domain shipped here.
+    """
+    word = phrase.strip().lower()
+    if word[:1] in ("a", "e", "i", "o", "u") and not word.startswith(("uni", "use", "usu", "uti", "eu", "one")):
+        return "an"
+    return "a"
+
 
 def check_strategies(strategies: Sequence[str]) -> None:
     """Raise ``UserError`` for an empty list or an unknown strategy (naming it)."""
@@ -324,19 +392,22 @@ def _limit_words(text: str, max_words: int = MAX_PROMPT_WORDS) -> str:
     return clean(" ".join(words[:max_words])) if len(words) > max_words else text
 
 
-def build_prompt(cls: ClassInfo, strategy: str, seed: int) -> str:
+def build_prompt(cls: ClassInfo, strategy: str, seed: int, caption: str | None = None,
+                 descriptions: Sequence[str] | None = None) -> str:
     """The prompt for one image of ``cls``.
 
     Args:
         cls: the class (name, definition, hypernym and group are used).
         strategy: one of :data:`STRATEGIES`.
-        seed: the image's seed (drives the ``diverse`` choices).
+        seed: the image's seed (drives the ``diverse``, ``context``, ``domain`` and ``llm`` choices).
+        caption: the caption of the real image this image is paired with (``caption`` strategy).
+        descriptions: the class's scene descriptions written by a language model (``llm`` strategy).
 
     Returns:
         A clean, whitespace-normalised prompt that contains the class name.
 
     Raises:
-        UserError: unknown strategy.
+        UserError: unknown strategy; ``caption`` without a caption, ``llm`` without descriptions.
     """
     check_strategies((strategy,))
     name = clean(cls.name)
@@ -351,6 +422,27 @@ def build_prompt(cls: ClassInfo, strategy: str, seed: int) -> str:
         parts = [base, gloss] if gloss else [base]
     elif strategy == "hypernym":
         parts = [base, f"a kind of {hypernym}"] if hypernym else [base]
+    elif strategy == "context":
+        scene, indoor = random.Random(f"context:{seed}").choice(places365_scenes())
+        parts = [base, f"a kind of {hypernym}"] if hypernym else [base]
+        parts.append(f"{'inside' if indoor else 'in'} {indefinite_article(scene)} {scene}")
+    elif strategy == "domain":
+        domain = random.Random(f"domain:{seed}").choice(DOMAINS)
+        parts = [f"{indefinite_article(domain)} {domain} of a {name}"]
+    elif strategy == "caption":
+        text = clean(caption or "")
+        if not text:
+            raise UserError(f"prompt strategy 'caption' needs the caption of a real image, and class {cls.id!r} "
+                            "has none here (give real images and a captioner)")
+        parts = [name, text]
+    elif strategy == "llm":
+        texts = [clean(d) for d in descriptions or ()]
+        texts = [t for t in texts if t]
+        if not texts:
+            raise UserError(f"prompt strategy 'llm' needs scene descriptions, and class {cls.id!r} has none here "
+                            "(give a prompt model)")
+        text = texts[random.Random(f"llm:{seed}").randrange(len(texts))]
+        parts = [text] if name.lower() in _limit_words(text).lower() else [name, text]
     else:  # diverse
         rng = random.Random(f"diverse:{seed}")
         settings = SETTINGS.get(cls.group, SETTINGS["default"])

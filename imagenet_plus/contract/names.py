@@ -41,6 +41,13 @@ PIPELINE_FAILED = "pipeline.failed"
 EVAL_JSON = "eval.json"
 #: Folder of the stages' records (``state/{stage}.json``): what each finished stage was made from.
 STATE_DIR = "state"
+#: Captions of real images (``captions/NNNNN.parquet`` per generated shard, ``captions/captioner.json``).
+CAPTIONS_DIR = "captions"
+CAPTIONER_JSON = "captioner.json"
+#: Columns of a captions parquet: the generated sample's key, its real image's source, the caption.
+CAPTION_COLUMNS = ("key", "source", "caption")
+#: Scene descriptions per class written by a local language model (the ``llm`` prompt strategy).
+LLM_PROMPTS_JSON = "llm_prompts.json"
 #: Folder of the rank markers multi-process stages rendezvous through (``markers/{stage}/{job}/rank-NNNNN.*``).
 MARKERS_DIR = "markers"
 REPORT_DIR = "report"

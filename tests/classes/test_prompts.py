@@ -13,15 +13,20 @@ import pytest
 from imagenet_plus.classes.prompts import (
     BACKGROUNDS,
     DEFAULT_NEGATIVE_PROMPT,
+    DOMAINS,
+    INPUT_STRATEGIES,
     LIGHTING,
     MAX_PROMPT_WORDS,
     SETTINGS,
     STRATEGIES,
     STYLES,
+    TEXT_STRATEGIES,
     VIEWPOINTS,
     build_negative_prompt,
     build_prompt,
     choose_strategy,
+    indefinite_article,
+    places365_scenes,
     short_gloss,
 )
 from imagenet_plus.classes.sets import ClassInfo, resolve_classes
@@ -30,6 +35,8 @@ from imagenet_plus.errors import UserError
 TENCH_GLOSS = "freshwater dace-like game fish of Europe and western Asia noted for ability to survive outside water"
 TENCH = ClassInfo(0, "n01440764", "tench", ("tench", "Tinca tinca"), TENCH_GLOSS, "cyprinid", "noun.animal")
 CUSTOM = ClassInfo(1, "sea-otter", "  sea   otter ", ("sea otter",), "", "", "")
+#: The strategies that existed before ``context``, ``domain``, ``caption`` and ``llm``: their prompts must not change.
+ORIGINAL_STRATEGIES = ("name", "gloss", "hypernym", "diverse")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +47,10 @@ def imagenet() -> list[ClassInfo]:
 def test_choose_strategy_is_deterministic_and_uniform() -> None:
     both = ("name", "diverse")
     assert [choose_strategy(both, s) for s in range(50)] == [choose_strategy(both, s) for s in range(50)]
-    counts = collections.Counter(choose_strategy(STRATEGIES, seed) for seed in range(4000))
+    counts = collections.Counter(choose_strategy(ORIGINAL_STRATEGIES, seed) for seed in range(4000))
+    assert set(counts) == set(ORIGINAL_STRATEGIES)
+    assert all(850 <= n <= 1150 for n in counts.values()), counts
+    counts = collections.Counter(choose_strategy(STRATEGIES, seed) for seed in range(8000))
     assert set(counts) == set(STRATEGIES)
     assert all(850 <= n <= 1150 for n in counts.values()), counts
     assert choose_strategy(("gloss",), 123) == "gloss"
@@ -98,12 +108,14 @@ def test_phrase_lists_have_tens_of_distinct_options() -> None:
 
 
 def test_prompts_are_the_same_in_another_process_with_another_hash_seed() -> None:
-    ours = [build_prompt(TENCH, choose_strategy(STRATEGIES, s), s) for s in range(20)]
+    extra = dict(caption="a fish in a net", descriptions=["in a pond", "on ice"])
+    ours = [build_prompt(TENCH, choose_strategy(STRATEGIES, s), s, **extra) for s in range(40)]
+    assert {p.split(",")[0] for p in ours} > {"a photo of a tench"}  # the new strategies are drawn too
     code = (
         "import json; from imagenet_plus.classes import ClassInfo; "
         "from imagenet_plus.classes.prompts import STRATEGIES, build_prompt, choose_strategy; "
         f"c = ClassInfo.from_dict({TENCH.to_dict()!r}); "
-        "print(json.dumps([build_prompt(c, choose_strategy(STRATEGIES, s), s) for s in range(20)]))"
+        f"print(json.dumps([build_prompt(c, choose_strategy(STRATEGIES, s), s, **{extra!r}) for s in range(40)]))"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -136,7 +148,7 @@ def test_short_gloss() -> None:
 def test_imagenet_prompts_are_short_and_contain_the_name(imagenet: list[ClassInfo]) -> None:
     longest = 0
     for c in imagenet:
-        for strategy in STRATEGIES:
+        for strategy in ORIGINAL_STRATEGIES + ("context",):
             for seed in (0, 1):
                 p = build_prompt(c, strategy, seed)
                 assert p.startswith(f"a photo of a {c.name}") and "  " not in p and not p.endswith(",")
@@ -209,3 +221,129 @@ def test_class_texts_fall_back_to_gloss_and_id():
     bare = [ClassInfo(0, "bat-1", "bat"), ClassInfo(1, "bat-2", "Bat"), ClassInfo(2, "ball", "ball")]
     texts = class_texts(bare)
     assert texts == ["a photo of a bat (bat-1)", "a photo of a Bat (bat-2)", "a photo of a ball"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# context, domain, caption and llm strategies
+
+#: sha256 of the prompts of the four original strategies over ImageNet-1k, seeds 0, 7 and 2**62 + 5, computed
+#: with the code before the ``context``/``domain``/``caption``/``llm`` strategies were added.
+ORIGINAL_PROMPTS_SHA256 = "27aa838835c642e6fc9996a27a21c4947ee0d4d3488b603cc5f85718b19822b4"
+
+
+def test_original_strategies_are_byte_identical(imagenet: list[ClassInfo]) -> None:
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in imagenet:
+        for strategy in ORIGINAL_STRATEGIES:
+            for seed in (0, 7, 2**62 + 5):
+                h.update(build_prompt(c, strategy, seed).encode() + b"\n")
+    assert h.hexdigest() == ORIGINAL_PROMPTS_SHA256
+
+
+def test_strategy_lists() -> None:
+    assert STRATEGIES[:4] == ORIGINAL_STRATEGIES
+    assert set(INPUT_STRATEGIES) == {"caption", "llm"}
+    assert TEXT_STRATEGIES == ("name", "gloss", "hypernym", "diverse", "context", "domain")
+
+
+def test_places365_scenes_are_the_365_categories() -> None:
+    scenes = places365_scenes()
+    names = [name for name, _ in scenes]
+    assert len(names) == 365 and len(set(names)) == 365
+    assert all(n == n.strip() and "_" not in n and "/" not in n and "  " not in n for n in names)
+    # label order of categories_places365.txt: 0 airfield ... 364 zen garden; sub-categories made readable
+    assert names[:5] == ["airfield", "airplane cabin", "airport terminal", "alcove", "alley"]
+    assert names[8] == "outdoor apartment building" and names[15] == "hockey arena" and names[-1] == "zen garden"
+    indoor = {name for name, inside in scenes if inside}
+    assert "bedroom" in indoor and "kitchen" in indoor and "beach" not in indoor and "glacier" not in indoor
+    assert 150 <= len(indoor) <= 200  # IO_places365.txt: 161 indoor, 204 outdoor
+    # the file is package data (pyproject ships it with the wheel)
+    from pathlib import Path
+
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8")
+    package_data = pyproject.split("[tool.setuptools.package-data]", 1)[1].split("[", 2)[1]
+    assert '"classes/places365.txt"' in package_data
+
+
+def test_context_places_the_class_in_a_scene(imagenet: list[ClassInfo]) -> None:
+    scenes = dict(places365_scenes())
+    seen = set()
+    for seed in range(2000):
+        p = build_prompt(TENCH, "context", seed)
+        assert p == build_prompt(TENCH, "context", seed)
+        head, _, tail = p.partition("a photo of a tench, a kind of cyprinid, ")
+        assert head == "" and tail
+        where, article, scene = tail.split(" ", 2)
+        assert scene in scenes and where == ("inside" if scenes[scene] else "in")
+        assert article == ("an" if scene[0].lower() in "aeio" or scene.startswith("urban") else "a")
+        seen.add(scene)
+    assert len(seen) >= 0.95 * len(scenes)  # 2000 draws cover nearly all 365 scenes
+    custom = build_prompt(CUSTOM, "context", 3)
+    assert custom.startswith("a photo of a sea otter, in") and "a kind of" not in custom
+
+
+def test_domain_names_the_class_in_a_depiction() -> None:
+    used = collections.Counter()
+    for seed in range(1200):
+        p = build_prompt(TENCH, "domain", seed)
+        assert p == build_prompt(TENCH, "domain", seed) and p.endswith(" of a tench")
+        article, domain = p.removesuffix(" of a tench").split(" ", 1)
+        assert domain in DOMAINS and article == indefinite_article(domain)
+        used[domain] += 1
+    assert set(used) == set(DOMAINS) and min(used.values()) >= 60  # about 100 each
+    assert {"photo", "painting", "sketch", "cartoon", "3D render", "watercolor", "pencil drawing",
+            "oil painting", "infographic"} <= set(DOMAINS)
+    assert build_prompt(CUSTOM, "domain", 0).endswith(" of a sea otter")
+
+
+def test_indefinite_article() -> None:
+    assert [indefinite_article(w) for w in ("oil painting", "infographic", "urban canal", "utility room",
+                                            "3D render", "sketch", "airfield", "Asian temple")] == [
+        "an", "an", "an", "a", "a", "a", "an", "an"]
+
+
+def test_caption_strategy() -> None:
+    assert build_prompt(TENCH, "caption", 5, caption=" a fish  lying on a  table ") == "tench, a fish lying on a table"
+    long = " ".join(["word"] * 80)
+    p = build_prompt(TENCH, "caption", 5, caption=long)
+    assert p.startswith("tench, word") and len(p.split()) == MAX_PROMPT_WORDS
+    for caption in (None, "", "   "):
+        with pytest.raises(UserError, match="'caption' needs the caption of a real image.*'n01440764'") as info:
+            build_prompt(TENCH, "caption", 5, caption=caption)
+        assert "\n" not in str(info.value)
+
+
+def test_llm_strategy_picks_a_description_per_seed() -> None:
+    descriptions = ["a tench resting among pond weeds", "swimming in murky green water", "held by an angler"]
+    prompts = [build_prompt(TENCH, "llm", seed, descriptions=descriptions) for seed in range(300)]
+    assert prompts == [build_prompt(TENCH, "llm", seed, descriptions=descriptions) for seed in range(300)]
+    counts = collections.Counter(prompts)
+    # a description naming the class is kept as written; the others get the name in front
+    assert set(counts) == {"a tench resting among pond weeds", "tench, swimming in murky green water",
+                           "tench, held by an angler"}
+    assert min(counts.values()) >= 70
+    with pytest.raises(UserError, match="'llm' needs scene descriptions"):
+        build_prompt(TENCH, "llm", 0, descriptions=[" ", ""])
+    with pytest.raises(UserError, match="'llm' needs scene descriptions"):
+        build_prompt(TENCH, "llm", 0)
+
+
+def test_every_strategy_names_every_imagenet_class(imagenet: list[ClassInfo]) -> None:
+    extra = dict(caption="a close-up of an animal on grass", descriptions=["seen in its usual place"])
+    for c in imagenet:
+        for strategy in STRATEGIES:
+            p = build_prompt(c, strategy, c.label, **extra)
+            assert c.name in p and "  " not in p and len(p.split()) <= MAX_PROMPT_WORDS, p
+
+
+def test_domain_and_scene_lists_are_documented() -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "recipes.md").read_text(encoding="utf-8")
+    listed = docs.split("with the domain one of 12:", 1)[1].split(". They combine", 1)[0]
+    assert [d.strip() for d in " ".join(listed.split()).split(",")] == list(DOMAINS)
+    assert "365 scene categories of Places365" in docs and "categories_places365.txt" in docs
+    header = Path(__file__).parents[2] / "imagenet_plus" / "classes" / "places365.txt"
+    assert "Zhou, Lapedriza, Khosla, Oliva and Torralba" in header.read_text(encoding="utf-8").split("\n\n")[0]
