@@ -73,15 +73,24 @@ class ReleaseInfo(JsonRecord):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Path | str) -> ReleaseInfo:
-        if not isinstance(data, Mapping):
-            raise UserError(f"{source} is not a JSON object")
-        splits = data.get("splits")
-        if not isinstance(splits, Mapping):
-            raise UserError(f"{source}: 'splits' must be an object of split name → split info")
-        if not splits:
-            raise UserError(f"{source} has no 'splits'")
-        parsed = {str(name): SplitInfo.from_dict(s, f"{source} split {name!r}") for name, s in splits.items()}
-        return dataclass_from_dict(cls, {**data, "splits": parsed}, source)
+        return dataclass_from_dict(cls, {**data, "splits": parse_splits(data, source)}, source)
+
+
+def parse_splits(data: Any, source: Path | str) -> dict[str, SplitInfo]:
+    """The checked splits of any timm-format ``_info.json`` (a release of this project, or another WebDataset
+    export such as timm's own): split name → :class:`SplitInfo`.
+
+    Raises:
+        UserError: not a JSON object, no splits, or a split that fails :meth:`SplitInfo.from_dict`.
+    """
+    if not isinstance(data, Mapping):
+        raise UserError(f"{source} is not a JSON object")
+    splits = data.get("splits")
+    if not isinstance(splits, Mapping):
+        raise UserError(f"{source}: 'splits' must be an object of split name → split info")
+    if not splits:
+        raise UserError(f"{source} has no 'splits'")
+    return {str(name): SplitInfo.from_dict(s, f"{source} split {name!r}") for name, s in splits.items()}
 
 
 def read_release_info(folder: str | Path) -> ReleaseInfo:

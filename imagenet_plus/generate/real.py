@@ -38,7 +38,7 @@ import numpy as np
 
 from imagenet_plus.contract.names import INFO_NAME, READ_IMAGE_EXTENSIONS, split_member_name
 from imagenet_plus.contract.records import read_json
-from imagenet_plus.contract.release import check_relative_name
+from imagenet_plus.contract.release import parse_splits
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.tar import scan_tar
 from imagenet_plus.pipeline.progress import progress_bar
@@ -236,25 +236,17 @@ def _tar_shards(root: Path, split: str | None) -> list[str]:
         if split is not None:
             raise UserError(f"real images: split {split!r} asked but {root} has no {INFO_NAME}")
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.tar") if p.is_file())
-    info = read_json(info_path, "real images description")
-    splits = info.get("splits") if isinstance(info, dict) else None
-    if not isinstance(splits, dict) or not splits:
-        raise UserError(f"{info_path}: 'splits' must be an object of split name → {{filenames: [...]}}")
+    splits = parse_splits(read_json(info_path, "real images description"), info_path)
     if split is None:
         chosen = [DEFAULT_SPLIT] if DEFAULT_SPLIT in splits else sorted(splits)
     elif split in splits:
         chosen = [split]
     else:
         raise UserError(f"{info_path} has no split {split!r} (it has {', '.join(sorted(splits))})")
-    names: list[str] = []
-    for s in chosen:
-        files = splits[s].get("filenames") if isinstance(splits[s], dict) else None
-        if not isinstance(files, list):
-            raise UserError(f"{info_path}: split {s!r} has no 'filenames' list")
-        for name in files:
-            names.append(check_relative_name(name, f"{info_path} split {s!r}"))
-            if not (root / name).is_file():
-                raise UserError(f"{info_path} lists {name}, which is not in {root}")
+    names = [name for s in chosen for name in splits[s].filenames]
+    for name in names:
+        if not (root / name).is_file():
+            raise UserError(f"{info_path} lists {name}, which is not in {root}")
     return names
 
 

@@ -74,7 +74,8 @@ def headline_section(inputs: ReportInputs) -> Section:
         ["prompt strategies", gen.get("prompt_strategy")],
         ["class set", gen.get("classes")],
         ["seed", gen.get("seed")],
-    ] + [[f"scorer: {k}", v] for k, v in sorted(scores.models.items())] + [["reference (real images)", scores.reference]]
+    ] + [[f"scorer: {k}", v] for k, v in sorted(scores.models.items())]
+    setup += [["reference (real images)", scores.reference]]
     notes = []
     if scores.reference in (None, "", {}):
         notes.append("No real reference was given to 'score': FID, KID, precision, recall and realism are absent.")
