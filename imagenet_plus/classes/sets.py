@@ -11,7 +11,8 @@ A class set is named by a *spec*:
 - a ``.csv`` / ``.json`` / ``.yaml`` / ``.yml`` file listing classes (``name`` required, ``id``,
   ``description`` and ``hypernym`` optional) in label order. An ``id`` that is a noun wnid
   (``n`` + 8 digits) is filled in from WordNet; other ids are sanitised to a slug, and a missing id
-  becomes the slug of the name.
+  becomes the slug of the name. A class id names files and folders (keys, image-folder exports, report
+  sheets), so one longer than :data:`~imagenet_plus.contract.names.CLASS_ID_MAX` (233) characters is refused.
 
 Input: the spec. Output: a list of :class:`ClassInfo`, written by the ``generate`` stage as
 ``RUN/classes.json`` (a JSON list of :meth:`ClassInfo.to_dict` objects, in label order).
@@ -32,6 +33,7 @@ from imagenet_plus.classes import wordnet as wnmod
 from imagenet_plus.classes import wordnet_index as wnindex
 from imagenet_plus.classes.wordnet import SynsetInfo
 from imagenet_plus.contract import KEY_PATTERN
+from imagenet_plus.contract.names import CLASS_ID_MAX
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import write_bytes_atomic
 
@@ -47,11 +49,18 @@ FILE_FIELDS = ("name", "id", "description", "hypernym")
 NOUN_WNID = re.compile(r"^n\d{8}$")
 
 
-def check_class_id(class_id: str, where: str) -> str:
-    """A class id names folders and files (ImageFolder export, sample keys): refuse one that could escape a folder.
+def check_class_id(class_id: str, where: str, made_from: str = "") -> str:
+    """A class id names folders and files (ImageFolder export, sample keys, report sheets): refuse one that could
+    escape a folder or that makes a file name too long for the file system.
+
+    Args:
+        class_id: the id.
+        where: names its source in errors (``classes.csv: row 3 (line 4)``).
+        made_from: what the id was made from when it is not the user's own ``id`` (``its name``), for the message.
 
     Raises:
-        UserError: the id holds a path separator or ``..``, or a character outside letters, digits, ``_``, ``-``.
+        UserError: the id holds a path separator or ``..``, a character outside letters, digits, ``_``, ``-``, or
+            more than :data:`~imagenet_plus.contract.names.CLASS_ID_MAX` characters.
     """
     text = str(class_id)
     if "/" in text or "\\" in text or ".." in text:
@@ -59,6 +68,10 @@ def check_class_id(class_id: str, where: str) -> str:
                         "and files: letters, digits, _ and - only)")
     if not KEY_PATTERN.match(text):
         raise UserError(f"{where}: class id {text!r} is not letters, digits, _ and - only")
+    if len(text) > CLASS_ID_MAX:
+        origin = f" (made from {made_from})" if made_from else ""
+        raise UserError(f"{where}: class id {text[:24] + '...'!r}{origin} is {len(text)} characters long; class ids "
+                        f"name files and folders, and at most {CLASS_ID_MAX} fit in a file name: give a shorter 'id'")
     return text
 
 
@@ -216,7 +229,7 @@ def imagenet_1k_classes(class_limit: int | None = None) -> list[ClassInfo]:
         out.append(
             ClassInfo(
                 label=label,
-                id=wnid,
+                id=check_class_id(wnid, f"{IMAGENET_1K}: label {label}"),
                 name=lemmas[0],
                 lemmas=lemmas,
                 definition=definition,
@@ -247,16 +260,16 @@ def wordnet_classes(target: str, class_limit: int | None = None) -> list[ClassIn
     synsets = wn.subtree(root, instances=False)
     if class_limit is not None:
         synsets = synsets[:class_limit]
-    return [synset_class(label, s) for label, s in enumerate(synsets)]
+    return [synset_class(label, s, f"{WORDNET_PREFIX}{target}") for label, s in enumerate(synsets)]
 
 
-def synset_class(label: int, synset: SynsetInfo) -> ClassInfo:
-    """A :class:`ClassInfo` for a WordNet synset."""
+def synset_class(label: int, synset: SynsetInfo, where: str = "wordnet") -> ClassInfo:
+    """A :class:`ClassInfo` for a WordNet synset (``where`` names the spec in errors)."""
 
     lemmas = tuple(wnmod.readable(x) for x in synset.lemma_names)
     return ClassInfo(
         label=label,
-        id=synset.wnid,
+        id=check_class_id(synset.wnid, f"{where}: {synset.name}"),
         name=lemmas[0],
         lemmas=lemmas,
         definition=synset.definition,
@@ -406,7 +419,7 @@ def file_classes(path: Path, class_limit: int | None = None) -> list[ClassInfo]:
                 synset = wnindex.lookup().by_wnid(raw_id)
             except UserError as exc:
                 raise UserError(f"{path}: {where}: {exc.message}") from None
-            base = synset_class(label, synset)
+            base = synset_class(label, synset, f"{path}: {where}")
             lemmas = base.lemmas if not name or name in base.lemmas else (name, *base.lemmas)
             info = ClassInfo(
                 label=label,
@@ -426,6 +439,8 @@ def file_classes(path: Path, class_limit: int | None = None) -> list[ClassInfo]:
                 raise UserError(
                     f"{path}: {where}: {culprit} has no ASCII letters or digits to make a class id from; give an 'id'"
                 )
+            check_class_id(class_id, f"{path}: {where}", "" if class_id == raw_id else
+                           f"its {'id' if raw_id else 'name'}")
             info = ClassInfo(
                 label=label, id=class_id, name=name, lemmas=(name,), definition=description, hypernym=hypernym, group=""
             )

@@ -66,6 +66,15 @@ IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 READ_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
 #: Keys are ``{class_id}_{index:06d}``; no dots (datasets/webdataset split keys at the first dot).
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+#: The longest file name most file systems take (Linux ``NAME_MAX``: ext4, XFS, btrfs, overlayfs, NFS, tmpfs).
+NAME_MAX = 255
+#: The longest class id. A class id names files and folders, so it must leave room for the longest name built from
+#: it: a diagnosis contact sheet of the report while it is written, ``report/sheets/diagnosis-{id}.jpg.partial``,
+#: is 10 + id + 4 + 8 characters, and 255 - 22 = 233. Every other name is shorter: a report sheet
+#: ``{id}.jpg.partial`` (id + 12), a sample key ``{id}_{index:06d}`` (id + 7) as an image-folder file
+#: ``{key}.JPEG`` (id + 12; an index of up to 16 digits still fits), the image-folder class folder ``{id}``.
+#: Tar member names (``{key}.json``) have no such limit (a name over 100 bytes gets a pax record).
+CLASS_ID_MAX = NAME_MAX - len("diagnosis-") - len(".jpg") - len(PARTIAL_SUFFIX)
 #: Release splits, in order.
 SPLITS = ("train", "validation")
 

@@ -4,7 +4,8 @@ marker file of an image-folder export.
 Every reader of ``_info.json`` (``publish``, the training loader, ``evaluate``, ``release`` itself) gets it
 through :meth:`ReleaseInfo.read` / :func:`read_release_info`, so one set of checks guards them all: the
 keys are present, every split's counts are integers that add up, and every file name is a plain relative
-path inside the release (:func:`check_relative_name`).
+path (:func:`check_relative_name`: no ``..``, absolute path, backslash or NUL byte) that stays inside the release
+folder once symlinks are followed (:func:`inside_release`, for a local release).
 """
 
 from __future__ import annotations
@@ -102,7 +103,12 @@ def read_release_info(folder: str | Path) -> ReleaseInfo:
     path = Path(folder) / INFO_NAME
     if not path.is_file():
         raise UserError(f"{path} not found: {folder} is not a release folder (run 'imagenet-plus release')")
-    return ReleaseInfo.read(path)
+    inside_release(folder, INFO_NAME, str(folder))
+    info = ReleaseInfo.read(path)
+    for name, split in info.splits.items():
+        for fn in split.filenames:
+            inside_release(folder, fn, f"{path} split {name!r}")
+    return info
 
 
 def check_relative_name(name: Any, where: str) -> str:
@@ -113,6 +119,26 @@ def check_relative_name(name: Any, where: str) -> str:
             or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]):
         raise UserError(f"{where}: file name {text!r} is not a plain relative path inside the release")
     return text
+
+
+def inside_release(folder: str | Path, name: str, where: str) -> Path:
+    """``folder / name``: a plain relative name (:func:`check_relative_name`) whose real path, symlinks followed,
+    lies inside the real path of ``folder``.
+
+    A release holds its files itself: a ``data/`` folder or a shard that is a symlink out of the release is
+    refused like ``../`` (the loader would read, and ``publish`` would upload, whatever it points to). A release
+    folder that is itself a symlink (kept on another disk) is fine: both sides are resolved.
+
+    Raises:
+        UserError: one line naming ``where``, the name and where it leads.
+    """
+    check_relative_name(name, where)
+    path = Path(folder) / name
+    root, real = Path(folder).resolve(), path.resolve()
+    if root not in real.parents:
+        raise UserError(f"{where}: file name {name!r} leads out of the release through a symlink (to {real}); "
+                        "a release must hold its files itself")
+    return path
 
 
 @dataclass(frozen=True)

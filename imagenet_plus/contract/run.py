@@ -2,8 +2,11 @@
 
 ``run.yaml`` is :class:`RunRecord`: the resolved generate config, its hash (config + class set), the library
 versions, the class and image counts and the plan's :class:`Segment` list. It is read back validated: a
-hand-edited file with a missing key or a value of the wrong type is a one-line error naming the key.
-The check is :func:`~imagenet_plus.contract.typed.typed_values`, the one every typed record uses.
+hand-edited file with a missing key or a value of the wrong type is a one-line error naming the key
+(:func:`~imagenet_plus.contract.typed.typed_values`, the check every typed record uses), and so is a plan
+that contradicts itself (:func:`check_plan`: no segments, overlapping or gapped indices, an
+``images_per_class`` that is not what the segments hold). Whether the plan agrees with the shards on disk is
+``generate``'s check (:func:`imagenet_plus.generate.state.check_shards_on_disk`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ def _short_repr(value: Any, limit: int = 60) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Kinds of plan segments: the first is ``initial``; raising images per class appends ``extend``, ``--top-up``
+#: appends ``top-up``.
+SEGMENT_KINDS = ("initial", "extend", "top-up")
+#: Segment kinds that make up ``images_per_class`` (a top-up adds images past it).
+PER_CLASS_KINDS = ("initial", "extend")
+#: How a message about a run.yaml that contradicts itself or the run ends.
+RESTORE_RUN_YAML = "restore run.yaml as 'generate' wrote it, or generate into another --out"
 
 
 @dataclass(frozen=True)
@@ -144,8 +156,10 @@ class RunRecord:
         if not isinstance(raw, list):
             raise UserError(f"{source}: key 'segments' must be a list, got {_short_repr(raw)}")
         segments = tuple(Segment.from_dict(s, source, f"segments[{i}]") for i, s in enumerate(raw))
-        return cls(**{**values, "config": dict(values["config"]), "versions": dict(values["versions"]),
-                      "segments": segments})
+        record = cls(**{**values, "config": dict(values["config"]), "versions": dict(values["versions"]),
+                        "segments": segments})
+        check_plan(record, source)
+        return record
 
     @classmethod
     def read(cls, path: Path) -> RunRecord:
@@ -170,6 +184,80 @@ class RunRecord:
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
         write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _indices(first: int, last: int) -> str:
+    return f"index {first}" if first == last else f"indices {first}..{last}"
+
+
+def check_plan(record: RunRecord, source: Path | str) -> None:
+    """Refuse a plan that contradicts itself (a hand-edited run.yaml), naming the key at fault.
+
+    The plan ``generate`` writes: the first segment is ``initial`` and holds indices ``0..images_per_class-1`` of
+    every class; each later segment gives a class at most one range, starting where that class's earlier ranges
+    end (no index planned twice, none skipped); the ``initial`` and ``extend`` segments hold
+    ``config.images_per_class`` indices of every class; a segment's ``strategies`` name classes it has indices of;
+    ``num_images`` is the sum.
+
+    Raises:
+        UserError: the first contradiction, as one line naming ``source`` and the key.
+    """
+    segments, num_classes = record.segments, record.num_classes
+    if not segments:
+        raise UserError(f"{source}: key 'segments' is empty, but every run's plan starts with its 'initial' "
+                        f"segment: {RESTORE_RUN_YAML}")
+    if num_classes <= 0:
+        raise UserError(f"{source}: key 'num_classes' must be positive, got {num_classes}")
+    ipc = record.config.get("images_per_class")
+    if not _is_int(ipc) or ipc <= 0:
+        raise UserError(f"{source}: key 'config.images_per_class' must be a positive integer, got {_short_repr(ipc)}")
+    end: dict[int, int] = {}  # label → the first index no segment so far plans
+    per_class = dict.fromkeys(range(num_classes), 0)  # label → indices of initial and extend segments
+    for i, seg in enumerate(segments):
+        name = f"segments[{i}]"
+        expected = SEGMENT_KINDS[:1] if i == 0 else SEGMENT_KINDS[1:]
+        if seg.kind not in expected:
+            raise UserError(f"{source}: key '{name}.kind' is {seg.kind!r}, expected {' or '.join(map(repr, expected))}"
+                            f" (the first segment is 'initial'): {RESTORE_RUN_YAML}")
+        labels: set[int] = set()
+        for j, (label, start, stop) in enumerate(seg.ranges):
+            where = f"{source}: key '{name}.ranges[{j}]'"
+            if not 0 <= label < num_classes:
+                raise UserError(f"{where} names class {label}, but num_classes is {num_classes}: {RESTORE_RUN_YAML}")
+            if label in labels:
+                raise UserError(f"{where} gives class {label} a second range in one segment: {RESTORE_RUN_YAML}")
+            if not start < stop:
+                raise UserError(f"{where} is the empty range {start}..{stop} of class {label}: {RESTORE_RUN_YAML}")
+            first = end.get(label, 0)
+            if start < first:
+                raise UserError(f"{where} starts class {label} at index {start}, but earlier segments already plan "
+                                f"indices up to {first - 1}: {_indices(start, min(stop, first) - 1)} would be "
+                                f"generated twice (duplicate keys): {RESTORE_RUN_YAML}")
+            if start > first:
+                raise UserError(f"{where} starts class {label} at index {start}, but earlier segments end at "
+                                f"{first}: {_indices(first, start - 1)} would never be generated: {RESTORE_RUN_YAML}")
+            labels.add(label)
+            end[label] = stop
+            if seg.kind in PER_CLASS_KINDS:
+                per_class[label] += stop - start
+        if i == 0 and len(labels) != num_classes:
+            missing = min(set(range(num_classes)) - labels)
+            raise UserError(f"{source}: key '{name}.ranges' has no range of class {missing}, but the 'initial' "
+                            f"segment plans every class (num_classes: {num_classes}): {RESTORE_RUN_YAML}")
+        for k, (label, _strategy) in enumerate(seg.strategies):
+            if label not in labels:
+                raise UserError(f"{source}: key '{name}.strategies[{k}]' names class {label}, which has no range in "
+                                f"this segment: {RESTORE_RUN_YAML}")
+    short = next(((label, n) for label, n in per_class.items() if n != ipc), None)
+    if short is not None:
+        label, n = short
+        raise UserError(f"{source}: key 'config.images_per_class' is {ipc}, but the 'initial' and 'extend' segments "
+                        f"plan {n} images of class {label}: put back {n} (images per class are raised with "
+                        f"'generate --images-per-class', which adds a segment), or {RESTORE_RUN_YAML}")
+    planned = sum(s.num_items for s in segments)
+    if record.num_images != planned:
+        raise UserError(f"{source}: key 'num_images' is {record.num_images}, but the segments plan {planned} images: "
+                        f"put back {planned}")
 
 
 def library_versions() -> dict[str, str]:

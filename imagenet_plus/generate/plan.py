@@ -4,7 +4,8 @@ Pure functions only; ``generate`` stores the plan's *segments* (:class:`~imagene
 in ``RUN/run.yaml``:
 
 - the first segment holds indices ``0 .. images_per_class-1`` of every class;
-- raising ``images_per_class`` on a re-run appends an ``extend`` segment with the new indices only;
+- raising ``images_per_class`` on a re-run appends an ``extend`` segment with the new indices only (each
+  class's next ones, after a top-up's too);
 - ``generate --top-up`` appends a ``top-up`` segment with new indices for the classes that
   ``select`` found short of their quota; with ``--remedy`` the segment also records, per label, the prompt
   strategy that replaces the configured ones for its new indices (``strategies``, from ``diagnose``).
@@ -16,15 +17,18 @@ across segments. Shard ``s`` belongs to rank ``s % world_size`` (:mod:`imagenet_
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from imagenet_plus.contract.names import make_key
 from imagenet_plus.contract.run import Segment
 
 __all__ = [
-    "SEED_MASK", "PlanItem", "Segment", "attempt_seed", "extend_segment", "image_seed", "initial_segment",
-    "next_index_per_class", "plan_shards", "segment_items", "top_up_segment",
+    "SEED_MASK", "PlanItem", "Segment", "ShardBounds", "attempt_seed", "extend_segment", "image_seed",
+    "initial_segment", "next_index_per_class", "plan_shards", "segment_items", "shard_bounds", "top_up_segment",
 ]
 
 #: Seeds are 63-bit so that every library (torch, numpy, random) accepts them.
@@ -60,9 +64,14 @@ def initial_segment(num_classes: int, images_per_class: int) -> Segment:
     return Segment("initial", tuple((label, 0, images_per_class) for label in range(num_classes)))
 
 
-def extend_segment(num_classes: int, old: int, new: int) -> Segment:
-    """Indices ``old .. new-1`` of every class (more images per class)."""
-    return Segment("extend", tuple((label, old, new) for label in range(num_classes)))
+def extend_segment(segments: Sequence[Segment], count: int) -> Segment:
+    """``count`` more indices of every class (images per class raised by ``count``), after the highest it has.
+
+    A class that got a top-up already holds indices past ``images_per_class``: its new indices start after
+    them, so a raise never plans an index twice (the segments of a class stay contiguous from 0).
+    """
+    nxt = next_index_per_class(segments)
+    return Segment("extend", tuple((label, nxt[label], nxt[label] + count) for label in sorted(nxt)))
 
 
 def next_index_per_class(segments: Iterable[Segment]) -> dict[int, int]:
@@ -111,3 +120,34 @@ def plan_shards(segments: Sequence[Segment], class_ids: Sequence[str], shard_siz
         items = segment_items(seg, class_ids)
         shards.extend(items[i : i + shard_size] for i in range(0, len(items), shard_size))
     return shards
+
+
+@dataclass(frozen=True)
+class ShardBounds:
+    """What a planned shard holds, without its items: its count and its first and last keys."""
+
+    count: int
+    first_key: str
+    last_key: str
+
+
+def shard_bounds(segments: Sequence[Segment], class_ids: Sequence[str], shard_size: int) -> list[ShardBounds]:
+    """The bounds of every shard of :func:`plan_shards`, worked out from the segments' ranges alone.
+
+    Checking the plan against the shards on disk needs only these; listing every item of an ImageNet-size plan
+    (1.3 M) takes seconds, this takes milliseconds.
+    """
+    out: list[ShardBounds] = []
+    for seg in segments:
+        ranges = sorted(seg.ranges)
+        offsets = list(itertools.accumulate((stop - start for _, start, stop in ranges), initial=0))
+
+        def key_at(position: int, ranges: list[tuple[int, int, int]] = ranges, offsets: list[int] = offsets) -> str:
+            r = bisect.bisect_right(offsets, position) - 1
+            label, start, _ = ranges[r]
+            return make_key(class_ids[label], start + position - offsets[r])
+
+        for first in range(0, offsets[-1], shard_size):
+            last = min(first + shard_size, offsets[-1]) - 1
+            out.append(ShardBounds(last - first + 1, key_at(first), key_at(last)))
+    return out

@@ -1,10 +1,11 @@
 """Validating a release folder completely before anything is sent, in named steps.
 
 ``_info.json`` reads as :class:`~imagenet_plus.contract.ReleaseInfo` (its checks: integer counts that add up,
-file names relative, no ``..``, no absolute path, no backslash, no NUL byte), the card's YAML parses as datasets
-reads it and its ``data_files`` patterns match exactly the shards ``_info.json`` lists, no stray file is present,
-every tar is read to its end, every sample has the same members, the shard counts equal ``_info.json`` and the
-card, every label is within the class list, keys are unique.
+file names relative, no ``..``, no absolute path, no backslash, no NUL byte, no symlink out of the folder), no file
+to upload is a symlink out of the folder, the card's YAML parses as datasets reads it and its ``data_files``
+patterns match exactly the shards ``_info.json`` lists, no stray file is present, every tar is read to its end,
+every sample has the same members, the shard counts equal ``_info.json`` and the card, every label is within the
+class list, keys are unique.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from imagenet_plus.contract import (
     INFO_NAME,
     PARTIAL_SUFFIX,
     ReleaseInfo,
-    check_relative_name,
     read_release_info,
 )
+from imagenet_plus.contract.release import inside_release
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.tar import iter_shard
 from imagenet_plus.pipeline.progress import progress_bar
@@ -74,7 +75,7 @@ def _list_files(rel: Path, info: ReleaseInfo) -> list[str]:
     names = sorted(p.relative_to(rel).as_posix() for p in rel.rglob("*")
                    if p.is_file() and ".cache" not in p.relative_to(rel).parts)
     for name in names:
-        check_relative_name(name, str(rel))
+        inside_release(rel, name, str(rel))  # a symlink out of the release is not uploaded
         if name.endswith(PARTIAL_SUFFIX):
             raise UserError(f"{rel / name} is a leftover of an interrupted write: rebuild the release")
         if "/" not in name and name.endswith(".py"):

@@ -225,6 +225,14 @@ def test_run_record_reads_and_writes_the_same_bytes(tmp_path: Path) -> None:
         (lambda d: d["segments"][1].update(ranges=[[1, 2]]), "key 'segments[1].ranges' must be a list of"),
         (lambda d: d["segments"][0].pop("kind"), "missing key 'segments[0].kind'"),
         (lambda d: d.update(segments={"a": 1}), "key 'segments' must be a list"),
+        # a plan that contradicts itself (every reader of run.yaml: generate, select, release, report)
+        (lambda d: d.update(segments=[]), "key 'segments' is empty"),
+        (lambda d: d["config"].update(images_per_class=1),
+         "key 'config.images_per_class' is 1, but the 'initial' and 'extend' segments plan 2 images of class 0"),
+        (lambda d: d["segments"][1].update(ranges=[[1, 1, 5]]),
+         "key 'segments[1].ranges[0]' starts class 1 at index 1, but earlier segments already plan indices up to 1: "
+         "index 1 would be generated twice"),
+        (lambda d: d.update(num_images=8), "key 'num_images' is 8, but the segments plan 7 images: put back 7"),
     ],
 )
 def test_hand_edited_run_yaml_is_one_line_naming_the_key(tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001

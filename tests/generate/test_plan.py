@@ -13,6 +13,7 @@ from imagenet_plus.generate.plan import (
     initial_segment,
     next_index_per_class,
     plan_shards,
+    shard_bounds,
     top_up_segment,
 )
 from imagenet_plus.pipeline.ranks import owner_of, shards_of_rank
@@ -32,7 +33,8 @@ def test_image_seed_is_stable_and_distinct():
 
 
 def test_shards_cover_plan_exactly_and_never_span_segments():
-    segs = [initial_segment(3, 5), extend_segment(3, 5, 7)]
+    segs = [initial_segment(3, 5)]
+    segs.append(extend_segment(segs, 2))
     shards = plan_shards(segs, IDS, shard_size=4)
     items = [(it.class_id, it.index) for sh in shards for it in sh]
     assert sorted(items) == sorted((c, i) for c in IDS for i in range(7))
@@ -44,11 +46,27 @@ def test_shards_cover_plan_exactly_and_never_span_segments():
 
 
 def test_top_up_adds_new_indices_after_the_last():
-    segs = [initial_segment(3, 5), extend_segment(3, 5, 7)]
+    segs = [initial_segment(3, 5)]
+    segs.append(extend_segment(segs, 2))
     seg = top_up_segment(segs, {0: 2, 2: 3, 1: 0}, based_on="x")
     assert seg.ranges == ((0, 7, 9), (2, 7, 10))
     assert next_index_per_class(segs + [seg]) == {0: 9, 1: 7, 2: 10}
     assert Segment.from_dict(seg.to_dict()) == seg
+    # raising images per class after a top-up: every class gets the same number of new indices, after its last
+    more = extend_segment(segs + [seg], 3)
+    assert more.ranges == ((0, 9, 12), (1, 7, 10), (2, 10, 13))
+    items = [(it.class_id, it.index) for sh in plan_shards(segs + [seg, more], IDS, 4) for it in sh]
+    assert len(items) == len(set(items)) == 15 + 6 + 5 + 9
+
+
+@pytest.mark.parametrize("shard_size", [1, 3, 4, 7, 100])
+def test_shard_bounds_are_those_of_the_listed_shards(shard_size):
+    segs = [initial_segment(3, 5)]
+    segs.append(extend_segment(segs, 2))
+    segs.append(top_up_segment(segs, {2: 5, 0: 1}, based_on="x"))
+    listed = [(len(sh), f"{sh[0].class_id}_{sh[0].index:06d}", f"{sh[-1].class_id}_{sh[-1].index:06d}")
+              for sh in plan_shards(segs, IDS, shard_size)]
+    assert [(b.count, b.first_key, b.last_key) for b in shard_bounds(segs, IDS, shard_size)] == listed
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
