@@ -32,7 +32,8 @@ def test_the_redesign_changed_no_output_of_the_demo(tmp_path: Path) -> None:
         pytest.skip(f"this clone lacks commit {BEFORE_REDESIGN[:7]} (a shallow clone): nothing to compare with")
     env = {k: v for k, v in os.environ.items() if k != "IMAGENET_PLUS_CACHE"}
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "same_outputs.py"), "--before", BEFORE_REDESIGN,
-                           "--after", ".", "--ignore", "state", "--ignore", "pipeline.json", "--ignore", ".lock", "--keep",
-                           str(tmp_path / "runs")], capture_output=True, text=True, env=env, cwd=REPO, timeout=1500)
+                           "--after", ".", "--ignore", "state", "--ignore", "pipeline.json", "--ignore", ".lock",
+                           "--keep", str(tmp_path / "runs")], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-1] == "same_outputs_differences=0", proc.stdout
