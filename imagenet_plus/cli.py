@@ -23,6 +23,7 @@ from imagenet_plus.diagnose.config import DiagnoseConfig
 from imagenet_plus.errors import UserError
 from imagenet_plus.evaluate.config import EvaluateConfig
 from imagenet_plus.generate.config import GenerateConfig, load_generate_config
+from imagenet_plus.io.storage import storage_error
 from imagenet_plus.pipeline.config import load_config, with_config_options
 from imagenet_plus.pipeline.log import report_error, setup_logging
 from imagenet_plus.publish.config import PublishConfig
@@ -32,12 +33,23 @@ from imagenet_plus.score.config import ScoreConfig
 from imagenet_plus.select.config import SelectConfig
 
 
+class _Interrupted(Exception):
+    """Ctrl-C inside a command, carried past typer, which turns ``KeyboardInterrupt`` into a silent exit 130."""
+
+
 class _Command(TyperCommand):
     """A command whose usage line names a positional argument by its metavar as click does (``RUN``, ``[REL]``),
-    not in typer 0.29's braces (``{RUN}``): set ``metavar="RUN"`` on the ``typer.Argument``."""
+    not in typer 0.29's braces (``{RUN}``): set ``metavar="RUN"`` on the ``typer.Argument``. Ctrl-C while it runs
+    reaches :func:`main` (as :class:`_Interrupted`), which prints the one line telling how to resume."""
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return [re.sub(r"^\{(.+)\}((?:\.\.\.)?)$", r"\1\2", p) for p in super().collect_usage_pieces(ctx)]
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
 
 
 class _App(typer.Typer):
@@ -220,13 +232,23 @@ def main() -> None:
     typer >= 0.29 carries as ``typer._click``, whose exceptions are not ``click``'s classes) prints its own
     usage errors (the usage line and one ``Error:`` line, exit 2) and help. Our own errors go through
     :func:`~imagenet_plus.pipeline.log.report_error`: a :class:`~imagenet_plus.errors.UserError` is one
-    ``error: ...`` line on stderr with exit status 2 (plus its traceback under ``--verbose``).
+    ``error: ...`` line on stderr with exit status 2 (plus its traceback under ``--verbose``). An ``OSError`` of
+    a full, read-only or forbidden disk that reached here is one line too
+    (:func:`~imagenet_plus.io.storage.storage_error`). Ctrl-C prints "interrupted; re-run the same command to
+    resume" and exits 130.
     """
     setup_logging()
     try:
         app(prog_name="imagenet-plus")
-    except (UserError, KeyboardInterrupt) as exc:  # KeyboardInterrupt: raised outside click's own handling
+    except (_Interrupted, KeyboardInterrupt):  # Ctrl-C: one line, exit 130; what a stage left, a re-run cleans
+        sys.exit(report_error(KeyboardInterrupt()))
+    except UserError as exc:
         sys.exit(report_error(exc))
+    except OSError as exc:  # last resort: a full, read-only or forbidden disk that no writer named
+        error = storage_error(exc)
+        if error is None:
+            raise
+        sys.exit(report_error(error))
 
 
 if __name__ == "__main__":

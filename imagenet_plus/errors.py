@@ -58,3 +58,43 @@ class PeerRankFailed(UserError):
 
 class ModelUnavailable(UserError):
     """A model (generator, scorer, captioner) cannot be loaded: absent locally, unreachable, or malformed."""
+
+
+class StorageError(UserError):
+    """The disk refused a write: no space, over quota, read-only, permission denied, a name too long.
+
+    Attributes:
+        path: the file or folder being written.
+        errno: the ``OSError``'s errno (``errno.ENOSPC``…).
+    """
+
+    def __init__(self, path: str | Path, errno: int, message: str) -> None:
+        self.path = str(path)
+        self.errno = errno
+        super().__init__(message)
+
+
+class RunInUse(UserError):
+    """Another process holds the lock of a folder this process would write (a run, a release being built).
+
+    Attributes:
+        folder: the folder.
+        holder: ``pid N on HOST`` of the process holding it (``another process`` when it cannot be told).
+    """
+
+    def __init__(self, folder: str | Path, holder: str) -> None:
+        self.folder = str(folder)
+        self.holder = holder
+        super().__init__(f"{self.folder} is in use by {holder}: wait for it to finish (or stop it), then re-run")
+
+
+class ForeignFiles(UserError):
+    """A folder the project would create, replace or clean holds files it did not write: it is refused, untouched.
+
+    Attributes:
+        path: the folder (or file) in the way.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path} {reason}; nothing was deleted")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.contract.names import PARTIAL_SUFFIX
+from imagenet_plus.contract.names import GENERATED_PARTIAL_PATTERN, GENERATED_TAR_PATTERN
 from imagenet_plus.contract.records import JsonRecord
 from imagenet_plus.contract.typed import typed_from_dict
 
@@ -56,17 +56,18 @@ def generated_done(tar: Path) -> bool:
 
 
 def clean_partials(folder: Path) -> list[Path]:
-    """Delete leftovers of a killed writer: ``*.partial`` files and tars that have no stats JSON."""
+    """Delete leftovers of a killed writer, and only those: files named as the project names them
+    (``00007.tar.partial``, ``00007.json.partial``: :data:`~imagenet_plus.contract.names.GENERATED_PARTIAL_PATTERN`)
+    and shard tars (``00007.tar``) that have no stats JSON. Any other file is left alone."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for p in sorted(folder.glob(f"*{PARTIAL_SUFFIX}")):
-        p.unlink(missing_ok=True)
-        removed.append(p)
-    for tar in sorted(folder.glob("*.tar")):
-        if not generated_done(tar):
-            tar.unlink(missing_ok=True)
-            removed.append(tar)
+    for p in sorted(folder.iterdir()):
+        leftover = GENERATED_PARTIAL_PATTERN.match(p.name) or (GENERATED_TAR_PATTERN.match(p.name)
+                                                               and not generated_done(p))
+        if leftover and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 

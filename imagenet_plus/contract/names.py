@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from imagenet_plus.errors import UserError
-from imagenet_plus.io.atomic import PARTIAL_SUFFIX  # noqa: F401 (a name of the contract, owned by the IO layer)
+from imagenet_plus.io.atomic import PARTIAL_MARKER, PARTIAL_SUFFIX  # noqa: F401 (names of the contract, owned by IO)
+from imagenet_plus.io.lock import LOCK_NAME  # noqa: F401 (idem)
 from imagenet_plus.io.tar import TAR_MTIME  # noqa: F401 (idem)
 
 # ------------------------------------------------------------------------------------------------------------
@@ -58,6 +59,25 @@ REPORT_JSON = "report.json"
 INFO_NAME = "_info.json"
 CARD_NAME = "README.md"
 RELEASE_DATA_DIR = "data"
+
+#: The report's plots (``RUN/report/{name}.png``) and contact-sheet folder (``RUN/report/sheets/{class_id}.jpg``).
+REPORT_PLOTS = ("scores", "per_class", "groups", "class_map", "diagnosis_map")
+REPORT_SHEETS_DIR = "sheets"
+
+# ------------------------------------------------------------------------------------------------------------
+# the project's own names: what cleanup may delete and a report swap may replace (nothing else, ever)
+
+#: Leftovers of a killed shard writer in ``RUN/generated/``: ``00007.tar.partial``, ``00007.json.partial``.
+GENERATED_PARTIAL_PATTERN = re.compile(r"^\d{5,}\.(?:tar|json)\.partial$")
+#: A generated shard's tar (``00007.tar``); one without its stats JSON is a leftover of a kill.
+GENERATED_TAR_PATTERN = re.compile(r"^\d{5,}\.tar$")
+#: Leftovers of a killed score writer in ``RUN/scores/``: ``00007.parquet.partial``, ``00007.clip.npy.partial``…
+SCORE_PARTIAL_PATTERN = re.compile(r"^\d{5,}\.[a-z.]+\.partial$")
+#: Every file a report folder holds (relative to ``RUN/report/``): the only files a new report may replace.
+REPORT_FILE_PATTERN = re.compile(
+    rf"^(?:index\.html|report\.json|per_class\.csv|(?:{'|'.join(REPORT_PLOTS)})\.png"
+    rf"|{REPORT_SHEETS_DIR}|{REPORT_SHEETS_DIR}/(?:diagnosis-)?[A-Za-z0-9_\-]+\.jpg)$"
+)
 
 #: Image members a sample may carry (the first present is the image); chosen by ``generate``'s image_format.
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")

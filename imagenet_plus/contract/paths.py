@@ -30,6 +30,7 @@ from imagenet_plus.contract.names import (
     REPORT_INDEX,
     REPORT_JSON,
     RUN_YAML,
+    SCORE_PARTIAL_PATTERN,
     SCORES_DIR,
     SELECTION_JSON,
     SELECTION_PARQUET,
@@ -79,9 +80,10 @@ class ScoreFiles:
         return all(p.is_file() for p in (self.inception, self.clip, self.logits, self.parquet))
 
     def clean(self) -> None:
-        """Remove leftovers of a killed writer and an old bad-shard marker."""
+        """Remove leftovers of a killed writer (the project's names only) and an old bad-shard marker."""
         for p in self.scores.glob(f"{self.stem}.*{PARTIAL_SUFFIX}"):
-            p.unlink(missing_ok=True)
+            if SCORE_PARTIAL_PATTERN.match(p.name):
+                p.unlink(missing_ok=True)
         self.bad.unlink(missing_ok=True)
 
 

@@ -68,6 +68,7 @@ from imagenet_plus.contract.diagnosis import (
     read_remedy_strategies_file,
 )
 from imagenet_plus.contract.diagnosis import DiagnosisColumns as C
+from imagenet_plus.contract.ownership import locked_run
 from imagenet_plus.diagnose.config import DiagnoseConfig
 from imagenet_plus.diagnose.evidence import (
     ClassAccumulator,
@@ -346,6 +347,7 @@ def _class_text_embeddings(paths: RunPaths, num_classes: int) -> np.ndarray:
     return text_emb
 
 
+@locked_run
 def run_diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> DiagnosisSummary:
     """Diagnose every class of a scored run; writes ``RUN/diagnosis.parquet``, ``.json`` and ``_centroids.npz``.
 

@@ -31,12 +31,15 @@ from typing import Any
 from imagenet_plus.classes.prompts import build_negative_prompt, build_prompt, choose_strategy
 from imagenet_plus.classes.sets import ClassInfo
 from imagenet_plus.contract import RunPaths, ShardStats, clean_partials, generated_done, make_key
+from imagenet_plus.contract.ownership import check_run_folder
 from imagenet_plus.generate.config import GenerateConfig
 from imagenet_plus.generate.plan import PlanItem, attempt_seed, image_seed
-from imagenet_plus.generate.state import STAGE, inputs_of, plan_run_state, write_run_state
+from imagenet_plus.generate.state import STAGE, RunState, inputs_of, plan_run_state, write_run_state
 from imagenet_plus.generate.writer import ShardWriterThread
+from imagenet_plus.io.lock import folder_lock, is_main_process
+from imagenet_plus.io.storage import storage_errors
 from imagenet_plus.models.diffusion import DiffusersSource, check_offload, load_pipeline
-from imagenet_plus.pipeline.freshness import mark_current
+from imagenet_plus.pipeline.freshness import file_identity, is_current, mark_current
 from imagenet_plus.pipeline.progress import progress_bar
 from imagenet_plus.pipeline.ranks import init_dist, rank_share
 
@@ -212,7 +215,21 @@ def run_generate(
         import torch
 
         check_offload(cfg.offload, "cuda" if torch.cuda.is_available() else "cpu")
+    if is_main_process():  # a folder that is not a run is never written nor cleaned (rank 0 decides)
+        check_run_folder(paths.root)
+    planned_from = file_identity(paths.run_yaml)
     state = plan_run_state(cfg, paths, top_up, remedy)  # every rank checks before anyone writes
+    with storage_errors(paths.root):
+        paths.root.mkdir(parents=True, exist_ok=True)
+    with folder_lock(paths.root):  # rank 0; "RUN is in use by pid N on HOST" for a second launch
+        if file_identity(paths.run_yaml) != planned_from:  # another process changed the plan meanwhile
+            state = plan_run_state(cfg, paths, top_up, remedy)
+        return _generate(state, paths, source_factory)
+
+
+def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[GenerateConfig, Any], Any]
+              ) -> GenerateResult:
+    """:func:`run_generate` once the plan is checked and the run is locked: write it, make this rank's shards."""
     cfg = state.config
     dist = init_dist()
     check_offload(cfg.offload, dist.device)
@@ -223,6 +240,12 @@ def run_generate(
     dist.barrier()
 
     shards = state.shards()
+    if all(generated_done(paths.generated_tar(s)) for s in range(len(shards))):  # nothing to do: write nothing
+        if dist.is_main and not is_current(paths, inputs_of(paths, state)):
+            mark_current(paths, inputs_of(paths, state), {"num_shards": len(shards),
+                                                          "num_planned": sum(map(len, shards))})
+        log.info(f"generate: {paths.root}: {len(shards)}/{len(shards)} shards done, nothing to do")
+        return GenerateResult(paths.root, len(shards), 0, 0, 0.0, done=True)
     todo = [s for s in range(len(shards)) if dist.owns(s) and not generated_done(paths.generated_tar(s))]
     start = time.perf_counter()
     made = 0

@@ -19,6 +19,7 @@ and can skip members it is not asked for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tarfile
@@ -28,6 +29,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from imagenet_plus.errors import CorruptShard, UserError
 from imagenet_plus.io.atomic import PARTIAL_SUFFIX
+from imagenet_plus.io.storage import storage_errors
 
 #: Fixed tar member mtime, so the same samples always give the same bytes (an int: a float makes tarfile
 #: put a 1 KiB pax header before every member).
@@ -112,41 +114,49 @@ class PartialTarWriter:
     """Write one WebDataset shard to ``path.partial``; :meth:`commit` renames it to ``path``.
 
     Samples are mappings with ``__key__`` and bytes/str members; members of a sample stay adjacent.
-    Used as a context manager, an exception leaves only the ``.partial`` file (removed on the next run).
+    Used as a context manager, an exception (or a failed commit) deletes the ``.partial`` file; a kill leaves it,
+    and the next run removes it. A full, read-only or forbidden disk is a
+    :class:`~imagenet_plus.errors.StorageError` naming the shard.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-        self._file = open(self.partial, "wb")
+        with storage_errors(self.path):
+            self._file = open(self.partial, "wb")
         self._writer = TarStreamWriter(self._file)
         self.count = 0
         self._closed = False
 
     def write(self, sample: Mapping[str, Any]) -> None:
         """Append one sample (see :class:`TarStreamWriter`)."""
-        self._writer.write(sample)
+        with storage_errors(self.path):
+            self._writer.write(sample)
         self.count += 1
 
     def commit(self) -> None:
-        """Close, flush to disk and rename to the final name."""
-        self._writer.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._closed = True
-        os.replace(self.partial, self.path)
+        """Close, flush to disk and rename to the final name (on failure the partial file is deleted)."""
+        try:
+            with storage_errors(self.path):
+                self._writer.close()
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._closed = True
+                os.replace(self.partial, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
+        """Close and delete the partial file (errors while closing a broken or full file are ignored: the error
+        that made us abort is the one to report)."""
         if not self._closed:
             self._closed = True
-            try:
-                self._writer.close()
-            except Exception:  # the tar stream may already be broken; we delete it anyway
-                pass
-            self._file.close()
-        self.partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._file.close()
+        with contextlib.suppress(OSError):
+            self.partial.unlink(missing_ok=True)
 
     def __enter__(self) -> PartialTarWriter:
         return self

@@ -50,8 +50,11 @@ from typing import Any
 
 from imagenet_plus import diagnose, evaluate, generate, publish, release, report, score, select
 from imagenet_plus.contract import EVAL_JSON, RunPaths
+from imagenet_plus.contract.ownership import check_run_folder
 from imagenet_plus.errors import ConfigError, UserError
 from imagenet_plus.io.atomic import write_bytes_atomic, write_json_atomic
+from imagenet_plus.io.lock import folder_lock
+from imagenet_plus.io.storage import storage_errors
 from imagenet_plus.pipeline.config import config_to_dict, field_name, load_config, split_config_file
 from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current, what_changed
 from imagenet_plus.pipeline.ranks import init_dist
@@ -490,11 +493,15 @@ def run_all(config_path: str | Path, out: str | Path) -> dict[str, str]:
     rank, world_size = _launch()
     notes = MainProcessNotes(RunPaths(plan.run))
     if rank == 0:
-        plan.run.mkdir(parents=True, exist_ok=True)
-        notes.clear()
-    if world_size > 1:
-        init_dist().barrier()  # nobody reads the run folder before the main process has cleaned it
-    return run_stages(plan, rank, world_size, notes)
+        check_run_folder(plan.run)  # a folder that is not a run is never written nor cleaned
+        with storage_errors(plan.run):
+            plan.run.mkdir(parents=True, exist_ok=True)
+    with folder_lock(plan.run):  # rank 0 holds RUN/.lock for the whole pipeline; its stages take it again
+        if rank == 0:
+            notes.clear()
+        if world_size > 1:
+            init_dist().barrier()  # nobody reads the run folder before the main process has cleaned it
+        return run_stages(plan, rank, world_size, notes)
 
 
 def run_stages(plan: Plan, rank: int, world_size: int, notes: MainProcessNotes) -> dict[str, str]:

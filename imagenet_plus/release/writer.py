@@ -87,6 +87,31 @@ def check_target(folder: Path, recorded: Callable[[Path], str | None], fingerpri
     )
 
 
+def check_output_path(folder: Path, what: str) -> Path:
+    """``folder`` when it names a folder of its own; refuses ``.``, ``..``, ``/``, the current folder and the folders
+    above it (a build swaps its folder in by renames: that would move the shell's current folder away).
+
+    Args:
+        folder: the target folder as given.
+        what: the option that named it (for the message).
+    """
+    if folder.name in ("", ".", ".."):
+        raise UserError(f"{what} {folder} does not name a folder of its own: give it a name "
+                        f"(e.g. {what} {folder / 'release'})")
+    resolved, cwd = folder.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UserError(f"{what} {folder} is the current folder or holds it: give the build a folder of its own "
+                        f"(e.g. {what} {folder / 'release'})")
+    return folder
+
+
+def check_apart(out: Path, imagefolder: Path) -> None:
+    """Refuse an image folder that is the release folder, or inside it, or holds it."""
+    a, b = out.resolve(), imagefolder.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise UserError(f"--imagefolder {imagefolder} overlaps --out {out}: give them separate folders")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # the release
 

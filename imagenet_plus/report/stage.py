@@ -27,7 +27,10 @@ second counts histogram bins over fixed edges and keeps the rows of the sampled 
 grows with the images is the selection lookup (sorted fixed-width keys plus kept, passed and
 composite: about 30 bytes per image, ~40 MB at 1.28 M images) and one kept bit per image. Every file is written
 through :func:`imagenet_plus.io.atomic.atomic_file`, inside ``RUN/report.partial/``, and the folder is
-swapped in when complete (:func:`swap_in`), so a killed report never leaves a half-written ``index.html``.
+swapped in when complete (:func:`imagenet_plus.io.atomic.building_folder`), so a killed report never leaves a
+half-written ``index.html``. The old ``RUN/report/`` is replaced only when it holds nothing but the report's own
+files (``contract.names.REPORT_FILE_PATTERN``): a file a user put there (or in ``RUN/report.old/``) stops the
+report with a one-line error naming the folder, and nothing is deleted.
 
 Freshness: :func:`stage_inputs` declares what the report is made from (its settings, the records of
 ``score``, ``select`` and ``diagnose``, and the summary files of those stages); :func:`run_report` does nothing
@@ -43,11 +46,12 @@ score shards), :mod:`~imagenet_plus.report.tables`, :mod:`~imagenet_plus.report.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
-from imagenet_plus.contract import PARTIAL_SUFFIX, RunPaths, run_paths
+from imagenet_plus.contract import RunPaths, run_paths
+from imagenet_plus.contract.names import REPORT_FILE_PATTERN
+from imagenet_plus.contract.ownership import locked_run
+from imagenet_plus.io.atomic import building_folder
 from imagenet_plus.pipeline.config import config_to_dict
 from imagenet_plus.pipeline.freshness import StageInputs, fingerprint, is_current, mark_current
 from imagenet_plus.report.config import ReportConfig
@@ -83,16 +87,12 @@ def is_up_to_date(run: str | Path, cfg: ReportConfig) -> bool:
     return is_current(RunPaths(Path(run)), stage_inputs(run, cfg))
 
 
-def swap_in(paths: RunPaths, tmp: Path) -> None:
-    """Replace ``RUN/report`` by the finished ``tmp`` folder (the old one is removed after the rename)."""
-    old = paths.root / f"{paths.report.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if paths.report.exists():
-        os.replace(paths.report, old)
-    os.replace(tmp, paths.report)
-    shutil.rmtree(old, ignore_errors=True)
+def _report_file(name: str) -> bool:
+    """Whether a path below ``RUN/report/`` is one the report writes (a new report replaces only such files)."""
+    return REPORT_FILE_PATTERN.match(name) is not None
 
 
+@locked_run
 def run_report(run: str | Path, cfg: ReportConfig) -> Path:
     """Write ``RUN/report/index.html`` and its images from the run's scores and selection.
 
@@ -116,15 +116,9 @@ def run_report(run: str | Path, cfg: ReportConfig) -> Path:
     stamp = fingerprint(paths, declared)
     inputs = read_inputs(paths)
     lookup = SelectionLookup.read(paths.selection_parquet) if inputs.selection is not None else None
-    tmp = paths.root / f"{paths.report.name}{PARTIAL_SUFFIX}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / SHEETS_DIR).mkdir(parents=True)
-    try:
+    with building_folder(paths.report, owned=_report_file) as tmp:  # refuses a RUN/report holding other files
+        (tmp / SHEETS_DIR).mkdir()
         sections, scan, chosen = build_sections(inputs, cfg, lookup, tmp)
         record = write_page(inputs, stamp, sections, scan, chosen, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    swap_in(paths, tmp)
     mark_current(paths, declared, {"images": record.images, "kept": record.kept})
     return paths.report_index

@@ -35,6 +35,7 @@ import numpy as np
 
 from imagenet_plus.classes.sets import ClassInfo
 from imagenet_plus.contract import SCORE_COLUMNS, RunPaths, done_shards, library_versions, read_class_records, run_paths
+from imagenet_plus.contract.ownership import locked_run
 from imagenet_plus.contract.scores import BadShard, ModelsRecord, ScoreSummary
 from imagenet_plus.errors import UserError
 from imagenet_plus.pipeline import freshness
@@ -187,6 +188,7 @@ def _write_summary(paths: RunPaths, cfg: ScoreConfig, stems: list[str], classes:
     return summary
 
 
+@locked_run
 def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None) -> ScoreSummary | None:
     """Score every generated image of ``run`` and write ``RUN/scores`` (resumable; no-op when current).
 

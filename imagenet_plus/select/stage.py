@@ -59,6 +59,7 @@ from imagenet_plus.contract import (
     read_run_yaml,
     run_paths,
 )
+from imagenet_plus.contract.ownership import locked_run
 from imagenet_plus.errors import UserError
 from imagenet_plus.pipeline.config import config_to_dict
 from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current
@@ -122,6 +123,7 @@ def stage_inputs(run: str | Path, cfg: SelectConfig) -> StageInputs:
     return _stage_inputs(RunPaths(Path(run)), cfg, load_thresholds(cfg.thresholds))
 
 
+@locked_run
 def run_select(run: str | Path, cfg: SelectConfig) -> SelectionSummary:
     """Select the images to release: ``RUN/scores`` → ``RUN/selection.parquet`` + ``RUN/selection.json``.
 

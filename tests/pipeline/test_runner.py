@@ -97,6 +97,7 @@ def stubs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
     def gen(cfg, out, top_up=False):
         calls.append(("generate", cfg))
         Path(out, "generated").mkdir(parents=True, exist_ok=True)
+        Path(out, "run.yaml").write_text("stub\n")  # as the real one: the folder is a run from now on
         _mark("generate", out, cfg)
         return generate.GenerateResult(Path(out), 0, 0, 0, 0.0, done=True)
 
