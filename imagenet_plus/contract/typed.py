@@ -14,6 +14,7 @@ declared stays an ``int``), so that ``to_dict()`` of a record read from a file g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -56,7 +57,7 @@ def typed_values(cls: Any, data: Any, source: Path | str, where: str = "", *, sk
     """
     if not isinstance(data, Mapping):
         raise UserError(f"{source}: {repr(where.rstrip('.')) if where else 'the top level'} is not a mapping")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = dataclasses.fields(cls)
     if refuse_unknown:
         names = [f.name for f in fields]
@@ -73,6 +74,12 @@ def typed_values(cls: Any, data: Any, source: Path | str, where: str = "", *, sk
 def typed_from_dict(cls: Any, data: Any, source: Path | str, where: str = "", *, refuse_unknown: bool = False) -> Any:
     """Build the record dataclass ``cls`` from ``data``, checking keys and value types (see :func:`typed_values`)."""
     return cls(**typed_values(cls, data, source, where, refuse_unknown=refuse_unknown))
+
+
+@functools.cache
+def _type_hints(cls: Any) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a record class, once (it evaluates every annotation: most of a small read)."""
+    return typing.get_type_hints(cls)
 
 
 def _required(f: dataclasses.Field) -> bool:
