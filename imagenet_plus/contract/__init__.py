@@ -59,7 +59,11 @@ from imagenet_plus.contract.generated import (  # noqa: F401
     ShardStats,
     clean_partials,
     done_shards,
+    expected_count,
     generated_done,
+    member_key,
+    shard_problem,
+    stats_digest,
     stats_path,
 )
 from imagenet_plus.contract.names import (  # noqa: F401
@@ -156,6 +160,8 @@ from imagenet_plus.contract.scores import (  # noqa: F401
     headline_labels,
     score_schema,
     score_table,
+    stale_scores,
+    unreadable_scores,
 )
 from imagenet_plus.contract.selection import (  # noqa: F401
     PASSED_REASONS,

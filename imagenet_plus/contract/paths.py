@@ -40,6 +40,7 @@ from imagenet_plus.contract.names import (
     release_shard_name,
     shard_name,
 )
+from imagenet_plus.contract.scores import stale_scores
 from imagenet_plus.errors import UserError
 
 # ------------------------------------------------------------------------------------------------------------
@@ -128,8 +129,21 @@ class RunPaths:
         return ScoreFiles(self.scores, stem)
 
     def scored_parquets(self) -> list[Path]:
-        """Every ``RUN/scores/*.parquet``, sorted (shard order)."""
-        return sorted(self.scores.glob("*.parquet")) if self.scores.is_dir() else []
+        """Every ``RUN/scores/*.parquet``, sorted (shard order), each checked to score its generated shard as it is
+        now (what every later stage reads).
+
+        Raises:
+            UserError: stale scores (``contract.scores.stale_scores``: their generated shard is not finished, lost
+                its stats, or was made again since), naming the parquet and what to run.
+        """
+        files = sorted(self.scores.glob("*.parquet")) if self.scores.is_dir() else []
+        for f in files:
+            stem = f.name[: -len(".parquet")]
+            why = stale_scores(f, self.score_files(stem).stats, self.generated / f"{stem}.tar")
+            if why is not None:
+                raise UserError(f"the scores {f} are stale: {why}; run 'imagenet-plus generate --out {self.root}' "
+                                f"(it makes unfinished shards again), then 'imagenet-plus score {self.root}'")
+        return files
 
 
 def run_paths(run: str | Path, must_exist: bool = True) -> RunPaths:

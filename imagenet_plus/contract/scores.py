@@ -15,8 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from imagenet_plus.contract.generated import stats_digest, stats_path
 from imagenet_plus.contract.typed import TypedRecord
-from imagenet_plus.errors import UserError
+from imagenet_plus.errors import CorruptShard, UserError
 
 # ------------------------------------------------------------------------------------------------------------
 # the score table
@@ -155,13 +156,46 @@ class BadShard(TypedRecord):
 
 @dataclass(frozen=True)
 class ScoredShard(TypedRecord):
-    """``RUN/scores/NNNNN.stats.json``: who scored a shard, and how long it took."""
+    """``RUN/scores/NNNNN.stats.json``: who scored a shard, how long it took, and which making of the generated
+    shard it scored (written after the shard's parquet: the last of its score files).
+
+    Attributes:
+        generated: SHA-256 of the generated shard's stats JSON when it was scored
+            (``contract.generated.stats_digest``): scores whose generated shard was made again since, or lost
+            its stats, are stale (:func:`stale_scores`).
+    """
 
     shard: str
     count: int
     rank: int
     world_size: int
     seconds: float
+    generated: str
+
+
+def stale_scores(parquet: Path, record: Path, generated_tar: Path) -> str | None:
+    """Why the scores of one shard must not be used (their generated shard is not the one they scored), or None.
+
+    Stale: the generated tar is there without its stats (not finished: its stats were deleted, or a crash
+    came between the two), or the shard's :class:`ScoredShard` record does not read back or names another
+    making of the generated shard than the one now on disk. Scores written without a record (made outside the
+    score stage) and without a generated tar are taken as they are.
+    """
+    stats = stats_path(generated_tar)
+    if generated_tar.is_file() and not stats.is_file():
+        return f"{generated_tar} has no stats file {stats.name} (it is not finished)"
+    if not record.is_file():
+        return None
+    try:
+        scored = ScoredShard.read(record)
+    except UserError as exc:
+        return exc.message
+    now = stats_digest(generated_tar)
+    if now is None:
+        return f"their generated shard's stats {stats} are missing"
+    if scored.generated != now:
+        return f"{generated_tar} was made again after {parquet.name} was scored"
+    return None
 
 
 @dataclass(frozen=True)
@@ -251,6 +285,13 @@ class ScoreSummary(DatasetMetrics):
     def of(cls, metrics: DatasetMetrics, **run: Any) -> ScoreSummary:
         """The summary of a run: the dataset pass's ``metrics`` and the run's fields (``shards=…``, …)."""
         return cls(**{f.name: getattr(metrics, f.name) for f in fields(DatasetMetrics)}, **run)
+
+
+def unreadable_scores(path: Path, exc: BaseException) -> CorruptShard:
+    """The one-line error for a scores file that does not read back: re-running ``score`` scores it again."""
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return CorruptShard(path, f"unreadable scores file ({type(exc).__name__}: {reason}); run "
+                              f"'imagenet-plus score {path.parent.parent}' to score that shard again")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def typed_from_dict(cls: Any, data: Any, source: Path | str, where: str = "", *,
 
 @functools.cache
 def _type_hints(cls: Any) -> dict[str, Any]:
-    """``typing.get_type_hints(cls)``, once per record class (it was two thirds of reading a shard's stats)."""
+    """``typing.get_type_hints`` of a record class, once (it evaluates every annotation: most of a small read)."""
     return typing.get_type_hints(cls)
 
 

@@ -24,7 +24,7 @@ from imagenet_plus.contract import (
     RunPaths,
 )
 from imagenet_plus.contract.diagnosis import REFERENCE_CLASS_IDS, REFERENCE_CLIP
-from imagenet_plus.contract.scores import ModelsRecord, ScoreSummary
+from imagenet_plus.contract.scores import ModelsRecord, ScoreSummary, unreadable_scores
 from imagenet_plus.diagnose.config import DiagnoseConfig
 from imagenet_plus.diagnose.evidence import ClassAccumulator, sample_priority, zero_shot_confusion
 from imagenet_plus.errors import UserError
@@ -71,8 +71,14 @@ def read_score_sums(paths: RunPaths, num_classes: int, text_emb: np.ndarray, sam
         files = paths.score_files(parquet.stem)
         if not files.clip.is_file():
             raise UserError(f"{files.clip} is missing beside {parquet}: re-run 'imagenet-plus score'")
-        table = pq.read_table(parquet, columns=["key", "label", *sums])
-        emb = np.load(files.clip).astype(np.float32)
+        try:
+            table = pq.read_table(parquet, columns=["key", "label", *sums])
+        except Exception as exc:  # pyarrow raises several types for a cut or overwritten file
+            raise unreadable_scores(parquet, exc) from None
+        try:
+            emb = np.load(files.clip, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError, EOFError) as exc:
+            raise unreadable_scores(files.clip, exc) from None
         if len(emb) != table.num_rows:
             raise UserError(f"{files.clip} has {len(emb)} rows but {parquet} has {table.num_rows}")
         if emb.ndim != 2 or emb.shape[1] != dim:

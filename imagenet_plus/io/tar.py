@@ -23,7 +23,8 @@ import contextlib
 import os
 import re
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -268,36 +269,139 @@ def scan_tar(stream: BinaryIO, url: str, wanted: Callable[[str], bool] | None = 
             yield TarMember(name, offset, size, None)
 
 
-def iter_samples(stream: BinaryIO, url: str) -> Iterator[dict[str, Any]]:
+def count_mismatch(url: str | Path, found: int, expected: int) -> CorruptShard:
+    """The error of a shard holding another number of samples than its stats say (one wording for every reader)."""
+    return CorruptShard(url, f"holds {found} samples, its stats say {expected}")
+
+
+def iter_samples(stream: BinaryIO, url: str, expected: int | None = None) -> Iterator[dict[str, Any]]:
     """The samples of one tar stream, grouped by webdataset's ``group_by_keys`` (``__key__``, ``__url__`` and
     raw member bytes by extension).
 
+    Args:
+        stream: the tar stream.
+        url: how errors name it.
+        expected: the number of samples the stream must hold (a generated shard's stats ``count``); a stream
+            that ends early, even as a valid shorter archive (a copy zero-filled from a sample boundary on),
+            is then corrupt. Checked once the stream is exhausted.
+
     Raises:
-        CorruptShard: the stream is truncated or not a tar (the message names ``url``).
+        CorruptShard: the stream is truncated, not a tar, or holds another number of samples than ``expected``
+            (the message names ``url``).
     """
     import webdataset as wds
 
     files = ({"fname": m.name, "data": m.data, "__url__": url} for m in scan_tar(stream, url))
+    count = 0
     try:
-        yield from wds.tariterators.group_by_keys(files)
+        for sample in wds.tariterators.group_by_keys(files):
+            count += 1
+            yield sample
     except (EOFError, OSError, ValueError) as exc:
         reason = str(exc.args[0]) if exc.args else type(exc).__name__
         raise CorruptShard(url, reason.split(" @ ")[0]) from None
+    if expected is not None and count != expected:
+        raise count_mismatch(url, count, expected)
 
 
-def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
+def iter_shard(path: str | Path, expected: int | None = None) -> Iterator[dict[str, Any]]:
     """Yield the samples of one tar shard as dicts (``__key__`` plus raw member bytes by extension).
 
+    ``expected``: the number of samples the shard must hold (see :func:`iter_samples`).
+
     Raises:
-        UserError: the shard is missing; CorruptShard: it is truncated or not a tar file (naming it).
+        UserError: the shard is missing; CorruptShard: it is truncated, not a tar file, or holds another number
+            of samples than ``expected`` (naming it).
     """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"shard not found: {p}")
     try:
         with open(p, "rb") as stream:
-            for sample in iter_samples(stream, str(p)):
+            for sample in iter_samples(stream, str(p), expected):
                 sample.pop("__url__", None)
                 yield sample
     except OSError as exc:
         raise CorruptShard(p, str(exc)) from None
+
+
+def count_samples(path: str | Path, key_of: Callable[[str], str | None]) -> int:
+    """The samples of a tar shard counted from its headers alone: member data is skipped, never read.
+
+    A sample is a run of adjacent members with the same key (webdataset's grouping); ``key_of`` splits a member
+    name into its key (``None``: not a sample member, skipped). This is the cheap structural check behind
+    generate's done rule: a shard zero-filled from a sample boundary on reads as a shorter valid archive, and
+    counts fewer samples than its stats say.
+
+    Written by hand for speed: the shards this project writes hold one plain ustar header per member, read here
+    with one ``pread`` each and checked by their checksum (taken as zlib's Adler-32 sum, which is the byte sum
+    modulo 65521: ~10× faster than summing 512 bytes in Python), and a member whose name continues the last
+    sample's key is not split again. A shard of 256 samples of ~20 KB JPEG (768 members, 6.3 MB) is counted in
+    about 2 ms from the page cache, a third of reading it (``benchmarks/tar_count.py``): ~11 s for ImageNet's
+    5,000 shards in one process, shared among ranks; on a cold network filesystem, one small read per member.
+    Any other header (pax, GNU long names) sends the whole file through :func:`scan_tar`.
+
+    Raises:
+        CorruptShard: a bad header, a truncated member or an unreadable file (naming it).
+    """
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError as exc:
+        raise CorruptShard(p, str(exc)) from None
+    try:
+        fast = _count_ustar(fd, str(p), key_of)
+        if fast is not None:
+            return fast
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            return _count_keys((m.name for m in scan_tar(stream, str(p), wanted=_nothing)), key_of)
+    except OSError as exc:
+        raise CorruptShard(p, str(exc)) from None
+    finally:
+        os.close(fd)
+
+
+def _count_keys(names: Iterable[str], key_of: Callable[[str], str | None]) -> int:
+    count, last = 0, None
+    for name in names:
+        key = key_of(name)
+        if key is not None and key != last:
+            count, last = count + 1, key
+    return count
+
+
+def _count_ustar(fd: int, url: str, key_of: Callable[[str], str | None]) -> int | None:
+    """:func:`count_samples` over plain ustar headers; ``None`` at the first header of another kind."""
+    pos = 0
+    count, last, same = 0, None, None
+    while True:
+        header = os.pread(fd, _BLOCK, pos)
+        if header == _ZERO_BLOCK:
+            return count
+        if len(header) < _BLOCK:
+            raise CorruptShard(url, "it ends without the end-of-archive blocks" if not header
+                               else "a header is cut short")
+        if header[257:263] != b"ustar\x00" or header[156:157] not in (b"0", b"\0"):
+            return None
+        try:
+            checksum = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            raise CorruptShard(url, "unreadable header numbers") from None
+        if (checksum - 256 + sum(header[148:156]) + 1) % 65521 != zlib.adler32(header) & 0xFFFF:
+            raise CorruptShard(url, "bad header checksum")
+        pos += _BLOCK + size + (-size % _BLOCK)
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if header[345:346] != b"\0":
+            name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
+        if same is not None and name.startswith(same) and "/" not in name[len(same):]:
+            continue  # another member of the same sample: the key is the name up to the first dot of its last part
+        if _META_NAME.match(name):
+            continue
+        key = key_of(name)
+        if key is not None and key != last:
+            count, last, same = count + 1, key, key + "."
+
+
+def _nothing(name: str) -> bool:
+    return False

@@ -16,7 +16,7 @@ anywhere upstream changes every fingerprint after it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ class StageInputs:
         upstream: stages whose outputs it reads; their recorded fingerprints enter its own.
         files: other input files (a thresholds file, a reference folder's listing, …).
         outputs: files that must exist for the stage to count as current (a deleted output re-runs it).
+        intact: a cheap check that the outputs read back as written (footers, headers, row counts), asked last:
+            false makes the stage not current (a cut output re-runs it). None: existing is enough.
     """
 
     stage: str
@@ -54,6 +56,7 @@ class StageInputs:
     upstream: tuple[str, ...] = ()
     files: tuple[Path, ...] = ()
     outputs: tuple[Path, ...] = field(default=(), compare=False)
+    intact: Callable[[], bool] | None = field(default=None, compare=False)
 
     def describe(self, paths: RunPaths) -> dict[str, Any]:
         """The JSON-able declaration the fingerprint hashes (upstream fingerprints read from their records)."""
@@ -87,11 +90,14 @@ def recorded_fingerprint(paths: RunPaths, stage: str) -> str | None:
 
 
 def is_current(paths: RunPaths, inputs: StageInputs) -> bool:
-    """Whether the stage's recorded fingerprint equals its fingerprint now and its declared outputs exist."""
+    """Whether the stage's recorded fingerprint equals its fingerprint now and its declared outputs exist (and,
+    where the stage declares a check, read back)."""
     state = read_state(paths, inputs.stage)
     if state is None or state.fingerprint != fingerprint(paths, inputs):
         return False
-    return all(Path(p).exists() for p in inputs.outputs)
+    if not all(Path(p).exists() for p in inputs.outputs):
+        return False
+    return inputs.intact is None or inputs.intact()
 
 
 def what_changed(paths: RunPaths, inputs: StageInputs) -> list[str]:

@@ -25,10 +25,12 @@ from imagenet_plus.contract import (
     SAMPLE_FIELDS,
     SCORES_MEMBER,
     RunPaths,
+    expected_count,
     split_member_name,
+    unreadable_scores,
 )
 from imagenet_plus.errors import CorruptShard, UserError
-from imagenet_plus.io.tar import TarMember, scan_tar
+from imagenet_plus.io.tar import TarMember, count_mismatch, scan_tar
 from imagenet_plus.release.plan import KeyRows, ReleasePlan
 
 #: Generated tars kept open at once while copying samples.
@@ -71,9 +73,14 @@ class SampleIndex:
 def index_generated(paths: RunPaths, rows: KeyRows) -> SampleIndex:
     """Read the tar headers of ``RUN/generated/*.tar`` (and the json of kept samples) once.
 
+    Every shard must be done (its stats JSON beside it) and hold the number of samples its stats say: a shard
+    zero-filled from a sample boundary on reads as a shorter valid tar, and its lost samples would be missing.
+
     Raises:
-        UserError: no shards, a corrupt shard, a kept key in no shard, a kept sample without an image, ``cls`` or
-            ``json`` member, or kept samples with different image members.
+        CorruptShard: a shard without stats (not finished), one that does not read back, or one holding another
+            number of samples than its stats say (naming it).
+        UserError: no shards, a kept key in no shard, a kept sample without an image, ``cls`` or ``json`` member,
+            or kept samples with different image members.
     """
     tars = sorted(paths.generated.glob("*.tar"))
     if not tars:
@@ -82,10 +89,14 @@ def index_generated(paths: RunPaths, rows: KeyRows) -> SampleIndex:
     idx = SampleIndex(tars, np.full(n, -1, np.int32), np.full((n, 2), -1, np.int64), np.full((n, 2), -1, np.int64),
                       np.zeros(n, bool), set(), {}, set())
     for t, tar in enumerate(tars):
+        expected = expected_count(tar)
         try:
             with open(tar, "rb") as f:
                 members = list(scan_tar(f, str(tar), wanted=_is_json_member))
             names = [split_member_name(m.name) for m in members]
+            found = sum(1 for i, (key, _) in enumerate(names) if i == 0 or key != names[i - 1][0])
+            if found != expected:
+                raise count_mismatch(tar, found, expected)
             where = rows.positions([key for key, _ in names]).tolist()
             for member, (_, ext), r in zip(members, names, where, strict=True):
                 if r >= 0:
@@ -179,7 +190,7 @@ def read_release_scores(paths: RunPaths, rows: KeyRows) -> ScoreColumns:
             names = pq.read_schema(f).names
             df = pd.read_parquet(f, columns=["key", *(c for c in out.names if c in names)])
         except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise UserError(f"unreadable scores file {f}: {exc}") from None
+            raise unreadable_scores(f, exc) from None
         where = rows.positions(df["key"])
         found = where >= 0
         if found.any():

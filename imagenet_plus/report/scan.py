@@ -26,8 +26,9 @@ from imagenet_plus.contract import (
     PASSED_REASONS,
     SCORE_COLUMNS,
     RunPaths,
+    unreadable_scores,
 )
-from imagenet_plus.errors import CorruptShard, UserError
+from imagenet_plus.errors import UserError
 
 #: Score columns drawn as histograms (names from ``contract.SCORE_COLUMNS``), with a readable title.
 SCORE_TITLES = {
@@ -142,7 +143,7 @@ def columns_to_read(path: Path) -> list[str]:
     try:
         names = pq.read_schema(path).names
     except Exception as exc:  # pyarrow raises several types for a broken file
-        raise CorruptShard(path, f"unreadable scores file ({type(exc).__name__}: {exc})") from None
+        raise unreadable_scores(path, exc) from None
     for col in ID_COLUMNS:
         if col not in names:
             raise UserError(f"scores file {path} has no column '{col}'")
@@ -163,7 +164,7 @@ def iter_score_tables(paths: RunPaths) -> Iterator[tuple[str, Any]]:
         try:
             table = pq.read_table(f, columns=columns)
         except Exception as exc:  # pyarrow raises several types for a broken file
-            raise CorruptShard(f, f"unreadable scores file ({type(exc).__name__}: {exc})") from None
+            raise unreadable_scores(f, exc) from None
         yield f.stem, table
 
 
@@ -339,7 +340,10 @@ def class_centroids(paths: RunPaths, class_ids: list[str]) -> tuple[Any | None, 
             emb = np.load(clip, mmap_mode="r")
         except (OSError, ValueError) as exc:
             return None, f"{clip} is unreadable ({exc})"
-        codes = class_codes(pq.read_table(f, columns=["class_id"]), ids)
+        try:
+            codes = class_codes(pq.read_table(f, columns=["class_id"]), ids)
+        except Exception as exc:  # pyarrow raises several types for a broken file
+            raise unreadable_scores(f, exc) from None
         if emb.ndim != 2 or len(emb) != len(codes):
             return None, f"{clip} has shape {emb.shape}, its parquet {len(codes)} rows"
         if sums is None:

@@ -11,6 +11,7 @@ from imagenet_plus.contract import (
     COMPOSITE,
     READ_IMAGE_EXTENSIONS,
     RunPaths,
+    expected_count,
     image_member,
 )
 from imagenet_plus.io.atomic import atomic_file
@@ -67,6 +68,9 @@ def read_images(paths: RunPaths, wanted: dict[str, set[str]]) -> dict[str, bytes
     """Image bytes of the wanted keys, ``{shard stem: {keys}}``, read through :func:`~imagenet_plus.io.tar.iter_shard`.
 
     A sample's image is its member with one of the contract's image extensions (``contract.image_member``).
+
+    Raises:
+        CorruptShard: a shard without stats, unreadable, or holding another number of samples than its stats say.
     """
     out: dict[str, bytes] = {}
     bar = progress_bar(len(wanted), "report: contact sheets", unit="shard")
@@ -75,7 +79,7 @@ def read_images(paths: RunPaths, wanted: dict[str, set[str]]) -> dict[str, bytes
         tar = paths.generated_tar(int(shard)) if shard.isdigit() else None
         if tar is None or not tar.is_file():
             continue
-        for sample in iter_shard(tar):
+        for sample in iter_shard(tar, expected_count(tar)):
             if sample["__key__"] in keys:
                 member = image_member(sample)
                 if member is not None:

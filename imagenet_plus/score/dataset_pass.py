@@ -28,6 +28,7 @@ from imagenet_plus.contract import (
     ScoreFiles,
     read_class_records,
     run_paths,
+    unreadable_scores,
 )
 from imagenet_plus.contract.scores import ClassScores, DatasetMetrics
 from imagenet_plus.errors import CorruptShard, UserError
@@ -82,8 +83,8 @@ def _index_shards(paths: RunPaths, stems: list[str]) -> list[_ShardRows]:
         files = paths.score_files(stem)
         try:
             count = pq.read_metadata(files.parquet).num_rows
-        except OSError as exc:
-            raise CorruptShard(files.parquet, str(exc)) from None
+        except Exception as exc:  # pyarrow raises several types for a cut or overwritten file
+            raise unreadable_scores(files.parquet, exc) from None
         out.append(_ShardRows(files, start, count))
         start += count
     return out

@@ -47,8 +47,9 @@ class Scorers:
 
     @cached_property
     def class_embeddings(self) -> np.ndarray:
-        """``C×D`` float32 L2-normalised CLIP embeddings of the class texts."""
-        return self.clip.embed_texts(class_texts(self.classes)).cpu().numpy()
+        """``C×D`` float32 L2-normalised CLIP embeddings of the class texts (never from the prompt cache: the same
+        whatever was scored before)."""
+        return self.clip.embed_texts(class_texts(self.classes), cache=False).cpu().numpy()
 
     @cached_property
     def imagenet_targets(self) -> list[int | None]:

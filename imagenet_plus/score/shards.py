@@ -2,9 +2,17 @@
 
 Each image is decoded once into a ``uint8`` tensor (thread workers decode the next batch while the networks
 run) and fed in batches to InceptionV3, CLIP, the classifier and the NSFW detector. A shard's ``.npy``
-features and then its parquet are written atomically (the parquet last: the shard is done when it exists).
-A shard that does not read back is a :class:`~imagenet_plus.errors.CorruptShard`: it stops the stage, or
-with ``skip_bad_shards`` is marked bad (``NNNNN.bad.json``) and left out.
+features, then its parquet, then its record (``NNNNN.stats.json``: the generated shard it scored) are written
+atomically.
+A shard that does not read back, or holds another number of samples than its stats say (a copy zero-filled
+from a sample boundary on reads as a shorter valid tar), is a :class:`~imagenet_plus.errors.CorruptShard`: it
+stops the stage, or with ``skip_bad_shards`` is marked bad (``NNNNN.bad.json``) and left out.
+
+A shard's scores depend on that shard alone: its batches start at its first sample and never span shards, and
+the CLIP text cache is emptied at its start (texts embedded together are padded alike), so a shard scored
+by another process, after other shards, or in a run resumed after a kill, gets the same bytes.
+A shard is done by :func:`~imagenet_plus.score.files.scores_problem` (files complete, rows as its samples,
+scored from the generated shard now on disk); one that is not is scored again.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ from imagenet_plus.contract import (
     RunPaths,
     ScoreFiles,
     ShardStats,
+    expected_count,
     image_member,
+    stats_digest,
     stats_path,
 )
 from imagenet_plus.contract.scores import BadShard, ScoredShard
@@ -44,7 +54,7 @@ from imagenet_plus.pipeline.progress import progress_bar
 from imagenet_plus.pipeline.ranks import Dist, FileRendezvous
 from imagenet_plus.score import metrics
 from imagenet_plus.score.config import ScoreConfig
-from imagenet_plus.score.files import save_npy_atomic, write_scores_parquet
+from imagenet_plus.score.files import drop_scores, save_npy_atomic, scores_problem, write_scores_parquet
 from imagenet_plus.score.networks import Scorers, models_record
 from imagenet_plus.score.scorers import decode_image
 
@@ -82,16 +92,17 @@ def _decode(sample: _Sample, tar: Path) -> Any:
         raise CorruptShard(tar, exc.message) from None
 
 
-def _decoded_batches(tar: Path, batch_size: int, num_classes: int,
-                     pool: ThreadPoolExecutor) -> Iterator[tuple[list[_Sample], list[Any]]]:
-    """Batches of (samples, decoded ``uint8`` images); the next batch decodes while the caller runs networks."""
+def _decoded_batches(tar: Path, batch_size: int, num_classes: int, pool: ThreadPoolExecutor,
+                     expected: int | None = None) -> Iterator[tuple[list[_Sample], list[Any]]]:
+    """Batches of (samples, decoded ``uint8`` images) of one shard, from its first sample on; the next batch
+    decodes while the caller runs networks. ``expected``: the samples the shard must hold (its stats)."""
     pending: tuple[list[_Sample], list[Future]] | None = None
     batch: list[_Sample] = []
 
     def submit(samples: list[_Sample]) -> tuple[list[_Sample], list[Future]]:
         return samples, [pool.submit(_decode, s, tar) for s in samples]
 
-    for raw in iter_shard(tar):
+    for raw in iter_shard(tar, expected):
         batch.append(_parse_sample(raw, tar, num_classes))
         if len(batch) == batch_size:
             nxt = submit(batch)
@@ -164,11 +175,14 @@ def score_shard(tar: Path, files: ScoreFiles, models: Scorers, cfg: ScoreConfig,
         The number of samples scored.
 
     Raises:
-        CorruptShard: the shard, a sample's json or an image does not read back.
+        CorruptShard: the shard, a sample's json or an image does not read back, or the shard holds another
+            number of samples than its stats say (or has none).
     """
     columns: dict[str, list[Any]] = {}
     arrays: dict[str, list[np.ndarray]] = {"_pool": [], "_clip": [], "_logits": []}
-    for samples, images in _decoded_batches(tar, cfg.batch_size, num_classes, pool):
+    expected = expected_count(tar)
+    models.clip.forget_texts()  # the prompts' embeddings depend on this shard alone
+    for samples, images in _decoded_batches(tar, cfg.batch_size, num_classes, pool, expected):
         out = _score_batch(samples, images, models)
         for name, value in out.items():
             if name in arrays:
@@ -203,14 +217,23 @@ def _shard_count(paths: RunPaths, stem: str) -> int:
 
 def score_own_shards(paths: RunPaths, stems: list[str], models: Scorers, cfg: ScoreConfig, num_classes: int,
                      dist: Dist, rdv: FileRendezvous) -> None:
-    """Pass 1 on this rank's unfinished shards; a corrupt shard is skipped (marked bad) or stops the stage.
+    """Pass 1 on this rank's shards that are not done (``files.scores_problem``); a corrupt shard is skipped
+    (marked bad) or stops the stage. Scores that are there but not done (cut, stale: they are the stage's own
+    files) are named in a warning and deleted before the shard is scored again.
 
     Raises:
         CorruptShard: a shard does not read back (without ``skip_bad_shards``).
         PeerRankFailed: another rank failed (never taken for a bad shard).
     """
-    mine = [s for i, s in enumerate(stems) if dist.owns(i) and not paths.score_files(s).done()]
-    for s in mine:
+    mine = []
+    for i, s in enumerate(stems):
+        why = scores_problem(paths, s) if dist.owns(i) else None
+        if why is None:
+            continue
+        mine.append(s)
+        if why != "not scored":
+            log.warning("warning: scoring shard %s again: %s", s, why)
+            drop_scores(paths.score_files(s))
         paths.score_files(s).clean()
     if not mine:
         return
@@ -223,6 +246,7 @@ def score_own_shards(paths: RunPaths, stems: list[str], models: Scorers, cfg: Sc
             rdv.check()
             files = paths.score_files(s)
             started = time.monotonic()
+            generated = stats_digest(paths.generated / f"{s}.tar")
             try:
                 n = score_shard(paths.generated / f"{s}.tar", files, models, cfg, num_classes, pool, bar,
                                 check=lambda: rdv.check(every=1.0))
@@ -233,4 +257,4 @@ def score_own_shards(paths: RunPaths, stems: list[str], models: Scorers, cfg: Sc
                 log.warning("warning: skipped bad shard %s: %s", s, exc.message)
                 continue
             ScoredShard(shard=s, count=n, rank=dist.rank, world_size=dist.world_size,
-                        seconds=round(time.monotonic() - started, 3)).write(files.stats)
+                        seconds=round(time.monotonic() - started, 3), generated=str(generated)).write(files.stats)

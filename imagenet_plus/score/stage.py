@@ -22,7 +22,10 @@ the set and writes ``summary.json``; the stage records itself current (``RUN/sta
 
 The stage is a no-op when it is current (:func:`stage_inputs`, ``pipeline.freshness.is_current``): the
 same generated shards and class set, the same models (the Inception weights by content), the same reference
-and extraction protocol, and the same ``metric_samples``, with every output present.
+and extraction protocol, and the same ``metric_samples``, with every output present and every shard's scores
+done by :func:`~imagenet_plus.score.files.scores_problem` (a cut or unreadable score file, or scores of a
+generated shard made again, make it not current: that shard is scored again). Scores made with other models
+are refused before anything in ``RUN/scores`` changes.
 """
 
 from __future__ import annotations
@@ -34,7 +37,16 @@ from typing import Any
 import numpy as np
 
 from imagenet_plus.classes.sets import ClassInfo
-from imagenet_plus.contract import SCORE_COLUMNS, RunPaths, done_shards, library_versions, read_class_records, run_paths
+from imagenet_plus.contract import (
+    SCORE_COLUMNS,
+    RunPaths,
+    done_shards,
+    generated_done,
+    library_versions,
+    read_class_records,
+    run_paths,
+    stats_path,
+)
 from imagenet_plus.contract.ownership import locked_run
 from imagenet_plus.contract.scores import BadShard, ModelsRecord, ScoreSummary
 from imagenet_plus.errors import UserError
@@ -44,7 +56,7 @@ from imagenet_plus.pipeline.freshness import StageInputs
 from imagenet_plus.pipeline.ranks import Dist, FileRendezvous, init_dist, rank_share
 from imagenet_plus.score.config import METRIC_SAMPLES, ScoreConfig, load_score_config
 from imagenet_plus.score.dataset_pass import GENERATED_SAMPLE_SEED, REFERENCE_SAMPLE_SEED, measure, run_dataset_pass
-from imagenet_plus.score.files import read_scores, save_npy_atomic
+from imagenet_plus.score.files import read_scores, save_npy_atomic, scores_problem
 from imagenet_plus.score.networks import Scorers, check_inputs, models_record, summary_models
 from imagenet_plus.score.reference import PROTOCOL, ReferenceParts, load_reference, load_reference_part
 from imagenet_plus.score.shards import score_own_shards, score_shard
@@ -65,9 +77,14 @@ def _done_stems(paths: RunPaths) -> list[str]:
 
 
 def _generated_stems(paths: RunPaths) -> list[str]:
+    """Stems of the finished generated shards; a tar without stats (not finished) is named in a warning."""
     stems = _done_stems(paths)
     if not stems:
         raise UserError(f"no generated shards in {paths.generated}: run 'imagenet-plus generate' first")
+    for tar in sorted(paths.generated.glob("*.tar")):
+        if not generated_done(tar):
+            log.warning("warning: %s is not finished (no stats file %s): left out; run 'imagenet-plus generate "
+                        "--out %s' to make it", tar, stats_path(tar).name, paths.root)
     return stems
 
 
@@ -88,9 +105,10 @@ def stage_inputs(run: str | Path, cfg: ScoreConfig) -> StageInputs:
     Settings: the models (with the Inception weights' content identity), the resolved reference path and its
     extraction protocol, ``metric_samples`` (batch size, workers and ``skip_bad_shards`` change no output).
     Upstream: ``generate``. Files: the class set and the stats JSON of every finished generated shard, so a
-    top-up that adds shards makes the stage stale even where ``generate`` kept no record. Outputs:
-    ``summary.json`` and every shard's parquet (a shard skipped as bad keeps the stage stale: a later run
-    tries it again).
+    top-up that adds shards makes the stage stale even where ``generate`` kept no record; a deleted stats file
+    drops its shard from the list, so the stage is stale too. Outputs: ``summary.json`` and every shard's
+    parquet (a shard skipped as bad keeps the stage stale: a later run tries it again), each shard's scores done
+    by ``files.scores_problem`` (checked last, ~0.5 ms a shard).
 
     Raises:
         UserError: the Inception weights file does not exist.
@@ -103,6 +121,7 @@ def stage_inputs(run: str | Path, cfg: ScoreConfig) -> StageInputs:
         stage=STAGE, settings=settings, upstream=("generate",),
         files=(paths.classes_json, *(paths.generated / f"{s}.json" for s in stems)),
         outputs=(paths.summary_json, *(paths.score_files(s).parquet for s in stems)),
+        intact=lambda: all(scores_problem(paths, s) is None for s in stems),
     )
 
 
@@ -113,15 +132,16 @@ def is_finished(run: str | Path, cfg: ScoreConfig) -> bool:
     return bool(_done_stems(paths)) and freshness.is_current(paths, stage_inputs(run, cfg))
 
 
-def _prepare_scores_folder(paths: RunPaths, cfg: ScoreConfig) -> None:
-    """Create ``RUN/scores``, drop a stale summary and record, refuse scores made with other models."""
-    models = models_record(cfg)
-    paths.scores.mkdir(parents=True, exist_ok=True)
-    paths.summary_json.unlink(missing_ok=True)  # not done: a stale summary must not mark it done after a crash
-    freshness.forget(paths, [STAGE])
-    has_outputs = any(paths.scores.glob("*.npy")) or any(paths.scores.glob("*.parquet"))
+def _check_scores_folder(paths: RunPaths, cfg: ScoreConfig) -> None:
+    """Refuse scores made with other models (reads only: nothing is changed before a refusal).
+
+    Raises:
+        UserError: ``RUN/scores`` holds scores and ``models.json`` names other models or does not read back.
+    """
+    has_outputs = paths.scores.is_dir() and (any(paths.scores.glob("*.npy")) or any(paths.scores.glob("*.parquet")))
     if not has_outputs or not paths.models_json.is_file():
         return
+    models = models_record(cfg)
     try:
         recorded = ModelsRecord.read(paths.models_json)
     except UserError as exc:
@@ -131,6 +151,15 @@ def _prepare_scores_folder(paths: RunPaths, cfg: ScoreConfig) -> None:
         was, now = recorded.to_dict(), models.to_dict()
         changed = ", ".join(f"{k} {was[k]!r} → {v!r}" for k, v in now.items() if was[k] != v)
         raise UserError(f"{paths.scores} was scored with other models ({changed}): delete that folder to rescore")
+
+
+def _prepare_scores_folder(paths: RunPaths, cfg: ScoreConfig) -> None:
+    """Refuse scores made with other models (:func:`_check_scores_folder`), then create ``RUN/scores`` and drop
+    the summary and the stage's record (the stage is not done until it writes them again)."""
+    _check_scores_folder(paths, cfg)
+    paths.scores.mkdir(parents=True, exist_ok=True)
+    paths.summary_json.unlink(missing_ok=True)  # not done: a stale summary must not mark it done after a crash
+    freshness.forget(paths, [STAGE])
 
 
 def _load_reference(cfg: ScoreConfig, models: Scorers, dist: Dist, rdv: FileRendezvous) -> Any:
@@ -155,7 +184,7 @@ def _scored_shards(paths: RunPaths, stems: list[str]) -> tuple[list[str], list[B
     """(good stems, bad shards) once every rank is done; a shard neither scored nor bad is an error."""
     bad = [BadShard.read(paths.score_files(s).bad) for s in stems if paths.score_files(s).bad.is_file()]
     bad_stems = {b.shard for b in bad}
-    missing = [s for s in stems if s not in bad_stems and not paths.score_files(s).done()]
+    missing = [s for s in stems if s not in bad_stems and scores_problem(paths, s) is not None]
     if missing:
         raise UserError(f"scores missing for shards {', '.join(missing)} in {paths.scores}: run score again")
     for b in bad:

@@ -20,8 +20,9 @@ from imagenet_plus.contract import (
     RunPaths,
     ScoreFiles,
     check_score_columns,
+    unreadable_scores,
 )
-from imagenet_plus.errors import CorruptShard, UserError
+from imagenet_plus.errors import UserError
 from imagenet_plus.select.rules import Rule, floats
 
 #: Score columns averaged (as within-class percentile ranks) into the composite; absent/null ones are skipped.
@@ -85,7 +86,7 @@ def score_columns_of(f: Path) -> list[str]:
     try:
         names = pq.read_schema(f).names
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise CorruptShard(f, f"unreadable scores file ({type(exc).__name__}: {exc})") from None
+        raise unreadable_scores(f, exc) from None
     check_score_columns(names, f)
     return [c for c in SELECT_COLUMNS if c in names]
 
@@ -97,7 +98,7 @@ def read_columns(f: Path, columns: list[str]) -> Any:
     try:
         return pq.read_table(f, columns=columns)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise CorruptShard(f, f"unreadable scores file ({type(exc).__name__}: {exc})") from None
+        raise unreadable_scores(f, exc) from None
 
 
 def clip_rows_of(files: ScoreFiles, n: int) -> tuple[Path, int]:
@@ -109,8 +110,8 @@ def clip_rows_of(files: ScoreFiles, n: int) -> tuple[Path, int]:
         raise UserError(f"CLIP embeddings not found: {npy} (written by 'imagenet-plus score')")
     try:
         emb = np.load(npy, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CorruptShard(npy, f"unreadable CLIP embeddings ({exc})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise unreadable_scores(npy, exc) from None
     shape = emb.shape
     del emb
     if len(shape) != 2 or shape[0] != n:

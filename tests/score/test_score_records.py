@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_fake_run
+from shard_faults import write_score_files
 from typer.testing import CliRunner
 
 import imagenet_plus.score.stage as score_stage
@@ -128,12 +129,14 @@ def test_metric_labels_name_summary_fields_once():
 
 
 def _mark_scored(run: Path, cfg: ScoreConfig) -> RunPaths:
-    """Stand-ins for the stage's outputs, then the stage's record (what run_score does last)."""
+    """Stand-ins for the stage's outputs (score files of the right shapes: the stage checks rows and records),
+    then the stage's record (what run_score does last)."""
     paths = RunPaths(run)
-    paths.scores.mkdir(parents=True, exist_ok=True)
     inputs = stage_inputs(run, cfg)
+    write_score_files(run)
     for output in inputs.outputs:
-        Path(output).write_text("{}")
+        if not Path(output).exists():
+            Path(output).write_text("{}")
     mark_current(paths, inputs)
     return paths
 

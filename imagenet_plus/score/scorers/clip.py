@@ -105,10 +105,26 @@ class ClipScorer:
         """L2-normalised image embeddings (``N×D`` float32 tensor) of ``uint8`` ``3×H×W`` images."""
         return self.image_forward(self.preprocess(images))
 
-    def embed_texts(self, texts: list[str], batch_size: int = 256) -> Any:
-        """L2-normalised text embeddings (``N×D`` float32 tensor); texts seen before come from a cache."""
+    def forget_texts(self) -> None:
+        """Empty the text cache: the score stage does it at each shard's start, so that which texts are embedded
+        together (padded to the same length, so rounded alike) depends on the shard alone, never on the shards
+        this process scored before it (a resumed run then gives the same bytes)."""
+        self._text_cache = {}
+
+    def embed_texts(self, texts: list[str], batch_size: int = 256, cache: bool = True) -> Any:
+        """L2-normalised text embeddings (``N×D`` float32 tensor); texts seen before come from a cache.
+
+        The texts not in the cache are embedded in chunks of ``batch_size`` in first-seen order. ``cache=False``
+        embeds every text of ``texts`` (once each) whatever the cache holds, and leaves the cache as it was.
+        """
         import torch
 
+        if not cache:
+            saved, self._text_cache = self._text_cache, {}
+            try:
+                return self.embed_texts(texts, batch_size)
+            finally:
+                self._text_cache = saved
         todo = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
