@@ -8,6 +8,7 @@ The check is :func:`~imagenet_plus.contract.typed.typed_values`, the one every t
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -112,6 +113,9 @@ class RunRecord:
         num_classes: classes in ``classes.json``.
         num_images: images the plan holds (every segment).
         segments: the plan's segments, in order.
+        run_id: a random id given to the run folder when its run.yaml is first written and kept for its life
+            (extended, topped up): what a release folder records to say which run made it
+            (:mod:`imagenet_plus.contract.release`). None in run folders made before it existed.
     """
 
     config: dict[str, Any]
@@ -120,10 +124,11 @@ class RunRecord:
     num_classes: int
     num_images: int
     segments: tuple[Segment, ...]
+    run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The mapping written to run.yaml, keys in this order."""
-        return {
+        """The mapping written to run.yaml, keys in this order (``run_id`` only when the run has one)."""
+        out: dict[str, Any] = {
             "config": self.config,
             "config_hash": self.config_hash,
             "versions": self.versions,
@@ -131,6 +136,9 @@ class RunRecord:
             "num_images": self.num_images,
             "segments": [s.to_dict() for s in self.segments],
         }
+        if self.run_id is not None:
+            out["run_id"] = self.run_id
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, source: Path | str) -> RunRecord:
@@ -170,6 +178,11 @@ class RunRecord:
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
         write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def new_run_id() -> str:
+    """A fresh :attr:`RunRecord.run_id` (random: two run folders made with the same config still differ)."""
+    return uuid.uuid4().hex
 
 
 def library_versions() -> dict[str, str]:
