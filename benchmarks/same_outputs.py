@@ -6,8 +6,8 @@ working tree), each in its own run folder but with one shared cache (the tiny mo
 files), then compares every file of the two run folders (the release inside them included):
 
 - tar files member by member (names and bytes);
-- JSON files after dropping the keys that record *when* or *how fast* (``created``, ``finished``,
-  ``seconds``, …: :data:`VOLATILE_KEYS`);
+- JSON and YAML files after dropping the keys that record *when* or *how fast* (``created``, ``finished``,
+  ``seconds``, …) or that are random per run folder (``run_id``): :data:`VOLATILE_KEYS`;
 - the report's HTML after removing those same values where the page prints them;
 - everything else byte for byte.
 
@@ -32,9 +32,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: JSON keys whose values record time or speed, not content (a fingerprint hashes input files' modification times).
+#: JSON keys whose values record time or speed, not content (a fingerprint hashes input files' modification times),
+#: or are random per run folder (run_id, in run.yaml and _info.json).
 VOLATILE_KEYS = frozenset({"created", "finished", "seconds", "img_per_s", "images_per_second", "elapsed", "fingerprint",
-                           "generated_at", "duration"})
+                           "generated_at", "duration", "run_id"})
 
 
 def checkout(rev: str, dest: Path) -> Path:
@@ -82,6 +83,13 @@ def same_file(a: Path, b: Path, root_a: Path, root_b: Path) -> bool:
         try:
             return _strip(json.loads(_text(a, root_a))) == _strip(json.loads(_text(b, root_b)))
         except ValueError:
+            pass
+    if a.suffix == ".yaml":
+        import yaml
+
+        try:
+            return _strip(yaml.safe_load(_text(a, root_a))) == _strip(yaml.safe_load(_text(b, root_b)))
+        except yaml.YAMLError:
             pass
     if a.suffix in (".html", ".md", ".csv", ".yaml"):
         volatile = re.compile(r"\d+(\.\d+)? ?s\b|\d{4}-\d\d-\d\d[T ][\d:]+Z?")
