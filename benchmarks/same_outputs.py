@@ -6,8 +6,8 @@ working tree), each in its own run folder but with one shared cache (the tiny mo
 files), then compares every file of the two run folders (the release inside them included):
 
 - tar files member by member (names and bytes);
-- JSON files after dropping the keys that record *when* or *how fast* (``created``, ``finished``,
-  ``seconds``, …: :data:`VOLATILE_KEYS`);
+- JSON and YAML files after dropping the keys that record *when* or *how fast* (``created``, ``finished``,
+  ``seconds``, …) or that are random per run folder (``run_id``): :data:`VOLATILE_KEYS`;
 - the report's HTML after removing those same values where the page prints them;
 - everything else byte for byte.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -32,9 +33,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: JSON keys whose values record time or speed, not content (a fingerprint hashes input files' modification times).
+#: JSON keys whose values record time or speed, not content (a fingerprint hashes input files' modification times),
+#: or are random per run folder (run_id, in run.yaml and _info.json).
 VOLATILE_KEYS = frozenset({"created", "finished", "seconds", "img_per_s", "images_per_second", "elapsed", "fingerprint",
-                           "generated_at", "duration"})
+                           "generated_at", "duration", "run_id"})
 
 
 def checkout(rev: str, dest: Path) -> Path:
@@ -69,19 +71,65 @@ def _tar_members(path: Path) -> list[tuple[str, bytes]]:
         return [(m.name, tar.extractfile(m).read() if m.isfile() else b"") for m in tar.getmembers()]
 
 
+def close(x: object, y: object, rtol: float) -> bool:
+    """Equal, except that floats may differ by ``rtol`` (relative) — recursively through lists and dicts."""
+    if isinstance(x, float) and isinstance(y, float) and rtol > 0:
+        return math.isclose(x, y, rel_tol=rtol, abs_tol=rtol * 1e-3) or (math.isnan(x) and math.isnan(y))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(close(x[k], y[k], rtol) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(close(u, v, rtol) for u, v in zip(x, y))
+    return x == y
+
+
+def _same_members(a: Path, b: Path, rtol: float) -> bool:
+    """Tars: the same member names in the same order, the same bytes (json members: equal up to ``rtol``)."""
+    ma, mb = _tar_members(a), _tar_members(b)
+    if [n for n, _ in ma] != [n for n, _ in mb]:
+        return False
+    return all(x == y or (name.endswith(".json") and close(json.loads(x), json.loads(y), rtol))
+               for (name, x), (_, y) in zip(ma, mb))
+
+
+def _same_table(a: Path, b: Path, rtol: float) -> bool:
+    """Parquet files: the same schema and rows; float columns equal up to ``rtol``."""
+    import pyarrow.parquet as pq
+
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    if ta.schema != tb.schema or ta.num_rows != tb.num_rows:
+        return False
+    return all(close(ta.column(n).to_pylist(), tb.column(n).to_pylist(), rtol) for n in ta.column_names)
+
+
 def _text(path: Path, root: Path) -> str:
     """A text output with its own run folder's path replaced by ``RUN`` (the two runs live in two folders)."""
     return path.read_text(encoding="utf-8").replace(str(root), "RUN")
 
 
-def same_file(a: Path, b: Path, root_a: Path, root_b: Path) -> bool:
+def same_file(a: Path, b: Path, root_a: Path, root_b: Path, rtol: float = 0.0) -> bool:
     """Whether two output files hold the same content (see the module docstring for what is ignored)."""
+    if a.read_bytes() == b.read_bytes():
+        return True
     if a.suffix == ".tar":
-        return _tar_members(a) == _tar_members(b)
+        return _same_members(a, b, rtol)
+    if a.suffix == ".parquet" and rtol > 0:
+        return _same_table(a, b, rtol)
+    if a.suffix == ".npy" and rtol > 0:
+        import numpy as np
+
+        x, y = np.load(a), np.load(b)
+        return x.shape == y.shape and x.dtype == y.dtype and bool(np.allclose(x, y, rtol=rtol, atol=0, equal_nan=True))
     if a.suffix == ".json":
         try:
-            return _strip(json.loads(_text(a, root_a))) == _strip(json.loads(_text(b, root_b)))
+            return close(_strip(json.loads(_text(a, root_a))), _strip(json.loads(_text(b, root_b))), rtol)
         except ValueError:
+            pass
+    if a.suffix == ".yaml":
+        import yaml
+
+        try:
+            return _strip(yaml.safe_load(_text(a, root_a))) == _strip(yaml.safe_load(_text(b, root_b)))
+        except yaml.YAMLError:
             pass
     if a.suffix in (".html", ".md", ".csv", ".yaml"):
         volatile = re.compile(r"\d+(\.\d+)? ?s\b|\d{4}-\d\d-\d\d[T ][\d:]+Z?")
@@ -89,7 +137,7 @@ def same_file(a: Path, b: Path, root_a: Path, root_b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
 
-def compare(before: Path, after: Path, ignore: tuple[str, ...] = ()) -> list[str]:
+def compare(before: Path, after: Path, ignore: tuple[str, ...] = (), rtol: float = 0.0) -> list[str]:
     """Differences between two run folders, one line each (empty: the same)."""
 
     def files(root: Path) -> set[str]:
@@ -99,7 +147,7 @@ def compare(before: Path, after: Path, ignore: tuple[str, ...] = ()) -> list[str
     a, b = files(before), files(after)
     out = [f"only before: {name}" for name in sorted(a - b)] + [f"only after: {name}" for name in sorted(b - a)]
     out += [f"differs: {name}" for name in sorted(a & b)
-            if not same_file(before / name, after / name, before, after)]
+            if not same_file(before / name, after / name, before, after, rtol)]
     return out
 
 
@@ -110,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     parser.add_argument("--ignore", action="append", default=[], help="a file or folder name left out")
     parser.add_argument("--keep", help="run in this (new) folder and keep it, to look at the differences")
+    parser.add_argument("--rtol", type=float, default=0.0,
+                        help="floats (JSON, parquet, .npy, json tar members) may differ by this relative amount")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="same-outputs-") as tmp:
         tmp_path = Path(args.keep) if args.keep else Path(tmp)
@@ -119,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[side] = tmp_path / side / "run"  # same folder name on both sides (the report's title shows it)
             run_demo(tree, Path(args.config).resolve(), runs[side], tmp_path / "cache")
             print(f"{side}: {getattr(args, side)} ran in {runs[side]}", file=sys.stderr)
-        diffs = compare(runs["before"], runs["after"], tuple(args.ignore))
+        diffs = compare(runs["before"], runs["after"], tuple(args.ignore), args.rtol)
     for line in diffs:
         print(line)
     print(f"same_outputs_differences={len(diffs)}")

@@ -112,7 +112,9 @@ def generate_cmd(
 # score
 @app.command("score")
 @with_config_options(ScoreConfig)
-def score_cmd(run: Annotated[Path, typer.Argument(help="Run directory (generated).")], flags: dict) -> None:
+def score_cmd(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (generated).")], flags: dict
+) -> None:
     """Score every image (CLIP, Inception, classifier, realism) and the set (FID/KID/IS/PR) into RUN/scores."""
     from imagenet_plus.score import run_score
 
@@ -134,7 +136,9 @@ def score_cmd(run: Annotated[Path, typer.Argument(help="Run directory (generated
 # diagnose
 @app.command("diagnose")
 @with_config_options(DiagnoseConfig)
-def diagnose_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored).")], flags: dict) -> None:
+def diagnose_cmd(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (scored).")], flags: dict
+) -> None:
     """Per class: why it is weak (ambiguous, concept failure, low diversity, low adherence) and what to do."""
     from imagenet_plus.diagnose import run_diagnose
 
@@ -146,7 +150,9 @@ def diagnose_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored
 # select / release / publish
 @app.command("select")
 @with_config_options(SelectConfig)
-def select_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored).")], flags: dict) -> None:
+def select_cmd(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (scored).")], flags: dict
+) -> None:
     """Filter by thresholds and keep the best diverse N per class: writes RUN/selection.parquet and selection.json."""
     from imagenet_plus.select import run_select
 
@@ -159,7 +165,7 @@ def select_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored).
 @app.command("release")
 @with_config_options(ReleaseConfig)
 def release_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory (selected).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (selected).")],
     out: Annotated[Path, typer.Option("--out", help="Release folder to create.")],
     flags: dict,
 ) -> None:
@@ -171,7 +177,7 @@ def release_cmd(
 
 @app.command("publish")
 @with_config_options(PublishConfig)
-def publish_cmd(rel: Annotated[Path, typer.Argument(help="Release folder.")], flags: dict) -> None:
+def publish_cmd(rel: Annotated[Path, typer.Argument(metavar="REL", help="Release folder.")], flags: dict) -> None:
     """Validate the release, then make the Hub repo equal to it (token from HF_TOKEN or 'hf auth login'; resumable)."""
     from imagenet_plus.publish import run_publish
 
@@ -182,7 +188,7 @@ def publish_cmd(rel: Annotated[Path, typer.Argument(help="Release folder.")], fl
 # report / evaluate / run
 @app.command("report")
 @with_config_options(ReportConfig)
-def report_cmd(run: Annotated[Path, typer.Argument(help="Run directory (scored; selection optional).")],
+def report_cmd(run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (scored; selection optional).")],
                flags: dict) -> None:
     """Write RUN/report/index.html with score histograms, per-class and per-group rates, a class map, contact sheets."""
     from imagenet_plus.report import run_report

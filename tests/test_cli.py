@@ -79,7 +79,7 @@ def test_unknown_command() -> None:
 
 
 def test_user_error_is_one_line(tmp_path: Path) -> None:
-    proc = _run("publish", str(tmp_path / "missing"), "--repo-id", "user/name")
+    proc = _run("publish", str(tmp_path / "missing"), "--repo-id", "user/name", "--dry-run")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: release folder not found: {tmp_path / 'missing'}"]
 

@@ -116,13 +116,16 @@ from imagenet_plus.contract.release import (  # noqa: F401
     ReleaseInfo,
     SplitInfo,
     check_relative_name,
+    made_from_run,
     read_release_info,
+    release_file_names,
 )
 from imagenet_plus.contract.report import ReportSummary  # noqa: F401
 from imagenet_plus.contract.run import (  # noqa: F401
     RunRecord,
     Segment,
     library_versions,
+    new_run_id,
     read_class_records,
     read_run_record,
     read_run_yaml,

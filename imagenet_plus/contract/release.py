@@ -6,6 +6,15 @@ through :meth:`ReleaseInfo.read` / :func:`read_release_info`, so one set of chec
 keys are present, every split's counts are integers that add up, and every file name is a plain relative
 path (:func:`check_relative_name`: no ``..``, absolute path, backslash or NUL byte) that stays inside the release
 folder once symlinks are followed (:func:`inside_release`, for a local release).
+
+**Which run made a release.** ``_info.json`` (and an image-folder export's marker) records the run it was
+made from: the run's ``config_hash`` and its ``run_id`` (``RUN/run.yaml``: a random id given to the run
+folder when its run.yaml is first written, kept through extensions and top-ups). ``release`` (and so
+``run``) may replace an existing release folder only when both equal the run's own
+(:meth:`ReleaseInfo.made_from`) and the folder holds nothing but the files that release wrote
+(:func:`release_file_names`); the new release is built in ``REL.partial`` and swapped in
+(:func:`imagenet_plus.io.atomic.replace_folder`). A folder made from another run, by an older version (no
+``run_id``), or holding other files, is refused. See :mod:`imagenet_plus.release.ownership`.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.contract.names import INFO_NAME
+from imagenet_plus.contract.names import CARD_NAME, INFO_NAME
 from imagenet_plus.contract.records import JsonRecord, dataclass_from_dict
 from imagenet_plus.errors import UserError
 
@@ -61,6 +70,8 @@ class ReleaseInfo(JsonRecord):
     Attributes:
         fingerprint: the release stage's fingerprint (``RUN/state/release.json``) of the run state it was built
             from: the same release settings and inputs give the same fingerprint.
+        config_hash: the ``config_hash`` of the run it was made from.
+        run_id: the ``run_id`` of the run it was made from (None: made before releases recorded it).
     """
 
     name: str
@@ -71,6 +82,11 @@ class ReleaseInfo(JsonRecord):
     classes: list[dict[str, Any]]
     config_hash: str | None
     splits: dict[str, SplitInfo] = field(default_factory=dict)
+    run_id: str | None = None
+
+    def made_from(self, run_id: str | None, config_hash: str | None) -> bool:
+        """Whether this release records the run ``run_id`` with ``config_hash`` (never true without a run id)."""
+        return made_from_run(self.run_id, self.config_hash, run_id, config_hash)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Path | str) -> ReleaseInfo:
@@ -92,6 +108,18 @@ def parse_splits(data: Any, source: Path | str) -> dict[str, SplitInfo]:
     if not splits:
         raise UserError(f"{source} has no 'splits'")
     return {str(name): SplitInfo.from_dict(s, f"{source} split {name!r}") for name, s in splits.items()}
+
+
+def made_from_run(recorded_id: str | None, recorded_hash: str | None, run_id: str | None,
+                  config_hash: str | None) -> bool:
+    """The ownership rule of the module docstring: both the run id and the config hash recorded equal the run's."""
+    return recorded_id is not None and recorded_id == run_id and recorded_hash == config_hash
+
+
+def release_file_names(info: ReleaseInfo) -> set[str]:
+    """Every file a release writes, as paths relative to its folder: the card, ``_info.json`` and the shards
+    (``_info.json`` lists them as ``data/{split}-NNNNN.tar``)."""
+    return {CARD_NAME, INFO_NAME, *(fn for split in info.splits.values() for fn in split.filenames)}
 
 
 def read_release_info(folder: str | Path) -> ReleaseInfo:
@@ -143,9 +171,16 @@ def inside_release(folder: str | Path, name: str, where: str) -> Path:
 
 @dataclass(frozen=True)
 class ImageFolderMarker(JsonRecord):
-    """``DIR/.imagenet-plus-release.json``: the fingerprint of the release an image-folder export holds."""
+    """``DIR/.imagenet-plus-release.json``: the fingerprint of the release an image-folder export holds, and the
+    run it was made from (``config_hash``, ``run_id``; None in markers written before they were recorded)."""
 
     fingerprint: str
+    config_hash: str | None = None
+    run_id: str | None = None
+
+    def made_from(self, run_id: str | None, config_hash: str | None) -> bool:
+        """Whether this export records the run ``run_id`` with ``config_hash`` (see :func:`made_from_run`)."""
+        return made_from_run(self.run_id, self.config_hash, run_id, config_hash)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Path | str) -> ImageFolderMarker:

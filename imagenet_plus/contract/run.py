@@ -11,6 +11,7 @@ that contradicts itself (:func:`check_plan`: no segments, overlapping or gapped 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -124,6 +125,9 @@ class RunRecord:
         num_classes: classes in ``classes.json``.
         num_images: images the plan holds (every segment).
         segments: the plan's segments, in order.
+        run_id: a random id given to the run folder when its run.yaml is first written and kept for its life
+            (extended, topped up): what a release folder records to say which run made it
+            (:mod:`imagenet_plus.contract.release`). None in run folders made before it existed.
     """
 
     config: dict[str, Any]
@@ -132,10 +136,11 @@ class RunRecord:
     num_classes: int
     num_images: int
     segments: tuple[Segment, ...]
+    run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The mapping written to run.yaml, keys in this order."""
-        return {
+        """The mapping written to run.yaml, keys in this order (``run_id`` only when the run has one)."""
+        out: dict[str, Any] = {
             "config": self.config,
             "config_hash": self.config_hash,
             "versions": self.versions,
@@ -143,6 +148,9 @@ class RunRecord:
             "num_images": self.num_images,
             "segments": [s.to_dict() for s in self.segments],
         }
+        if self.run_id is not None:
+            out["run_id"] = self.run_id
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, source: Path | str) -> RunRecord:
@@ -258,6 +266,11 @@ def check_plan(record: RunRecord, source: Path | str) -> None:
     if record.num_images != planned:
         raise UserError(f"{source}: key 'num_images' is {record.num_images}, but the segments plan {planned} images: "
                         f"put back {planned}")
+
+
+def new_run_id() -> str:
+    """A fresh :attr:`RunRecord.run_id` (random: two run folders made with the same config still differ)."""
+    return uuid.uuid4().hex
 
 
 def library_versions() -> dict[str, str]:

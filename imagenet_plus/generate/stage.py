@@ -5,9 +5,10 @@ Input: a :class:`~imagenet_plus.generate.config.GenerateConfig`. Output folder: 
 ``accelerate launch -m imagenet_plus generate …`` / ``torchrun`` (CPU too): shard ``s`` is made by
 rank ``s % world_size``.
 
-Crash safety: ``run.yaml`` (config, hash, plan segments) is written before any image; each shard is
-written as ``.partial`` and renamed when complete, then its stats JSON is written; a shard is done
-when both exist and the samples counted from its tar headers equal its stats' count
+Crash safety: ``run.yaml`` (config, hash, plan segments) is written before any image but after the model loaded
+(with several processes: after every rank found it), so a model that cannot load leaves no run.yaml tying the
+folder to it; each shard is written as ``.partial`` and renamed when complete, then its stats JSON is written; a
+shard is done when both exist and the samples counted from its tar headers equal its stats' count
 (``contract.generated.shard_problem``: a shard zero-filled or cut since is made again; ~2.3 ms a shard of
 256 samples, ~11 s for ImageNet's 5,000 shards, each rank checking its own). A re-run deletes leftovers,
 skips done shards and ends with exactly the planned keys.
@@ -49,7 +50,7 @@ from imagenet_plus.generate.state import STAGE, RunState, inputs_of, plan_run_st
 from imagenet_plus.generate.writer import ShardWriterThread
 from imagenet_plus.io.lock import folder_lock, is_main_process
 from imagenet_plus.io.storage import storage_errors
-from imagenet_plus.models.diffusion import DiffusersSource, check_offload, load_pipeline
+from imagenet_plus.models.diffusion import DiffusersSource, check_offload, load_pipeline, model_location
 from imagenet_plus.pipeline.freshness import file_identity, is_current, mark_current
 from imagenet_plus.pipeline.progress import progress_bar
 from imagenet_plus.pipeline.ranks import init_dist, rank_share
@@ -244,6 +245,14 @@ def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[Genera
     cfg = state.config
     dist = init_dist()
     check_offload(cfg.offload, dist.device)
+    shards = state.shards()
+    todo = [s for s in range(len(shards)) if dist.owns(s) and not generated_done(paths.generated_tar(s))]
+    # run.yaml ties the folder to this model, so it is written only once the model is known to load: one process
+    # loads it first; several first check that every rank finds it (local, cached or answering: seconds), then load
+    # it in their share below, where a failure is marked for the others (no collective waits on a load).
+    source = source_factory(cfg, dist.device) if todo and dist.world_size == 1 else None
+    if dist.world_size > 1 and source_factory is make_source:  # an injected factory brings its own model
+        model_location(cfg.model, find=True)
     dist.barrier()
     if dist.is_main:
         write_run_state(state, paths)
@@ -262,7 +271,7 @@ def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[Genera
     made = 0
     with rank_share(paths.markers / STAGE, dist) as rdv:
         if todo:
-            source = source_factory(cfg, dist.device)
+            source = source if source is not None else source_factory(cfg, dist.device)
             writer = ShardWriterThread(cfg.image_format, cfg.quality, max_queue=max(8, 2 * cfg.batch_size))
             desc = "generate" if dist.world_size == 1 else f"generate (rank 0 of {dist.world_size})"
             bar = progress_bar(sum(len(shards[s]) for s in todo), desc, enabled=dist.is_main)

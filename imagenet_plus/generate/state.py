@@ -31,6 +31,7 @@ from imagenet_plus.contract import (
     generated_done,
     library_versions,
     make_key,
+    new_run_id,
     read_run_record,
     shard_name,
     stats_path,
@@ -68,6 +69,7 @@ class RunState:
     segments: tuple[Segment, ...]
     new_run: bool
     changed: bool
+    run_id: str | None = None
 
     def shards(self) -> list[list[PlanItem]]:
         """The plan cut into shards (shard numbers run on across segments)."""
@@ -77,7 +79,7 @@ class RunState:
         """The run.yaml record of this plan."""
         return RunRecord(config=config_to_dict(self.config), config_hash=self.run_hash, versions=library_versions(),
                          num_classes=len(self.classes), num_images=sum(s.num_items for s in self.segments),
-                         segments=self.segments)
+                         segments=self.segments, run_id=self.run_id)
 
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -232,7 +234,7 @@ def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: b
         if top_up:
             raise UserError(f"--top-up needs an existing run in {paths.root}")
         segments = (initial_segment(len(classes), cfg.images_per_class),)
-        return RunState(cfg, classes, run_hash, segments, new_run=True, changed=True)
+        return RunState(cfg, classes, run_hash, segments, new_run=True, changed=True, run_id=new_run_id())
 
     recorded = read_run_record(paths)  # the plan checked against itself (contract.run.check_plan)
     if recorded.config_hash != run_hash:
@@ -261,7 +263,8 @@ def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: b
         if counts and not already:
             segments += (top_up_segment(segments, counts, based_on, strategies),)
             changed = True
-    return RunState(cfg, classes, run_hash, segments, new_run=False, changed=changed)
+    return RunState(cfg, classes, run_hash, segments, new_run=False, changed=changed,
+                    run_id=recorded.run_id or new_run_id())
 
 
 def write_run_state(state: RunState, paths: RunPaths) -> None:

@@ -3,7 +3,9 @@
 Any model ``AutoPipelineForText2Image`` knows (SD 1.x, 2.x, sd-turbo, SDXL, FLUX.1, SD 3.5, …) by Hub id
 or local folder, plus the tiny test pipelines ``tiny-random`` (SD), ``tiny-random-flux`` and
 ``tiny-random-sd3`` (see :mod:`imagenet_plus.models.tiny`). A model that cannot be found is a
-:class:`~imagenet_plus.errors.UserError`, never a fallback to another model.
+:class:`~imagenet_plus.errors.UserError`, never a fallback to another model; a Hub id is looked up in the cache
+first and the Hub asked once, briefly (:mod:`imagenet_plus.models.hub`), so no network is a one-line error in
+seconds.
 
 Arguments are mapped per pipeline family (:func:`pipeline_kwargs`, docs/models.md): SD, SDXL and SD3 take
 a negative prompt, FLUX does not; FLUX and SD3 take ``max_sequence_length`` (T5 tokens). Loading can place
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagenet_plus.errors import UserError
+from imagenet_plus.models.hub import hub_model
 from imagenet_plus.models.registry import (
     NEGATIVE_PROMPT_FAMILIES,
     T5_FAMILIES,
@@ -60,11 +63,18 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or (os.sep != "/" and os.sep in model)
 
 
-def model_location(model: str) -> str:
+def model_location(model: str, find: bool = False) -> str:
     """Where ``from_pretrained`` should load ``model`` from (builds a tiny pipeline on demand).
 
+    Args:
+        model: Hub id, local folder or tiny model word.
+        find: for a Hub id, also decide where its files come from (:func:`imagenet_plus.models.hub.hub_model`:
+            its cached snapshot folder, or the id once the Hub answered). Without it (config checks) a Hub id is
+            returned as it is, with no network and no cache lookup.
+
     Raises:
-        UserError: a local path that does not exist.
+        UserError: a local path that does not exist, or a folder that is not a diffusers pipeline.
+        ModelUnavailable: with ``find``, a Hub id neither cached nor reachable, or not on the Hub.
     """
     tiny = tiny_builder(model)
     if tiny is not None:
@@ -76,7 +86,7 @@ def model_location(model: str) -> str:
         return str(path)
     if _looks_like_path(model):
         raise UserError(f"model path not found: {model}")
-    return model
+    return hub_model(model, f"model {model!r}", "model_index.json") if find else model
 
 
 def check_offload(offload: str, device: Any) -> None:
@@ -156,14 +166,26 @@ def compile_pipeline(pipe: Any, device: Any, backend: str = "inductor") -> list[
     return done
 
 
-def _quiet_tiny_pipeline_warnings() -> None:
-    """The tiny tokenizers are character-level: prompts are cut at 77 characters and diffusers would warn
-    on every batch. Real models keep their warnings."""
+#: The key under which a transformers tokenizer remembers it already warned that a text is longer than its maximum.
+TOO_LONG_WARNING = "sequence-length-is-longer-than-the-specified-maximum"
+
+
+def _quiet_tiny_pipeline_warnings(pipe: Any) -> None:
+    """The tiny tokenizers are character-level: prompts are cut at 77 characters, and diffusers would warn on
+    every batch (its own "truncated" warning) and the tokenizer once ("Token indices sequence length is longer
+    than the specified maximum sequence length for this model (87 > 77)": diffusers tokenizes each prompt a second
+    time, uncut, only to find what was cut). Neither says anything about the demo, so both are silenced for the
+    tiny pipelines only: diffusers' loggers, and each tokenizer marked as having warned already (the flag
+    transformers itself sets after warning once). Real models keep their warnings."""
     from diffusers.utils import logging as diffusers_logging
 
     for name in ("stable_diffusion.pipeline_stable_diffusion", "flux.pipeline_flux",
                  "stable_diffusion_3.pipeline_stable_diffusion_3"):
         diffusers_logging.get_logger(f"diffusers.pipelines.{name}").setLevel(40)
+    for component in pipe.components.values():
+        warned = getattr(component, "deprecation_warnings", None)
+        if isinstance(warned, dict):
+            warned[TOO_LONG_WARNING] = True
 
 
 def load_pipeline(model: str, device: Any, dtype_name: str = "auto", offload: str = "none",
@@ -180,16 +202,15 @@ def load_pipeline(model: str, device: Any, dtype_name: str = "auto", offload: st
         compile: apply :func:`compile_pipeline`.
 
     Raises:
-        UserError: the model is not a local folder and cannot be found on the Hub or in its cache;
-            offload without a CUDA device.
+        ModelUnavailable: a Hub id that is not in the cache while the Hub cannot be reached (within seconds, before
+            diffusers' downloads would retry), or that the Hub does not have.
+        UserError: the model does not load; offload without a CUDA device.
     """
+    check_offload(offload, device)
+    location = model_location(model, find=True)  # before diffusers is imported: no network is said in seconds
     from diffusers import AutoPipelineForText2Image
 
-    check_offload(offload, device)
-    location = model_location(model)
     dtype = resolve_dtype(dtype_name, device)
-    if tiny_builder(model) is not None:
-        _quiet_tiny_pipeline_warnings()
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype)
     except (OSError, ValueError) as exc:
@@ -197,6 +218,8 @@ def load_pipeline(model: str, device: Any, dtype_name: str = "auto", offload: st
         raise UserError(
             f"cannot load model {model!r} (not a local folder, not on the Hub or in its cache): {first}"
         ) from None
+    if tiny_builder(model) is not None:
+        _quiet_tiny_pipeline_warnings(pipe)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":

@@ -230,9 +230,7 @@ def _inline_thresholds(src: ConfigSource, sel: dict[str, Any]) -> dict[str, Any]
     if isinstance(raw, dict):
         where = src.where("select.thresholds")
         inline = {field_name(k): v for k, v in _pop(sel, "thresholds").items()}
-        if "source" in inline:
-            raise ConfigError(f"{where}: unknown key 'source'")
-        load_config(select.Thresholds, {**inline, "source": where}, None, where)
+        load_config(select.Thresholds, inline, None, where)
         return {"thresholds": inline}
     if raw is not None and not Path(str(raw)).is_file():
         raise ConfigError(f"{src.where('select')}: thresholds file not found: {raw}")

@@ -32,7 +32,9 @@ What is sent (:func:`~imagenet_plus.publish.plan.plan_publish` then :func:`run_p
   is refused; on the same commit it is left as it is.
 
 ``--dry-run`` validates, lists the repo (when the Hub can be reached) and prints what would be added,
-changed and deleted, sending nothing.
+changed and deleted, sending nothing. The token is checked first, before the release is read; then one short
+request without retries (:func:`~imagenet_plus.models.hub.probe_repo`) says whether the Hub answers at all, so
+no network is one line (a dry run: "repo not listed") within seconds.
 
 The endpoint is ``$HF_ENDPOINT`` read when publishing (default https://huggingface.co) and passed to
 ``HfApi`` explicitly; the token comes only from ``$HF_TOKEN`` or the huggingface login
@@ -51,6 +53,7 @@ from typing import Any
 
 from imagenet_plus.contract import CARD_NAME, INFO_NAME, ReleaseInfo
 from imagenet_plus.errors import UserError
+from imagenet_plus.models.hub import MISSING, UNREACHABLE, probe_repo
 from imagenet_plus.publish.config import PublishConfig
 from imagenet_plus.publish.plan import PublishPlan, PublishResult, plan_publish
 from imagenet_plus.publish.validate import ReleaseFile, validate, validate_release
@@ -239,6 +242,12 @@ def run_publish(rel: str | Path, cfg: PublishConfig) -> PublishResult:
     from huggingface_hub import HfApi, constants, get_token
 
     rel = Path(rel)
+    token = get_token()
+    if not cfg.dry_run:  # before the release is read to its end: a missing token is known at once
+        if not token:
+            raise UserError("no Hugging Face token: set HF_TOKEN or run 'hf auth login' (nothing was sent)")
+        if constants.is_offline_mode():
+            raise UserError("HF_HUB_OFFLINE is set: unset it to publish (nothing was sent)")
     info, files = validate(rel)
     card = published_card((rel / CARD_NAME).read_text(encoding="utf-8"), info, cfg)
     validate_card(card, f"{rel / CARD_NAME} (as published)")
@@ -247,20 +256,23 @@ def run_publish(rel: str | Path, cfg: PublishConfig) -> PublishResult:
     revision = cfg.revision or "main"
     url = f"{endpoint}/datasets/{cfg.repo_id}" + (f"/tree/{revision}" if cfg.revision else "")
 
-    token = get_token()
+    # one short request first (no retries): no network is one line in seconds, not half a minute of retries
+    found = probe_repo(cfg.repo_id, "dataset", token=token or False)
+    unreachable = f"cannot reach the Hugging Face Hub at {endpoint} (offline?)"
     if cfg.dry_run:
         if constants.is_offline_mode():
             return PublishResult(url, plan_publish(local, None), dry_run=True, tag=cfg.tag,
                                  note="HF_HUB_OFFLINE is set: repo not listed")
+        if found == UNREACHABLE:
+            return PublishResult(url, plan_publish(local, None), dry_run=True, tag=cfg.tag,
+                                 note=f"{unreachable}: repo not listed")
         api = HfApi(endpoint=endpoint, token=token or False)
         with _hub_errors(cfg.repo_id, endpoint, token, lambda: "list the repo"):
-            remote = _remote_files(api, cfg.repo_id, revision)
+            remote = _remote_files(api, cfg.repo_id, revision) if found != MISSING else {}
         return PublishResult(url, plan_publish(local, remote), dry_run=True, tag=cfg.tag)
 
-    if not token:
-        raise UserError("no Hugging Face token: set HF_TOKEN or run 'hf auth login' (nothing was sent)")
-    if constants.is_offline_mode():
-        raise UserError("HF_HUB_OFFLINE is set: unset it to publish (nothing was sent)")
+    if found == UNREACHABLE:
+        raise UserError(f"{unreachable}: nothing was sent")
     api = HfApi(endpoint=endpoint, token=token)
     step = "create the repo"
     with _hub_errors(cfg.repo_id, endpoint, token, lambda: step):

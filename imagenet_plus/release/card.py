@@ -36,6 +36,7 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.errors import UserError
 from imagenet_plus.models.registry import model_license  # noqa: F401 (the card's licence follows the model's)
+from imagenet_plus.select.config import non_default_thresholds
 
 if TYPE_CHECKING:
     from imagenet_plus.release.sources import ReleaseSources
@@ -261,14 +262,13 @@ def _class_rows(inp: CardInputs) -> list[dict[str, Any]]:
 
 def _selection_context(inp: CardInputs, released: int) -> dict[str, Any]:
     sel = inp.selection
-    th = {k: v for k, v in ((sel.thresholds if sel else None) or {}).items() if v not in (None, False)}
     scored = (sel.num_scored if sel else 0) or 0
     passed = sel.num_passed if sel else 0
     listed = ", ".join(inp.small[:MAX_LISTED_CLASSES])
     if len(inp.small) > MAX_LISTED_CLASSES:
         listed += f" and {len(inp.small) - MAX_LISTED_CLASSES} more"
     return {
-        "thresholds": ", ".join(f"`{k}: {v}`" for k, v in th.items()) or "defaults",
+        "thresholds": ", ".join(f"`{k}: {v}`" for k, v in non_default_thresholds(sel.thresholds if sel else None)),
         "quota": sel.per_class_quota if sel else None,
         "num_kept": sel.num_kept if sel else released,
         "num_scored": scored,

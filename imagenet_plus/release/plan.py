@@ -23,7 +23,7 @@ import numpy as np
 
 from imagenet_plus.contract import COMPOSITE, KEY_PATTERN, RunPaths, read_class_records
 from imagenet_plus.errors import UserError
-from imagenet_plus.release.config import ReleaseConfig
+from imagenet_plus.release.config import ReleaseConfig, val_per_class_for
 
 
 def num_shards_for(n: int, shard_size: int) -> int:
@@ -210,7 +210,8 @@ def plan_release(paths: RunPaths, cfg: ReleaseConfig) -> ReleasePlan:
     ends = np.cumsum(np.bincount(class_index, minlength=len(classes)))
     for ci, (start, end) in enumerate(zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True)):
         kept[classes[ci]["id"]] = [keys[i] for i in order[start:end].tolist()]
-    train, val = split_train_validation(kept, cfg.val_per_class, cfg.seed, cfg.small_classes)
+    val_per_class = val_per_class_for(map(len, kept.values()), cfg.val_per_class)
+    train, val = split_train_validation(kept, val_per_class, cfg.seed, cfg.small_classes)
     return ReleasePlan(classes=classes, rows=KeyRows(keys, paths.selection_parquet), class_index=class_index,
                        composite=composite,
-                       splits={"train": train, "validation": val}, small=small_classes(kept, cfg.val_per_class))
+                       splits={"train": train, "validation": val}, small=small_classes(kept, val_per_class))

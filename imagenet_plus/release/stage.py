@@ -23,10 +23,12 @@ the score columns), :mod:`~imagenet_plus.release.writer` (shards, ``_info.json``
 Freshness: :func:`stage_inputs` declares what a release is made from (its settings, the ``select`` stage it
 reads, ``selection.parquet`` and ``classes.json``); its fingerprint (:mod:`imagenet_plus.pipeline.freshness`)
 is recorded in ``RUN/state/release.json`` and in ``_info.json``, so a release folder says which run state made
-it. Releasing again into a folder that holds the same fingerprint is a no-op; a folder holding anything else
-(another release, other files) is refused. The image folder works the same way (``DIR.partial``, fingerprint
-in ``DIR/.imagenet-plus-release.json``). Both are built in ``NAME.partial`` and swapped in only when complete,
-so a failure never leaves half a release under the final name. A ``NAME.partial`` is the project's only when it
+it. Releasing again into a folder that holds the same fingerprint is a no-op; one holding this run's own earlier
+release (after a top-up, other thresholds…) is rebuilt and swapped in (:mod:`~imagenet_plus.release.ownership`);
+a folder holding anything else (another run's release, other files) is refused. The image folder works the
+same way (``DIR.partial``, fingerprint in ``DIR/.imagenet-plus-release.json``). Both are built in
+``NAME.partial`` and swapped in only when complete, so a failure never leaves half a release under the final
+name. A ``NAME.partial`` is the project's only when it
 holds the marker file ``.imagenet-plus``; the process building it holds a lock on that file, so a second
 ``release`` to the same ``--out`` stops at once ("REL is in use by pid N on HOST"). An unmarked ``NAME.partial``
 (a user's folder), and an ``--out`` that names no folder of its own (``.``, ``..``, the current folder or one
@@ -39,11 +41,20 @@ import contextlib
 import logging
 from pathlib import Path
 
-from imagenet_plus.contract import IMAGEFOLDER_MARKER, ReleaseInfo, ReleasePaths, RunPaths, run_paths
+from imagenet_plus.contract import (
+    IMAGEFOLDER_MARKER,
+    ReleaseInfo,
+    ReleasePaths,
+    RunPaths,
+    RunRecord,
+    read_run_record,
+    run_paths,
+)
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import claimed_partial
 from imagenet_plus.pipeline.freshness import StageInputs, fingerprint, is_current, mark_current
 from imagenet_plus.release.config import ReleaseConfig
+from imagenet_plus.release.ownership import replaceable_imagefolder, replaceable_release
 from imagenet_plus.release.plan import plan_release
 from imagenet_plus.release.sources import ReleaseSources, index_generated, read_release_scores
 from imagenet_plus.release.writer import (
@@ -120,7 +131,8 @@ def run_release(run: str | Path, out: str | Path, cfg: ReleaseConfig) -> Path:
         raise UserError(f"{paths.selection_parquet} not found: run 'imagenet-plus select {paths.root}' before release")
     inputs = stage_inputs(paths.root, out, cfg)
     fp = fingerprint(paths, inputs)
-    rel_done, folder_done = _done(out, folder, fp)
+    run = read_run_record(paths)
+    rel_done, folder_done = _done(out, folder, fp, run)
     if rel_done and folder_done:
         log.info("release %s is up to date (fingerprint %s)", out, fp)
         if not is_current(paths, inputs):  # made from these inputs, but its record is missing: write it
@@ -128,20 +140,22 @@ def run_release(run: str | Path, out: str | Path, cfg: ReleaseConfig) -> Path:
         return out
     # one process builds a folder at a time: the lock is its partial folder's ("REL is in use by pid N on HOST")
     with claimed_partial(out), claimed_partial(folder) if folder is not None else contextlib.nullcontext():
-        rel_done, folder_done = _done(out, folder, fp)  # again under the lock: another process may have built it
+        rel_done, folder_done = _done(out, folder, fp, run)  # again under the lock: another process may have built it
         plan = plan_release(paths, cfg)
         index = index_generated(paths, plan.rows)
         sources = ReleaseSources(plan, index, read_release_scores(paths, plan.rows))
         info = ReleaseInfo.read(ReleasePaths(out).info_json) if rel_done else write_release(paths, out, cfg, fp,
                                                                                              sources)
         if folder is not None and not folder_done:
-            write_imagefolder(folder, fp, sources)
+            write_imagefolder(folder, fp, sources, run)
     mark_current(paths, inputs, _facts(out, info))
     return out
 
 
-def _done(out: Path, folder: Path | None, fp: str) -> tuple[bool, bool]:
-    """Whether the release folder and the image folder (True when none is asked for) already hold this build."""
-    rel_done = check_target(out, release_fingerprint_of, fp, "--out")
-    folder_done = check_target(folder, imagefolder_fingerprint_of, fp, "--imagefolder") if folder else True
+def _done(out: Path, folder: Path | None, fp: str, run: RunRecord) -> tuple[bool, bool]:
+    """Whether the release folder and the image folder (True when none is asked for) already hold this build; an
+    earlier build made from this same run may be replaced (:mod:`~imagenet_plus.release.ownership`)."""
+    rel_done = check_target(out, release_fingerprint_of, fp, "--out", lambda f: replaceable_release(f, run))
+    folder_done = check_target(folder, imagefolder_fingerprint_of, fp, "--imagefolder",
+                               lambda f: replaceable_imagefolder(f, run)) if folder else True
     return rel_done, folder_done

@@ -2,8 +2,9 @@
 
 Both folders are built in ``NAME.partial`` and swapped in only when complete
 (:func:`~imagenet_plus.io.atomic.building_folder`), so a failure never leaves half a release under the final
-name. A target folder is written only when it is absent, empty, or already holds this very release (then it
-is left alone); one holding another release or other files is refused (:func:`check_target`).
+name. A target folder is written only when it is absent, empty, already holds this very release (then it is
+left alone) or holds this run's own earlier release (:mod:`~imagenet_plus.release.ownership`: then it is
+replaced); one holding another release or other files is refused (:func:`check_target`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from imagenet_plus.contract import (
     ReleaseInfo,
     ReleasePaths,
     RunPaths,
+    RunRecord,
     SplitInfo,
     read_run_yaml,
     release_shard_name,
@@ -61,14 +63,17 @@ def _recorded(read: Callable[[], str]) -> str | None:
         return None
 
 
-def check_target(folder: Path, recorded: Callable[[Path], str | None], fingerprint: str, what: str) -> bool:
-    """True when ``folder`` already holds this build; False when it is absent or empty; else UserError.
+def check_target(folder: Path, recorded: Callable[[Path], str | None], fingerprint: str, what: str,
+                 replaceable: Callable[[Path], bool] | None = None) -> bool:
+    """True when ``folder`` already holds this build; False when it is absent or empty, or holds an earlier build
+    that ``replaceable`` says may be replaced (:mod:`~imagenet_plus.release.ownership`); else UserError.
 
     Args:
         folder: the target folder.
         recorded: reads the fingerprint a folder records (:func:`release_fingerprint_of`, …).
         fingerprint: the fingerprint of the build.
         what: the option that named the folder (for the message).
+        replaceable: whether a folder holding another fingerprint is this run's own, to be rebuilt.
     """
     if not folder.exists():
         return False
@@ -81,9 +86,11 @@ def check_target(folder: Path, recorded: Callable[[Path], str | None], fingerpri
         return True
     if found is None:
         raise UserError(f"{folder} is not empty and holds no imagenet-plus release: choose another {what} folder")
+    if replaceable is not None and replaceable(folder):
+        return False
     raise UserError(
-        f"{folder} holds a different release (fingerprint {found}, this one {fingerprint}): "
-        f"choose another {what} folder or delete it"
+        f"{folder} holds a different release, not one made from this run (fingerprint {found}, this one "
+        f"{fingerprint}): choose another {what} folder or delete it"
     )
 
 
@@ -169,6 +176,7 @@ def write_release(paths: RunPaths, out: Path, cfg: ReleaseConfig, fingerprint: s
             classes=[{"label": c["label"], "id": c["id"], "name": c["name"]} for c in classes],
             config_hash=run_yaml.get("config_hash"),
             splits=written.info,
+            run_id=run_yaml.get("run_id"),
         )
         rel = ReleasePaths(tmp)
         info.write(rel.info_json)
@@ -183,7 +191,7 @@ def write_release(paths: RunPaths, out: Path, cfg: ReleaseConfig, fingerprint: s
 # the image-folder export
 
 
-def write_imagefolder(folder: Path, fingerprint: str, sources: ReleaseSources) -> None:
+def write_imagefolder(folder: Path, fingerprint: str, sources: ReleaseSources, run: RunRecord | None = None) -> None:
     """``folder/{train,val}/{class_id}/{key}.JPEG`` (torchvision's ImageFolder layout) and the marker, swapped in."""
     with building_folder(folder) as tmp:
         splits = sources.plan.splits
@@ -199,4 +207,5 @@ def write_imagefolder(folder: Path, fingerprint: str, sources: ReleaseSources) -
                         bar.update(1)
         finally:
             bar.close()
-        ImageFolderMarker(fingerprint=fingerprint).write(tmp / IMAGEFOLDER_MARKER)
+        ImageFolderMarker(fingerprint=fingerprint, config_hash=run.config_hash if run else None,
+                          run_id=run.run_id if run else None).write(tmp / IMAGEFOLDER_MARKER)

@@ -37,6 +37,7 @@ from imagenet_plus.report.sheets import (
     wanted_images,
 )
 from imagenet_plus.report.tables import TABLE_COLUMNS, group_table, per_class_table, sample_classes
+from imagenet_plus.select.config import non_default_thresholds
 
 #: The per-class table's file in the report folder (every class; the page shows the first rows).
 PER_CLASS_CSV = "per_class.csv"
@@ -91,7 +92,7 @@ def scores_section(inputs: ReportInputs, hist: Histograms, out: Path) -> Section
     if selection is None:
         notes.append("No selection yet (run 'imagenet-plus select'): histograms show all images, no thresholds.")
     else:
-        used = {k: v for k, v in (thresholds or {}).items() if v is not None and v is not False} or None
+        used = ", ".join(f"{k}: {v}" for k, v in non_default_thresholds(thresholds)) or "none"
         reasons = [[k, v] for k, v in sorted((selection.reasons or {}).items(), key=lambda kv: -kv[1])]
     return Section("scores", "scores", "Score distributions",
                    {"image": image, "notes": notes, "thresholds": used, "reasons": reasons})

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ class Thresholds:
         class_fid_max: a class whose FID exceeds this is flagged or dropped, or None.
         class_fid_action: ``flag`` (list it in selection.json) or ``drop`` (drop all its images).
         diversity: weight of CLIP diversity against the composite when filling the quota (0..1).
+        source: where they were read from, named in select's errors (not a key of the file: set by
+            :func:`load_thresholds`).
     """
 
     clip_score_min: float | None = None
@@ -43,10 +46,9 @@ class Thresholds:
     class_fid_max: float | None = None
     class_fid_action: str = "flag"
     diversity: float = 0.3
-    source: str = "thresholds"
+    source: str = field(default="thresholds", init=False, compare=False)
 
     def __post_init__(self) -> None:
-        src = self.source
         ranges = {
             "clip_score_min": (0.0, 100.0),
             "clip_class_prob_min": (0.0, 1.0),
@@ -59,12 +61,17 @@ class Thresholds:
         for name, (lo, hi) in ranges.items():
             value = getattr(self, name)
             if value is not None and not lo <= value <= hi:  # NaN fails the comparison too
-                raise ConfigError(f"{src}: key '{name}' is out of range: {value} (must be within {lo:g}..{hi:g})")
+                raise ConfigError(f"key '{name}' is out of range: {value} (must be within {lo:g}..{hi:g})")
         if self.class_fid_action not in CLASS_FID_ACTIONS:
             raise ConfigError(
-                f"{src}: key 'class_fid_action' must be one of {', '.join(CLASS_FID_ACTIONS)}, "
-                f"got {self.class_fid_action!r}"
+                f"key 'class_fid_action' must be one of {', '.join(CLASS_FID_ACTIONS)}, got {self.class_fid_action!r}"
             )
+
+    def named(self, source: str) -> Thresholds:
+        """These thresholds, read from ``source`` (the file select's errors name)."""
+        out = replace(self)
+        object.__setattr__(out, "source", source)  # not an init field: no key of the file can set it
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The thresholds as written to selection.json (without ``source``)."""
@@ -77,14 +84,43 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
     """Read a thresholds YAML (None gives the defaults).
 
     Raises:
-        UserError: the file is missing or malformed, has an unknown key, or a value out of range.
+        UserError: the file is missing or malformed, has an unknown key, or a value out of range (named with
+            the file).
     """
     if path is None:
         return Thresholds()
-    mapping = load_yaml_mapping(path)
-    if "source" in mapping:
-        raise ConfigError(f"{path}: unknown key 'source'")
-    return config_from_mapping(Thresholds, {**mapping, "source": str(path)}, str(path))
+    return config_from_mapping(Thresholds, load_yaml_mapping(path), str(path)).named(str(path))
+
+
+def _shown(value: Any) -> str:
+    """A threshold's value as its YAML file spells it: ``true``/``false``, ``none``, ``0.0``, ``flag``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "none" if value is None else str(value)
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Equal and of the same kind: ``0.0`` is not the default ``None``, ``0`` is not the default ``False``."""
+    if value is None or default is None or isinstance(value, bool) or isinstance(default, bool):
+        return value is default
+    return value == default
+
+
+def non_default_thresholds(thresholds: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The thresholds that differ from :class:`Thresholds`' defaults, as ``(key, value as YAML spells it)`` pairs.
+
+    The one rendering of select's thresholds, used by the dataset card and the report alike. Only ``None`` means
+    "not set": ``clip_class_prob_min: 0.0`` and ``drop_duplicates: false`` are settings and are shown. Keys in
+    :class:`Thresholds`' order; keys it does not know (a ``selection.json`` written by another version) follow.
+
+    Args:
+        thresholds: select's thresholds as ``selection.json`` records them (``Thresholds.to_dict()``), or None.
+    """
+    given = dict(thresholds or {})
+    defaults = Thresholds().to_dict()
+    names = [*defaults, *sorted(k for k in given if k not in defaults)]
+    return [(name, _shown(given[name])) for name in names
+            if name in given and not (name in defaults and _same(given[name], defaults[name]))]
 
 
 @dataclass(frozen=True)

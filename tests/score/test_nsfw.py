@@ -98,7 +98,7 @@ def test_detector_without_an_nsfw_label_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_detector_is_a_one_line_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="cannot load NSFW detector 'nobody/no-such-detector'") as err:
+    with pytest.raises(UserError, match="NSFW detector 'nobody/no-such-detector' is not in the local cache") as err:
         NsfwScorer("nobody/no-such-detector")
     assert "\n" not in err.value.message
     (tmp_path / "empty").mkdir()

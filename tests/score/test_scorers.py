@@ -63,7 +63,7 @@ def test_tiny_clip_roundtrip_and_batch_invariance():
 def test_clip_missing_model_is_a_user_error(tmp_path: Path):
     from imagenet_plus.score.scorers.clip import ClipScorer
 
-    with pytest.raises(UserError, match="cannot load CLIP model 'nobody/no-such-clip'"):
+    with pytest.raises(UserError, match="CLIP model 'nobody/no-such-clip' is not in the local cache"):
         ClipScorer("nobody/no-such-clip")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no config.json"):
@@ -146,7 +146,7 @@ def test_inception_default_weights_offline_is_a_user_error(monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(fe, "load_state_dict_from_url", offline)
-    with pytest.raises(UserError, match="default InceptionV3 weights .* pass --inception-weights"):
+    with pytest.raises(UserError, match="InceptionV3 weights file is not in the local cache.*--inception-weights"):
         InceptionScorer(None)
 
 
@@ -174,7 +174,7 @@ def test_tiny_classifier_and_errors(tmp_path: Path):
     save_for_hf(ten, str(tmp_path / "ten"), safe_serialization=True)
     with pytest.raises(UserError, match="predicts 10 classes"):
         ClassifierScorer(str(tmp_path / "ten"))
-    with pytest.raises(UserError, match="cannot load classifier 'resnet18.a1_in1k'"):
+    with pytest.raises(UserError, match="classifier 'resnet18.a1_in1k' is not in the local cache.*hf download timm/"):
         ClassifierScorer("resnet18.a1_in1k")  # a real name whose weights are not cached (offline)
 
 

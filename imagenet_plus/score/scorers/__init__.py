@@ -9,9 +9,11 @@ All scorers take the same input: a list of decoded images as ``uint8`` tensors o
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 from imagenet_plus.errors import UserError
+from imagenet_plus.models.hub import hub_model
 
 
 def decode_image(data: bytes, name: str) -> Any:
@@ -33,6 +35,18 @@ def decode_image(data: bytes, name: str) -> Any:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"unreadable image {name}: {exc}") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def pretrained_source(source: str, what: str) -> str:
+    """Where transformers should load ``source`` from: a local folder as it is; a Hub id as
+    :func:`~imagenet_plus.models.hub.hub_model` decides (its cached snapshot, or the id once the Hub answered).
+
+    Called before transformers is imported, so no network is named in seconds.
+
+    Raises:
+        ModelUnavailable: a Hub id neither in the Hugging Face cache nor reachable, or not on the Hub.
+    """
+    return source if Path(source).exists() else hub_model(source, what, "config.json")
 
 
 def load_pretrained(model_class: Any, processor_class: Any, source: str, what: str, device: Any) -> tuple[Any, Any]:

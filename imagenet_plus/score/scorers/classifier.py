@@ -17,6 +17,7 @@ from typing import Any
 
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.cache import cache_dir
+from imagenet_plus.models.hub import hub_model
 from imagenet_plus.models.tiny import TINY_RANDOM, write_once
 
 #: Default classifier (timm name with pretrained tag).
@@ -67,6 +68,42 @@ def timm_name(name: str) -> str:
     return name
 
 
+#: Weight files of a timm model on the Hub, in the order timm looks for them.
+TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def timm_weights(model_id: str, what: str) -> tuple[str, dict[str, Any]]:
+    """Where ``timm.create_model(model_id, pretrained=True)`` should take the weights from, decided first by
+    :func:`~imagenet_plus.models.hub.hub_model` (the Hugging Face cache, else one short look at the Hub).
+
+    Returns:
+        ``(model id, extra create_model arguments)``: a cached ``hf-hub:`` model as ``local-dir:`` of its snapshot;
+        a cached timm name with ``pretrained_cfg_overlay={"file": cached weights}``; anything else unchanged (timm
+        downloads it: the Hub answered).
+
+    Raises:
+        ModelUnavailable: the weights are not cached and the Hub cannot be reached, or has no such repo.
+    """
+    import timm
+
+    if model_id.startswith("hf-hub:"):
+        repo = model_id[len("hf-hub:"):]
+        found = hub_model(repo, what, "config.json")
+        return (f"local-dir:{found}" if found != repo else model_id), {}
+    if model_id.startswith("local-dir:"):
+        return model_id, {}
+    cfg = timm.models.get_pretrained_cfg(model_id)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:  # weights behind a URL of timm's own (older models): left to timm
+        return model_id, {}
+    files = (cfg.hf_hub_filename,) if getattr(cfg, "hf_hub_filename", None) else TIMM_WEIGHT_FILES
+    found = hub_model(repo, what, files)
+    if found == repo:
+        return model_id, {}
+    weights = next((Path(found) / f for f in files if (Path(found) / f).is_file()), None)
+    return model_id, ({"pretrained_cfg_overlay": {"file": str(weights)}} if weights else {})
+
+
 def imagenet_targets(class_ids: list[str]) -> list[int | None]:
     """ImageNet-1k label of each class id (a wnid), ``None`` for classes outside ImageNet-1k."""
     from timm.data import ImageNetInfo
@@ -89,9 +126,9 @@ class ClassifierScorer:
         from timm.data import resolve_model_data_config
 
         self.name = name
-        model_id = timm_name(name)
+        model_id, weights = timm_weights(timm_name(name), f"classifier '{name}'")
         try:
-            model = timm.create_model(model_id, pretrained=True)
+            model = timm.create_model(model_id, pretrained=True, **weights)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(

@@ -14,7 +14,7 @@ from typing import Any
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.cache import cache_dir
 from imagenet_plus.models.tiny import TINY_RANDOM, tiny_clip_tokenizer, write_once
-from imagenet_plus.score.scorers import load_pretrained
+from imagenet_plus.score.scorers import load_pretrained, pretrained_source
 
 #: Default CLIP model (a Hub id; must be in the local Hugging Face cache when offline).
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -68,17 +68,19 @@ class ClipScorer:
     """
 
     def __init__(self, name: str, device: Any = "cpu") -> None:
-        import torch
-        from transformers import CLIPModel, CLIPProcessor
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
         self.name = name
         source = str(tiny_clip_dir()) if name == TINY_RANDOM else name
         if source != name or Path(name).exists():
             if not (Path(source) / "config.json").is_file():
                 raise UserError(f"CLIP model folder {source} has no config.json")
-        self.model, self.processor = load_pretrained(CLIPModel, CLIPProcessor, source, f"CLIP model '{name}'", device)
+        what = f"CLIP model '{name}'"
+        source = pretrained_source(source, what)
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.model, self.processor = load_pretrained(CLIPModel, CLIPProcessor, source, what, device)
         self.device = torch.device(device)
         self.logit_scale = float(self.model.logit_scale.exp().item())
         self._text_cache: dict[str, Any] = {}

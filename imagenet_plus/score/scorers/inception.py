@@ -21,6 +21,7 @@ from typing import Any
 
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.cache import cache_dir
+from imagenet_plus.models.hub import url_file
 from imagenet_plus.models.tiny import TINY_RANDOM, write_once
 
 #: Feature layers the score stage asks for.
@@ -195,6 +196,9 @@ class InceptionScorer:
         path, self.weights_id = resolve_inception_weights(weights)
         if path is not None:
             check_state_dict(path)
+        else:  # torch-fidelity's default weights: in torch.hub's checkpoint folder, or downloadable now
+            url_file(URL_INCEPTION_V3, Path(torch.hub.get_dir()) / "checkpoints" / Path(URL_INCEPTION_V3).name,
+                     "torch-fidelity's InceptionV3 weights file", "pass --inception-weights PATH")
         try:
             model = FeatureExtractorInceptionV3(EXTRACTOR_NAME, list(FEATURES), feature_extractor_weights_path=path)
         except RuntimeError as exc:  # load_state_dict: missing keys / size mismatch; or not a torch file

@@ -17,7 +17,7 @@ from typing import Any
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.cache import cache_dir
 from imagenet_plus.models.tiny import TINY_RANDOM, write_once
-from imagenet_plus.score.scorers import load_pretrained
+from imagenet_plus.score.scorers import load_pretrained, pretrained_source
 
 #: Default detector (a Hub id; must be in the local Hugging Face cache when offline).
 DEFAULT_NSFW = "Falconsai/nsfw_image_detection"
@@ -66,17 +66,19 @@ class NsfwScorer:
     """
 
     def __init__(self, model_id: str = DEFAULT_NSFW, device: Any = "cpu") -> None:
+        self.model_id = model_id
+        source = str(tiny_nsfw_dir()) if model_id == TINY_RANDOM else model_id
+        if (source != model_id or Path(model_id).exists()) and not (Path(source) / "config.json").is_file():
+            raise UserError(f"NSFW detector folder {source} has no config.json")
+        what = f"NSFW detector '{model_id}'"
+        source = pretrained_source(source, what)
         import torch
         from transformers import AutoImageProcessor, AutoModelForImageClassification
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        self.model_id = model_id
-        source = str(tiny_nsfw_dir()) if model_id == TINY_RANDOM else model_id
-        if (source != model_id or Path(model_id).exists()) and not (Path(source) / "config.json").is_file():
-            raise UserError(f"NSFW detector folder {source} has no config.json")
         self.model, self.processor = load_pretrained(AutoModelForImageClassification, AutoImageProcessor, source,
-                                                     f"NSFW detector '{model_id}'", device)
+                                                     what, device)
         self.device = torch.device(device)
         labels = {int(i): str(name) for i, name in self.model.config.id2label.items()}
         self.nsfw_indices = sorted(i for i, name in labels.items() if name.strip().lower() in NSFW_LABELS)
