@@ -55,11 +55,14 @@ from imagenet_plus.contract.diagnosis import (  # noqa: F401
     read_remedy_strategies_file,
 )
 from imagenet_plus.contract.generated import (  # noqa: F401
+    COMMON_SAMPLE_FIELDS,
+    REAL_IMAGE_FIELDS,
     SAMPLE_FIELDS,
     ShardStats,
     clean_partials,
     done_shards,
     generated_done,
+    real_image_fields,
     stats_path,
 )
 from imagenet_plus.contract.names import (  # noqa: F401

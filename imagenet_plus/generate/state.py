@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from imagenet_plus.contract import (
     write_run_yaml,
 )
 from imagenet_plus.errors import UserError
-from imagenet_plus.generate.config import GenerateConfig, hashed_settings
+from imagenet_plus.generate.config import GenerateConfig, hashed_settings, run_settings
+from imagenet_plus.generate.inputs import RunInputs, check_paired_images, resolve_inputs, without_labels
 from imagenet_plus.generate.plan import (
     PlanItem,
     Segment,
@@ -39,7 +40,7 @@ from imagenet_plus.generate.plan import (
     plan_shards,
     top_up_segment,
 )
-from imagenet_plus.pipeline.config import config_to_dict, stable_hash
+from imagenet_plus.pipeline.config import stable_hash
 from imagenet_plus.pipeline.freshness import StageInputs
 
 #: The stage's name: its record ``RUN/state/generate.json`` and its marker folder ``RUN/markers/generate``.
@@ -58,6 +59,7 @@ class RunState:
     segments: tuple[Segment, ...]
     new_run: bool
     changed: bool
+    inputs: RunInputs = RunInputs()
 
     def shards(self) -> list[list[PlanItem]]:
         """The plan cut into shards (shard numbers run on across segments)."""
@@ -65,7 +67,8 @@ class RunState:
 
     def record(self) -> RunRecord:
         """The run.yaml record of this plan."""
-        return RunRecord(config=config_to_dict(self.config), config_hash=self.run_hash, versions=library_versions(),
+        config = run_settings(self.config, self.inputs.fingerprint)
+        return RunRecord(config=config, config_hash=self.run_hash, versions=library_versions(),
                          num_classes=len(self.classes), num_images=sum(s.num_items for s in self.segments),
                          segments=self.segments)
 
@@ -120,13 +123,19 @@ def _recorded_count(paths: RunPaths, recorded: RunRecord, key: str) -> int:
     return value
 
 
-def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: bool = False) -> RunState:
+def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: bool = False,
+                   check_real: bool = True) -> RunState:
     """Check the run folder against the config and work out the plan (reads only, writes nothing).
+
+    The run's inputs are resolved here (:func:`~imagenet_plus.generate.inputs.resolve_inputs`: real images and their
+    fingerprint, which is part of the hash; the captioner and prompt model checked); with ``check_real`` the real
+    images paired with the images the plan adds are opened (:func:`~imagenet_plus.generate.inputs.check_paired_images`).
 
     Raises:
         UserError: ``RUN`` is a file; it was made with another config or class set; images per class
             would shrink; ``--top-up`` without a selection; ``--remedy`` without ``--top-up`` or a diagnosis;
-            a run.yaml that does not read back.
+            a run.yaml that does not read back; real images missing or unreadable; an absent captioner or
+            prompt model.
     """
     if remedy and not top_up:
         raise UserError("--remedy only works with --top-up (it sets the prompt strategy of the new indices)")
@@ -136,14 +145,15 @@ def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: b
     classes = resolve_classes(cfg.classes, class_limit=cfg.class_limit)
     for c in classes:
         make_key(c.id, 0)  # every class id must give valid keys
-    hashed = hashed_settings(cfg)
+    inputs = resolve_inputs(cfg, classes)
+    hashed = hashed_settings(run_settings(cfg, inputs.fingerprint))
     run_hash = stable_hash({"config": hashed, "classes": [c.to_dict() for c in classes]})
 
     if not paths.run_yaml.exists():
         if top_up:
             raise UserError(f"--top-up needs an existing run in {paths.root}")
         segments = (initial_segment(len(classes), cfg.images_per_class),)
-        return RunState(cfg, classes, run_hash, segments, new_run=True, changed=True)
+        return _with_inputs(RunState(cfg, classes, run_hash, segments, True, True, inputs), 0, check_real)
 
     recorded = read_run_record(paths)
     if recorded.config_hash != run_hash:
@@ -170,7 +180,18 @@ def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: b
         if counts and not already:
             segments += (top_up_segment(segments, counts, based_on, strategies),)
             changed = True
-    return RunState(cfg, classes, run_hash, segments, new_run=False, changed=changed)
+    state = RunState(cfg, classes, run_hash, segments, False, changed, inputs)
+    return _with_inputs(state, len(recorded.segments), check_real)
+
+
+def _with_inputs(state: RunState, first_new: int, check_real: bool) -> RunState:
+    """The new segments (from ``first_new`` on) without the classes skipped for lack of real images, and their
+    paired real images checked (with ``check_real``)."""
+    skipped = state.inputs.skipped_labels(state.classes)
+    new = tuple(s for s in (without_labels(seg, skipped) for seg in state.segments[first_new:]) if s.ranges)
+    if check_real:
+        check_paired_images(new, [c.id for c in state.classes], state.config, state.inputs)
+    return replace(state, segments=state.segments[:first_new] + new)
 
 
 def write_run_state(state: RunState, paths: RunPaths) -> None:
@@ -201,7 +222,7 @@ def stage_inputs(run: str | Path, cfg: GenerateConfig) -> StageInputs:
         UserError: as :func:`plan_run_state` (the run folder holds another config, …).
     """
     paths = RunPaths(Path(run))
-    return inputs_of(paths, plan_run_state(cfg, paths, top_up=False))
+    return inputs_of(paths, plan_run_state(cfg, paths, top_up=False, check_real=False))
 
 
 def planned_keys(run: str | Path) -> list[str]:
