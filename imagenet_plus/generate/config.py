@@ -93,7 +93,7 @@ class GenerateConfig:
         None, f"Language model of the llm strategy (default {DEFAULT_PROMPT_MODEL}; tiny-random for tests).")
     llm_prompts_per_class: int = setting(10, "Scene descriptions the prompt model writes per class (llm strategy).")
     init_strength: float | None = setting(
-        None, "img2img from the paired real image with this strength, 0 < S < 1 (needs --real).")
+        None, "img2img from the paired real image with this strength, 0 < S < 1 (needs real images).")
 
     def __post_init__(self) -> None:
         src = "generate config"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any
 from imagenet_plus.classes.llm import LlmSettings, read_llm_prompts, write_llm_prompts
 from imagenet_plus.classes.prompts import choose_strategy
 from imagenet_plus.classes.sets import ClassInfo
+from imagenet_plus.contract.names import CAPTIONER_JSON, CAPTIONS_DIR
 from imagenet_plus.errors import ModelUnavailable, UserError
 from imagenet_plus.generate.config import GenerateConfig
 from imagenet_plus.generate.images import caption_pairs, plan_images
@@ -207,19 +208,26 @@ def llm_settings(cfg: GenerateConfig) -> LlmSettings:
     return LlmSettings(model=str(cfg.prompt_model), per_class=cfg.llm_prompts_per_class, seed=cfg.seed)
 
 
-def wait_for_descriptions(run: Path, classes: Sequence[ClassInfo], per_class: int, check: Any,
-                          poll: float = WAIT_SECONDS) -> dict[str, tuple[str, ...]]:
-    """Another process writes ``RUN/llm_prompts.json``: poll until it holds every class (``check()`` raises when
-    the writer failed)."""
+def wait_for(ready: Callable[[], Any], check: Callable[[], None], poll: float = WAIT_SECONDS) -> Any:
+    """Poll until ``ready()`` returns something true (what another process writes); ``check()`` raises when that
+    process failed."""
     while True:
         check()
-        try:
-            found = read_llm_prompts(run)
-        except UserError:
-            found = {}
-        if all(len(found.get(c.id, ())) == per_class for c in classes):
-            return {c.id: found[c.id] for c in classes}
+        found = ready()
+        if found:
+            return found
         time.sleep(poll)
+
+
+def _descriptions_if_complete(run: Path, classes: Sequence[ClassInfo], per_class: int
+                              ) -> dict[str, tuple[str, ...]] | None:
+    try:
+        found = read_llm_prompts(run)
+    except UserError:  # not written yet
+        return None
+    if all(len(found.get(c.id, ())) == per_class for c in classes):
+        return {c.id: found[c.id] for c in classes}
+    return None
 
 
 def prepare_texts(run: Path, cfg: GenerateConfig, classes: Sequence[ClassInfo], real: RealIndex | None,
@@ -242,16 +250,20 @@ def prepare_texts(run: Path, cfg: GenerateConfig, classes: Sequence[ClassInfo], 
     """
     captions = None
     if "caption" in cfg.prompt_strategy and real is not None:
+        settings = caption_settings(cfg)
+        if is_main:  # the captioner's record is written (or checked) once, before any process captions
+            CaptionCache(run, settings)
+        else:
+            wait_for(lambda: (Path(run) / CAPTIONS_DIR / CAPTIONER_JSON).is_file(), check)
         pairs = {s: caption_pairs(plan_images(items, cfg, classes, real)) for s, items in shards.items()}
-        captions = caption_shards(run, pairs, caption_settings(cfg), load_real_image, device=device,
-                                  show_progress=is_main)
+        captions = caption_shards(run, pairs, settings, load_real_image, device=device, show_progress=is_main)
     descriptions: dict[str, tuple[str, ...]] = {}
     if "llm" in cfg.prompt_strategy:
-        settings = llm_settings(cfg)
+        llm = llm_settings(cfg)
         if is_main:
-            descriptions = write_llm_prompts(run, classes, settings, device=device, show_progress=True)
+            descriptions = write_llm_prompts(run, classes, llm, device=device, show_progress=True)
         elif shards:
-            descriptions = wait_for_descriptions(run, classes, settings.per_class, check)
+            descriptions = wait_for(lambda: _descriptions_if_complete(run, classes, llm.per_class), check)
     _free_accelerator_memory(device)
     return RunTexts(captions, descriptions)
 

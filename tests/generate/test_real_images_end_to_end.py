@@ -109,3 +109,36 @@ def test_caption_img2img_run_resumes_after_sigkill_and_releases_with_the_real_im
         run_publish(rel, PublishConfig(repo_id="someone/real-fake", dry_run=True))
     result = run_publish(rel, PublishConfig(repo_id="someone/real-fake", dry_run=True, allow_permissive_license=True))
     assert result.dry_run
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_captions_and_descriptions(tmp_path):
+    """torchrun, 2 ranks: each captions the real images of its shards; rank 0 writes the class descriptions and
+    rank 1 waits for them; the shards are split by rank and every image is made exactly once."""
+    from imagenet_plus.generate import shard_stats
+
+    real = make_real(tmp_path / "real")
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "imagenet_plus", "generate", "--out", str(run), "--classes", "imagenet-1k", "--class-limit", "2",
+           "--model", "tiny-random", "--images-per-class", "4", "--shard-size", "2", "--batch-size", "2",
+           "--resolution", "32", "--steps", "2", "--real", str(real), "--init-strength", "0.5",
+           "--prompt-strategy", "caption,llm", "--captioner", "tiny-random", "--prompt-model", "tiny-random",
+           "--llm-prompts-per-class", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {st.shard: st.rank for st in shard_stats(run)} == {f"{s:05d}": s % 2 for s in range(4)}
+    described = json.loads((run / "llm_prompts.json").read_text())["descriptions"]
+    metas = {}
+    for tar in sorted((run / "generated").glob("*.tar")):
+        for s in iter_shard(tar):
+            metas[s["__key__"]] = json.loads(s["json"])
+    assert sorted(metas) == sorted(planned_keys(run)) and len(metas) == 8
+    for m in metas.values():
+        assert (real / m["source"]).is_file() and m["init_strength"] == 0.5
+        if m["strategy"] == "llm":
+            assert any(m["prompt"] in (t, f"{m['class_name']}, {t}") for t in described[m["class_id"]])
+        else:
+            assert m["strategy"] == "caption" and m["prompt"] == f"{m['class_name']}, {m['caption']}"
+    assert {m["strategy"] for m in metas.values()} == {"caption", "llm"}
