@@ -221,7 +221,7 @@ def run_settings(cfg: GenerateConfig, real_fingerprint: str | None = None) -> di
     their default, plus the fingerprint of the real images (:data:`REAL_FINGERPRINT`) when the run reads some."""
     data = config_to_dict(cfg)
     for name in LATER_SETTINGS:
-        if data[name] == _DEFAULTS[name]:
+        if data[name] == _DEFAULTS[name] or (name == "guidance_levels" and not cfg.guidance_is_range):
             del data[name]
     if real_fingerprint is not None:
         data[REAL_FINGERPRINT] = real_fingerprint
@@ -261,6 +261,8 @@ def _check_recipe_settings(cfg: GenerateConfig, src: str) -> None:
                           f"got {cfg.real_missing!r}")
     if cfg.real is not None and not str(cfg.real).strip():
         raise ConfigError(f"{src}: 'real' is empty (a folder of real images per class)")
+    if cfg.real is not None and "://" in cfg.real:
+        raise ConfigError(f"{src}: 'real' must be a local folder, got the URL {cfg.real!r} (copy the images first)")
     strength = cfg.init_strength
     if strength is not None and not 0 < strength < 1:  # NaN fails too
         raise ConfigError(f"{src}: 'init-strength' must be within 0 < S < 1 (the share of the steps run from the real "

@@ -39,7 +39,7 @@ from imagenet_plus.generate.config import GenerateConfig
 from imagenet_plus.generate.images import caption_pairs, plan_images
 from imagenet_plus.generate.plan import PlanItem, Segment, image_seed, segment_items
 from imagenet_plus.generate.real import RealIndex, RealRef, fingerprint, load_real_image, open_real
-from imagenet_plus.models.captioner import CaptionCache, CaptionSettings, caption_shards
+from imagenet_plus.models.captioner import CaptionCache, Captioner, CaptionSettings, caption_shards
 from imagenet_plus.models.tiny_text import TINY_RANDOM
 from imagenet_plus.pipeline.progress import progress_bar
 
@@ -47,6 +47,8 @@ from imagenet_plus.pipeline.progress import progress_bar
 HEADER_BYTES = 1 << 16
 #: Threads that open real images when a plan is checked (file opens wait on the disk, not the CPU).
 CHECK_THREADS = 8
+#: Generated shards whose caption pairs are listed at once (memory: one chunk's real image references).
+CAPTION_CHUNK = 64
 #: Seconds between two looks at ``RUN/llm_prompts.json`` while another process writes it.
 WAIT_SECONDS = 2.0
 
@@ -255,8 +257,7 @@ def prepare_texts(run: Path, cfg: GenerateConfig, classes: Sequence[ClassInfo], 
             CaptionCache(run, settings)
         else:
             wait_for(lambda: (Path(run) / CAPTIONS_DIR / CAPTIONER_JSON).is_file(), check)
-        pairs = {s: caption_pairs(plan_images(items, cfg, classes, real)) for s, items in shards.items()}
-        captions = caption_shards(run, pairs, settings, load_real_image, device=device, show_progress=is_main)
+        captions = _caption(run, cfg, classes, real, shards, settings, device, is_main)
     descriptions: dict[str, tuple[str, ...]] = {}
     if "llm" in cfg.prompt_strategy:
         llm = llm_settings(cfg)
@@ -266,6 +267,36 @@ def prepare_texts(run: Path, cfg: GenerateConfig, classes: Sequence[ClassInfo], 
             descriptions = wait_for(lambda: _descriptions_if_complete(run, classes, llm.per_class), check)
     _free_accelerator_memory(device)
     return RunTexts(captions, descriptions)
+
+
+class _LazyCaptioner:
+    """The captioner, loaded on its first batch (never, when every shard's captions are cached)."""
+
+    def __init__(self, settings: CaptionSettings, device: Any) -> None:
+        self.settings, self.device, self.model = settings, device, None
+
+    def caption(self, images: Sequence[Any]) -> list[str]:
+        if self.model is None:
+            self.model = Captioner(self.settings, self.device)
+        return self.model.caption(images)
+
+
+def _caption(run: Path, cfg: GenerateConfig, classes: Sequence[ClassInfo], real: RealIndex,
+             shards: Mapping[int, Sequence[PlanItem]], settings: CaptionSettings, device: Any,
+             show_progress: bool) -> CaptionCache:
+    """Caption the real images paired with ``shards``, :data:`CAPTION_CHUNK` shards at a time (the pairs of a chunk
+    in memory, not the run's), with one captioner and one progress bar."""
+    captioner = _LazyCaptioner(settings, device)
+    cache = CaptionCache(run, settings)
+    numbers = sorted(shards)
+    with progress_bar(len(numbers), "caption real images", unit="shard", enabled=show_progress) as bar:
+        for start in range(0, len(numbers), CAPTION_CHUNK):
+            chunk = numbers[start : start + CAPTION_CHUNK]
+            pairs = {s: caption_pairs(plan_images(shards[s], cfg, classes, real)) for s in chunk}
+            cache = caption_shards(run, pairs, settings, load_real_image, device=device, show_progress=False,
+                                   captioner=captioner)  # type: ignore[arg-type]
+            bar.update(len(chunk))
+    return cache
 
 
 def _free_accelerator_memory(device: Any) -> None:
