@@ -284,6 +284,13 @@ def test_caption_prompts_come_from_the_cached_captions_and_resume(tmp_path, clas
                         source_factory=factory(RecordingSource())).done
     after = {f.name: f.stat().st_mtime_ns for f in (run / "captions").glob("*.parquet")}
     assert all(after[name] == t for name, t in before.items())
+    # another captioner (the same tiny BLIP, from its folder) on this run is refused before anything changes
+    from imagenet_plus.models.tiny_text import tiny_blip_dir
+
+    other = str(tiny_blip_dir())
+    with pytest.raises(UserError, match=rf"another config \(captioner: 'tiny-random' → '{other}'\)"):
+        run_generate(make_cfg(class_file, real=str(real), prompt_strategy=("caption", "name"), captioner=other,
+                              images_per_class=6), run, source_factory=factory(RecordingSource()))
 
 
 @pytest.mark.slow
@@ -306,6 +313,12 @@ def test_llm_prompts_are_written_once_and_picked_by_seed(tmp_path, class_file):
     assert (run / "llm_prompts.json").stat().st_mtime_ns == mtime
     again = samples(run)
     assert all(again[k]["prompt"] == m["prompt"] for k, m in metas.items())
+    from imagenet_plus.models.tiny_text import tiny_causal_lm_dir
+
+    other = str(tiny_causal_lm_dir())
+    with pytest.raises(UserError, match=rf"another config \(prompt_model: 'tiny-random' → '{other}'\)"):
+        run_generate(make_cfg(class_file, prompt_strategy=("llm",), prompt_model=other, llm_prompts_per_class=3,
+                              images_per_class=8), run, source_factory=factory(RecordingSource()))
 
 
 # --------------------------------------------------------------------------------------------------
