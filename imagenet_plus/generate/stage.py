@@ -16,6 +16,11 @@ the prompt strategy it names (``RUN/diagnosis.json`` ``strategies``), recorded i
 Throughput: the model runs on the main thread; JPEG encoding and tar writing run on a writer thread
 (:mod:`~imagenet_plus.generate.writer`), so they overlap with the next batch. The plan and the run folder's
 records are :mod:`~imagenet_plus.generate.state`'s.
+
+Recipes (docs/recipes.md): what each image is made from (seed, strategy, guidance drawn from a range, paired real
+image, prompt) and the order of its batches are :mod:`~imagenet_plus.generate.images`'; before the first shard
+each process makes the captions and class descriptions its prompts need (:func:`~imagenet_plus.generate.inputs.
+prepare_texts`); img2img batches go to the model's image-to-image twin with the paired real images.
 """
 
 from __future__ import annotations
