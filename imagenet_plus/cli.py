@@ -221,6 +221,17 @@ def run_cmd(
 # (end report-evaluate-run)
 
 
+@app.command("recipes")
+def recipes_cmd(
+    folder: Annotated[Optional[Path], typer.Option("--dir", help="Recipes folder (default: configs/recipes).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON objects instead of a table.")] = False,
+) -> None:
+    """List the recipes: run configs that reproduce published ways of making synthetic ImageNet data."""
+    from imagenet_plus.pipeline.recipes import list_recipes, print_recipes
+
+    print_recipes(list_recipes(folder), as_json=as_json)
+
+
 @app.callback()
 def _options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(

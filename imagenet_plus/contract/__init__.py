@@ -55,6 +55,8 @@ from imagenet_plus.contract.diagnosis import (  # noqa: F401
     read_remedy_strategies_file,
 )
 from imagenet_plus.contract.generated import (  # noqa: F401
+    COMMON_SAMPLE_FIELDS,
+    REAL_IMAGE_FIELDS,
     SAMPLE_FIELDS,
     ShardStats,
     clean_partials,
@@ -62,12 +64,17 @@ from imagenet_plus.contract.generated import (  # noqa: F401
     expected_count,
     generated_done,
     member_key,
+    real_image_fields,
     shard_problem,
     stats_digest,
     stats_path,
 )
 from imagenet_plus.contract.names import (  # noqa: F401
+    CAPTION_COLUMNS,
+    CAPTIONER_JSON,
+    CAPTIONS_DIR,
     CARD_NAME,
+    CLASS_ID_MAX,
     CLASS_TEXT_EMBEDDINGS,
     CLASSES_JSON,
     DIAGNOSIS_CACHE_DIR,
@@ -76,12 +83,18 @@ from imagenet_plus.contract.names import (  # noqa: F401
     DIAGNOSIS_PARQUET,
     EVAL_JSON,
     GENERATED_DIR,
+    GENERATED_PARTIAL_PATTERN,
+    GENERATED_TAR_PATTERN,
     IMAGE_EXTENSIONS,
     INFO_NAME,
     KEY_PATTERN,
+    LLM_PROMPTS_JSON,
+    LOCK_NAME,
     MARKERS_DIR,
     MEMBER_NAME_PATTERN,
     MODELS_JSON,
+    NAME_MAX,
+    PARTIAL_MARKER,
     PARTIAL_SUFFIX,
     PIPELINE_FAILED,
     PIPELINE_JSON,
@@ -89,9 +102,13 @@ from imagenet_plus.contract.names import (  # noqa: F401
     RECORDED_LIBRARIES,
     RELEASE_DATA_DIR,
     REPORT_DIR,
+    REPORT_FILE_PATTERN,
     REPORT_INDEX,
     REPORT_JSON,
+    REPORT_PLOTS,
+    REPORT_SHEETS_DIR,
     RUN_YAML,
+    SCORE_PARTIAL_PATTERN,
     SCORES_DIR,
     SELECTION_JSON,
     SELECTION_PARQUET,
@@ -107,6 +124,7 @@ from imagenet_plus.contract.names import (  # noqa: F401
     shard_name,
     split_member_name,
 )
+from imagenet_plus.contract.ownership import F, check_run_folder, locked_run  # noqa: F401
 from imagenet_plus.contract.paths import ReleasePaths, RunPaths, ScoreFiles, run_paths  # noqa: F401
 from imagenet_plus.contract.records import JsonRecord, dataclass_from_dict, read_json  # noqa: F401
 from imagenet_plus.contract.release import (  # noqa: F401
@@ -116,14 +134,20 @@ from imagenet_plus.contract.release import (  # noqa: F401
     ReleaseInfo,
     SplitInfo,
     check_relative_name,
+    inside_release,
     made_from_run,
+    parse_splits,
     read_release_info,
     release_file_names,
 )
 from imagenet_plus.contract.report import ReportSummary  # noqa: F401
 from imagenet_plus.contract.run import (  # noqa: F401
+    PER_CLASS_KINDS,
+    RESTORE_RUN_YAML,
+    SEGMENT_KINDS,
     RunRecord,
     Segment,
+    check_plan,
     library_versions,
     new_run_id,
     read_class_records,

@@ -142,8 +142,22 @@ def done_shards(folder: Path) -> list[Path]:
 
 
 #: Fields of a generated sample's ``json`` member and their ``datasets`` dtypes (release shards add ``scores``).
+#: ``guidance`` is the value the image was made with (one drawn per image from a guidance range).
 SAMPLE_FIELDS: dict[str, str] = {
     "class_id": "string", "class_name": "string", "label": "int64", "prompt": "string", "negative_prompt": "string",
     "seed": "int64", "model": "string", "scheduler": "string", "steps": "int64", "guidance": "float64",
     "width": "int64", "height": "int64", "attempt": "int64", "nsfw": "bool", "strategy": "string", "index": "int64",
+    "source": "string", "caption": "string", "init_strength": "float64",
 }
+#: Fields only the samples of a run that read real images (``generate --real``) carry, every one of them (null where
+#: unused): the real image paired with it (its path relative to the real images folder, or its tar key), the caption
+#: of that image in its prompt, and the img2img strength it was made with. A run without real images has none of
+#: them, so its samples are what they were before real images existed.
+REAL_IMAGE_FIELDS = ("source", "caption", "init_strength")
+#: The fields every sample carries.
+COMMON_SAMPLE_FIELDS: dict[str, str] = {k: v for k, v in SAMPLE_FIELDS.items() if k not in REAL_IMAGE_FIELDS}
+
+
+def real_image_fields(source: str | None, caption: str | None, init_strength: float | None) -> dict[str, Any]:
+    """The :data:`REAL_IMAGE_FIELDS` of one sample of a run that read real images (None where unused)."""
+    return dict(zip(REAL_IMAGE_FIELDS, (source, caption, init_strength)))

@@ -1,9 +1,11 @@
 """Stage ``generate``: class set + config → ``RUN/generated/NNNNN.{tar,json}`` (``RUN/run.yaml``, ``RUN/classes.json``).
 
 ``plan`` places every (class, index) in a shard with its seed; ``state`` checks the run folder against the
-config, extends and records the plan and declares what the outputs are made from (``stage_inputs``); ``stage``
-runs the model over the shards this process owns, ``writer`` encodes and writes them crash-safely; ``config``
-is the run's frozen settings.
+config, extends and records the plan and declares what the outputs are made from (``stage_inputs``); ``inputs``
+resolves what a run reads besides its settings (real images, captions, class descriptions); ``images`` decides
+what each image is made from (guidance, real image, prompt) and the batch order; ``stage`` runs the model over
+the shards this process owns, ``writer`` encodes and writes them crash-safely; ``config`` is the run's frozen
+settings; ``guidance`` (ranges drawn per image) and ``real`` (the real images index) are their building blocks.
 """
 
 from typing import TYPE_CHECKING

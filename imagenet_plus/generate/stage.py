@@ -20,6 +20,11 @@ the prompt strategy it names (``RUN/diagnosis.json`` ``strategies``), recorded i
 Throughput: the model runs on the main thread; JPEG encoding and tar writing run on a writer thread
 (:mod:`~imagenet_plus.generate.writer`), so they overlap with the next batch. The plan and the run folder's
 records are :mod:`~imagenet_plus.generate.state`'s.
+
+Recipes (docs/recipes.md): what each image is made from (seed, strategy, guidance drawn from a range, paired real
+image, prompt) and the order of its batches are :mod:`~imagenet_plus.generate.images`'; before the first shard
+each process makes the captions and class descriptions its prompts need (:func:`~imagenet_plus.generate.inputs.
+prepare_texts`); img2img batches go to the model's image-to-image twin with the paired real images.
 """
 
 from __future__ import annotations
@@ -27,12 +32,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagenet_plus.classes.prompts import build_negative_prompt, build_prompt, choose_strategy
+from imagenet_plus.classes.prompts import build_negative_prompt
 from imagenet_plus.classes.sets import ClassInfo
 from imagenet_plus.contract import (
     RunPaths,
@@ -45,7 +50,18 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.contract.ownership import check_run_folder
 from imagenet_plus.generate.config import GenerateConfig
-from imagenet_plus.generate.plan import PlanItem, attempt_seed, image_seed
+from imagenet_plus.generate.images import (
+    ImagePlan,
+    batch_order,
+    image_prompt,
+    init_image,
+    next_batch,
+    plan_images,
+    real_meta,
+)
+from imagenet_plus.generate.inputs import prepare_texts
+from imagenet_plus.generate.plan import PlanItem, attempt_seed
+from imagenet_plus.generate.real import RealIndex
 from imagenet_plus.generate.state import STAGE, RunState, inputs_of, plan_run_state, write_run_state
 from imagenet_plus.generate.writer import ShardWriterThread
 from imagenet_plus.io.lock import folder_lock, is_main_process
@@ -88,26 +104,40 @@ def is_black(image: Any, threshold: float) -> bool:
 # The stage
 
 
-def _sample_meta(cfg: GenerateConfig, cls: Any, item: PlanItem, prompt: str, negative: str, strategy: str,
-                 seed: int, attempt: int, nsfw: bool, scheduler: str) -> dict[str, Any]:
+def _sample_meta(cfg: GenerateConfig, im: ImagePlan, prompt: str, negative: str, seed: int, attempt: int, nsfw: bool,
+                 scheduler: str, caption: str | None) -> dict[str, Any]:
     return {
-        "class_id": cls.id,
-        "class_name": cls.name,
-        "label": cls.label,
-        "index": item.index,
+        "class_id": im.cls.id,
+        "class_name": im.cls.name,
+        "label": im.cls.label,
+        "index": im.item.index,
         "prompt": prompt,
         "negative_prompt": negative,
-        "strategy": strategy,
+        "strategy": im.strategy,
         "seed": seed,
         "model": cfg.model,
         "scheduler": scheduler,
         "steps": cfg.steps,
-        "guidance": cfg.guidance,
+        "guidance": im.guidance,
         "width": cfg.resolution,
         "height": cfg.resolution,
         "attempt": attempt,
         "nsfw": nsfw,
+        **real_meta(cfg, im, caption),
     }
+
+
+def _call_source(source: Any, cfg: GenerateConfig, batch: Sequence[ImagePlan], prompts: list[str], negative: str,
+                 seeds: list[int]) -> tuple[list[Any], list[bool]]:
+    """One model call for a batch that shares a guidance value (passed for a guidance range) and, for img2img, a
+    strength (the paired real images are decoded here, a batch at a time)."""
+    extra: dict[str, Any] = {}
+    if cfg.guidance_is_range:
+        extra["guidance"] = batch[0].guidance
+    if batch[0].ref is not None and cfg.init_strength is not None:
+        extra["init_images"] = [init_image(im.ref, cfg.resolution) for im in batch]  # type: ignore[arg-type]
+        extra["strength"] = cfg.init_strength
+    return source(prompts, [negative] * len(batch), seeds, **extra)
 
 
 def generate_shard(
@@ -119,43 +149,57 @@ def generate_shard(
     writer: ShardWriterThread,
     on_images: Callable[[int], None] = lambda n: None,
     rank: int = 0,
+    real: RealIndex | None = None,
+    captions: Mapping[str, str] | None = None,
+    descriptions: Mapping[str, Sequence[str]] | None = None,
 ) -> ShardStats:
     """Generate one shard's images in batches, regenerating NSFW-flagged or black ones.
+
+    Each batch shares one guidance value and is either all text-to-image or all img2img
+    (:mod:`~imagenet_plus.generate.images`); a regenerated image keeps its guidance, real image and prompt.
+
+    Args:
+        items: the shard's plan items.
+        path: the shard's tar.
+        cfg: the resolved config.
+        classes: the class set.
+        source: the model (:class:`~imagenet_plus.models.diffusion.ImageSource`).
+        writer: the writer thread.
+        on_images: called with the number of images finished after each batch.
+        rank: the process (recorded in the stats).
+        real: the run's real images (captions, img2img).
+        captions: the shard's captions by sample key (``caption`` strategy).
+        descriptions: class descriptions by class id (``llm`` strategy).
 
     Returns the stats written beside the shard.
     """
     start = time.perf_counter()
     negative = build_negative_prompt(cfg.negative_prompt)
     writer.begin(path)
-    prepared = []
-    for item in items:
-        cls = classes[item.label]
-        seed = image_seed(cfg.seed, cls.id, item.index)
-        strategy = item.strategy or choose_strategy(cfg.prompt_strategy, seed)
-        prepared.append((item, cls, seed, strategy, build_prompt(cls, strategy, seed)))
-    pending = deque((pos, 0) for pos in range(len(prepared)))
+    captions = captions or {}
+    images = plan_images(items, cfg, classes, real)
+    prompts = [image_prompt(im, captions, descriptions or {}) for im in images]
+    pending = deque((pos, 0) for pos in batch_order(images, cfg.batch_size))
     regenerated = {"nsfw": 0, "black": 0}
     failed: list[str] = []
     while pending:
-        batch = [pending.popleft() for _ in range(min(cfg.batch_size, len(pending)))]
-        seeds = [attempt_seed(prepared[pos][2], attempt) for pos, attempt in batch]
-        prompts = [prepared[pos][4] for pos, _ in batch]
-        images, nsfw = source(prompts, [negative] * len(batch), seeds)
+        batch = next_batch(pending, lambda pos: images[pos].batch_key, cfg.batch_size)
+        seeds = [attempt_seed(images[pos].seed, attempt) for pos, attempt in batch]
+        out, nsfw = _call_source(source, cfg, [images[pos] for pos, _ in batch], [prompts[pos] for pos, _ in batch],
+                                 negative, seeds)
         finished = 0
-        for (pos, attempt), image, flagged, seed in zip(batch, images, nsfw, seeds):
-            item, cls, _, strategy, prompt = prepared[pos]
+        for (pos, attempt), image, flagged, seed in zip(batch, out, nsfw, seeds):
+            im = images[pos]
             black = is_black(image, cfg.black_threshold)
             if (flagged or black) and attempt + 1 < cfg.max_attempts:
                 regenerated["nsfw" if flagged else "black"] += 1
                 pending.append((pos, attempt + 1))
                 continue
-            key = make_key(cls.id, item.index)
             if flagged or black:
-                failed.append(key)
-            meta = _sample_meta(
-                cfg, cls, item, prompt, negative, strategy, seed, attempt, bool(flagged), source.scheduler_name
-            )
-            writer.put(pos, key, image, meta)
+                failed.append(im.key)
+            meta = _sample_meta(cfg, im, prompts[pos], negative, seed, attempt, bool(flagged), source.scheduler_name,
+                                captions.get(im.key))
+            writer.put(pos, im.key, image, meta)
             finished += 1
         on_images(finished)
     seconds = time.perf_counter() - start
@@ -182,6 +226,8 @@ def make_source(cfg: GenerateConfig, device: Any) -> Any:
     source = DiffusersSource(pipe, steps=cfg.steps, guidance=cfg.guidance, width=cfg.resolution, height=cfg.resolution,
                              family=cfg.family, max_sequence_length=cfg.max_sequence_length)
     source.check_arguments(cfg.model, cfg.negative_prompt)
+    if cfg.init_strength is not None:
+        source.image_to_image()  # made now, so a pipeline without one fails before the first shard
     return source
 
 
@@ -270,6 +316,8 @@ def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[Genera
     start = time.perf_counter()
     made = 0
     with rank_share(paths.markers / STAGE, dist) as rdv:
+        texts = prepare_texts(paths.root, cfg, state.classes, state.inputs.real, {s: shards[s] for s in todo},
+                              dist.device, dist.is_main, rdv.check)
         if todo:
             source = source if source is not None else source_factory(cfg, dist.device)
             writer = ShardWriterThread(cfg.image_format, cfg.quality, max_queue=max(8, 2 * cfg.batch_size))
@@ -283,7 +331,8 @@ def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[Genera
             try:
                 for s in todo:
                     generate_shard(shards[s], paths.generated_tar(s), cfg, state.classes, source, writer, on_images,
-                                   rank=dist.rank)
+                                   rank=dist.rank, real=state.inputs.real, captions=texts.shard_captions(s),
+                                   descriptions=texts.descriptions)
                     made += len(shards[s])
                 writer.close()
             finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.contract.run import RESTORE_RUN_YAML
 from imagenet_plus.errors import UserError
-from imagenet_plus.generate.config import GenerateConfig, hashed_settings
+from imagenet_plus.generate.config import GenerateConfig, hashed_settings, run_settings
+from imagenet_plus.generate.inputs import RunInputs, check_paired_images, resolve_inputs, without_labels
 from imagenet_plus.generate.plan import (
     PlanItem,
     Segment,
@@ -50,7 +51,7 @@ from imagenet_plus.generate.plan import (
     shard_bounds,
     top_up_segment,
 )
-from imagenet_plus.pipeline.config import config_from_mapping, config_to_dict, stable_hash
+from imagenet_plus.pipeline.config import config_from_mapping, stable_hash
 from imagenet_plus.pipeline.freshness import StageInputs
 
 #: The stage's name: its record ``RUN/state/generate.json`` and its marker folder ``RUN/markers/generate``.
@@ -69,6 +70,7 @@ class RunState:
     segments: tuple[Segment, ...]
     new_run: bool
     changed: bool
+    inputs: RunInputs = RunInputs()
     run_id: str | None = None
 
     def shards(self) -> list[list[PlanItem]]:
@@ -77,7 +79,8 @@ class RunState:
 
     def record(self) -> RunRecord:
         """The run.yaml record of this plan."""
-        return RunRecord(config=config_to_dict(self.config), config_hash=self.run_hash, versions=library_versions(),
+        config = run_settings(self.config, self.inputs.fingerprint)
+        return RunRecord(config=config, config_hash=self.run_hash, versions=library_versions(),
                          num_classes=len(self.classes), num_images=sum(s.num_items for s in self.segments),
                          segments=self.segments, run_id=self.run_id)
 
@@ -210,14 +213,20 @@ def check_shards_on_disk(paths: RunPaths, shards: Sequence[ShardBounds]) -> None
                             f"{RESTORE_RUN_YAML}")
 
 
-def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: bool = False) -> RunState:
+def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: bool = False,
+                   check_real: bool = True) -> RunState:
     """Check the run folder against the config and work out the plan (reads only, writes nothing).
+
+    The run's inputs are resolved here (:func:`~imagenet_plus.generate.inputs.resolve_inputs`: real images and their
+    fingerprint, which is part of the hash; the captioner and prompt model checked); with ``check_real`` the real
+    images paired with the images the plan adds are opened (:func:`~imagenet_plus.generate.inputs.check_paired_images`).
 
     Raises:
         UserError: ``RUN`` is a file; it was made with another config or class set; images per class
             would shrink; ``--top-up`` without a selection; ``--remedy`` without ``--top-up`` or a diagnosis;
             a run.yaml that does not read back, or whose plan contradicts itself, the run's config and class set
-            (:func:`check_recorded_run`) or the shards on disk (:func:`check_shards_on_disk`).
+            (:func:`check_recorded_run`) or the shards on disk (:func:`check_shards_on_disk`); real images missing or
+            unreadable; an absent captioner or prompt model.
     """
     if remedy and not top_up:
         raise UserError("--remedy only works with --top-up (it sets the prompt strategy of the new indices)")
@@ -227,14 +236,16 @@ def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: b
     classes = resolve_classes(cfg.classes, class_limit=cfg.class_limit)
     for c in classes:
         make_key(c.id, 0)  # every class id must give valid keys
-    hashed = hashed_settings(cfg)
+    inputs = resolve_inputs(cfg, classes)
+    hashed = hashed_settings(run_settings(cfg, inputs.fingerprint))
     run_hash = stable_hash({"config": hashed, "classes": [c.to_dict() for c in classes]})
 
     if not paths.run_yaml.exists():
         if top_up:
             raise UserError(f"--top-up needs an existing run in {paths.root}")
         segments = (initial_segment(len(classes), cfg.images_per_class),)
-        return RunState(cfg, classes, run_hash, segments, new_run=True, changed=True, run_id=new_run_id())
+        return _with_inputs(RunState(cfg, classes, run_hash, segments, True, True, inputs, run_id=new_run_id()), 0,
+                            check_real)
 
     recorded = read_run_record(paths)  # the plan checked against itself (contract.run.check_plan)
     if recorded.config_hash != run_hash:
@@ -263,8 +274,19 @@ def plan_run_state(cfg: GenerateConfig, paths: RunPaths, top_up: bool, remedy: b
         if counts and not already:
             segments += (top_up_segment(segments, counts, based_on, strategies),)
             changed = True
-    return RunState(cfg, classes, run_hash, segments, new_run=False, changed=changed,
-                    run_id=recorded.run_id or new_run_id())
+    state = RunState(cfg, classes, run_hash, segments, False, changed, inputs,
+                     run_id=recorded.run_id or new_run_id())
+    return _with_inputs(state, len(recorded.segments), check_real)
+
+
+def _with_inputs(state: RunState, first_new: int, check_real: bool) -> RunState:
+    """The new segments (from ``first_new`` on) without the classes skipped for lack of real images, and their
+    paired real images checked (with ``check_real``)."""
+    skipped = state.inputs.skipped_labels(state.classes)
+    new = tuple(s for s in (without_labels(seg, skipped) for seg in state.segments[first_new:]) if s.ranges)
+    if check_real:
+        check_paired_images(new, [c.id for c in state.classes], state.config, state.inputs)
+    return replace(state, segments=state.segments[:first_new] + new)
 
 
 def write_run_state(state: RunState, paths: RunPaths) -> None:
@@ -295,7 +317,7 @@ def stage_inputs(run: str | Path, cfg: GenerateConfig) -> StageInputs:
         UserError: as :func:`plan_run_state` (the run folder holds another config, …).
     """
     paths = RunPaths(Path(run))
-    return inputs_of(paths, plan_run_state(cfg, paths, top_up=False))
+    return inputs_of(paths, plan_run_state(cfg, paths, top_up=False, check_real=False))
 
 
 def planned_keys(run: str | Path) -> list[str]:

@@ -11,12 +11,17 @@ Arguments are mapped per pipeline family (:func:`pipeline_kwargs`, docs/models.m
 a negative prompt, FLUX does not; FLUX and SD3 take ``max_sequence_length`` (T5 tokens). Loading can place
 the model with diffusers' CPU offload (``offload="model"``/``"sequential"``, CUDA only) and speed it up with
 ``torch.compile`` (:func:`compile_pipeline`).
+
+Image-to-image (``generate --init-strength``): the loaded pipeline's image-to-image twin, made with diffusers'
+``AutoPipelineForImage2Image.from_pipe`` (the same components, nothing loaded again): SD →
+``StableDiffusionImg2ImgPipeline``, SDXL → ``StableDiffusionXLImg2ImgPipeline``, FLUX → ``FluxImg2ImgPipeline``,
+SD3 → ``StableDiffusion3Img2ImgPipeline``; each takes ``image`` and ``strength``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,12 +43,18 @@ INDUCTOR_GPU_FLAGS = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
 
 
 class ImageSource(Protocol):
-    """What the generator needs from a model: images for prompts and seeds, and NSFW flags."""
+    """What the generator needs from a model: images for prompts and seeds, and NSFW flags.
+
+    ``generate`` passes ``guidance`` only for a guidance range and ``init_images``/``strength`` only for img2img,
+    so a source for plain runs (a test's fake) may take the three positional arguments alone.
+    """
 
     scheduler_name: str
 
-    def __call__(self, prompts: list[str], negatives: list[str], seeds: list[int]) -> tuple[list[Any], list[bool]]:
-        """Return one PIL image and one NSFW flag per prompt; image i depends only on prompts[i], seeds[i]."""
+    def __call__(self, prompts: list[str], negatives: list[str], seeds: list[int], guidance: float | None = None,
+                 init_images: list[Any] | None = None, strength: float | None = None) -> tuple[list[Any], list[bool]]:
+        """Return one PIL image and one NSFW flag per prompt; image i depends only on prompts[i], seeds[i] (and
+        init_images[i]); the batch shares one ``guidance`` (None: the source's own) and one ``strength``."""
         ...
 
 
@@ -258,6 +269,21 @@ def pipeline_kwargs(family: str | None, steps: int, guidance: float, width: int,
     return kwargs
 
 
+def image_to_image_kwargs(pipe: Any, kwargs: dict[str, Any], init_images: list[Any], strength: float | None
+                          ) -> dict[str, Any]:
+    """A text-to-image call's arguments for the image-to-image pipeline ``pipe``: ``image`` and ``strength`` added,
+    ``height``/``width`` kept only where its ``__call__`` takes them (FLUX, SD3; SD and SDXL take the size of the
+    image, which ``generate`` has already cropped and resized to the resolution)."""
+    import inspect
+
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    out = {k: v for k, v in kwargs.items() if k not in ("height", "width") or k in accepted}
+    out["image"] = list(init_images)
+    if strength is not None:
+        out["strength"] = strength
+    return out
+
+
 @dataclass
 class DiffusersSource:
     """Calls a diffusers pipeline on a batch of different prompts with one ``torch.Generator`` per image.
@@ -275,6 +301,7 @@ class DiffusersSource:
     height: int
     family: str | None = None
     max_sequence_length: int | None = None
+    _img2img: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         loaded = family_of_pipeline_class(type(self.pipe).__name__)
@@ -291,14 +318,39 @@ class DiffusersSource:
     def scheduler_name(self) -> str:
         return type(self.pipe.scheduler).__name__
 
-    def __call__(self, prompts: list[str], negatives: list[str], seeds: list[int]) -> tuple[list[Any], list[bool]]:
+    def image_to_image(self) -> Any:
+        """The pipeline's image-to-image twin (made once with ``AutoPipelineForImage2Image.from_pipe``).
+
+        Raises:
+            UserError: diffusers has no image-to-image pipeline for this pipeline's class.
+        """
+        twin = self._img2img
+        if twin is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            try:
+                twin = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            except ValueError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"{type(self.pipe).__name__} has no image-to-image pipeline in diffusers, so "
+                                f"'init-strength' (img2img) cannot be used with it: {first}") from None
+            twin.set_progress_bar_config(disable=True)
+            self._img2img = twin
+        return twin
+
+    def __call__(self, prompts: list[str], negatives: list[str], seeds: list[int], guidance: float | None = None,
+                 init_images: list[Any] | None = None, strength: float | None = None) -> tuple[list[Any], list[bool]]:
         import torch
 
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        kwargs = pipeline_kwargs(self.family, self.steps, self.guidance, self.width, self.height,
-                                 self.max_sequence_length, negatives)
+        kwargs = pipeline_kwargs(self.family, self.steps, self.guidance if guidance is None else guidance, self.width,
+                                 self.height, self.max_sequence_length, negatives)
+        pipe = self.pipe
+        if init_images is not None:
+            pipe = self.image_to_image()
+            kwargs = image_to_image_kwargs(pipe, kwargs, init_images, strength)
         with torch.inference_mode():
-            out = self.pipe(prompt=prompts, generator=generators, **kwargs)
+            out = pipe(prompt=prompts, generator=generators, **kwargs)
         flags = getattr(out, "nsfw_content_detected", None)
         nsfw = [bool(f) for f in flags] if flags is not None else [False] * len(prompts)
         return list(out.images), nsfw

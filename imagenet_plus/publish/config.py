@@ -25,6 +25,9 @@ class PublishConfig:
         revision: branch to push to (created from main if missing); None for main.
         tag: tag the published commit with this name (e.g. ``v1.0``); None for no tag.
         dry_run: validate and list what would be added, changed and deleted, send nothing.
+        allow_permissive_license: publish a release made from real images (``generate --real``) under a permissive
+            licence (apache-2.0, mit, cc-by-4.0, …), which is refused otherwise: the real images' own licence
+            (ImageNet's: non-commercial research) binds such a release.
     """
 
     repo_id: str = setting("", "Hub dataset repo, USER/NAME.")
@@ -32,6 +35,8 @@ class PublishConfig:
     revision: str | None = setting(None, "Branch to push to (created if missing).")
     tag: str | None = setting(None, "Tag the published commit (e.g. v1.0; load with revision='v1.0').")
     dry_run: bool = setting(False, "Validate and list what would be added, changed and deleted.")
+    allow_permissive_license: bool = setting(
+        False, "Publish a release made from real images under a permissive licence (you checked their terms allow it).")
 
     def __post_init__(self) -> None:
         if not REPO_ID_PATTERN.match(self.repo_id or ""):

@@ -56,7 +56,7 @@ from imagenet_plus.errors import UserError
 from imagenet_plus.models.hub import MISSING, UNREACHABLE, probe_repo
 from imagenet_plus.publish.config import PublishConfig
 from imagenet_plus.publish.plan import PublishPlan, PublishResult, plan_publish
-from imagenet_plus.publish.validate import ReleaseFile, validate, validate_release
+from imagenet_plus.publish.validate import ReleaseFile, check_real_images_license, validate, validate_release
 from imagenet_plus.release.card import validate_card
 
 __all__ = ["PublishConfig", "PublishResult", "run_publish", "validate_release"]
@@ -249,6 +249,7 @@ def run_publish(rel: str | Path, cfg: PublishConfig) -> PublishResult:
         if constants.is_offline_mode():
             raise UserError("HF_HUB_OFFLINE is set: unset it to publish (nothing was sent)")
     info, files = validate(rel)
+    check_real_images_license(rel, cfg.allow_permissive_license)
     card = published_card((rel / CARD_NAME).read_text(encoding="utf-8"), info, cfg)
     validate_card(card, f"{rel / CARD_NAME} (as published)")
     local = _local_files(rel, files, card)

@@ -20,6 +20,7 @@ from imagenet_plus.contract import (
     CARD_NAME,
     INFO_NAME,
     PARTIAL_SUFFIX,
+    REAL_IMAGE_FIELDS,
     ReleaseInfo,
     read_release_info,
 )
@@ -68,6 +69,36 @@ def _check_license(meta: Mapping[str, Any], readme: Path) -> None:
         raise UserError(f"{readme}: the generating model's licence is unknown (license: other, no license_name); "
                         "re-run 'imagenet-plus release' with --license ID (e.g. apache-2.0) or "
                         "--license other:NAME:LINK")
+
+
+#: Hub licence ids that allow commercial use and redistribution on any terms close to the author's: a release made
+#: from real images under one of them would promise more than the real images' own licence allows.
+PERMISSIVE_LICENSES = frozenset({
+    "apache-2.0", "mit", "bsd", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "isc", "zlib", "unlicense",
+    "wtfpl", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0", "odc-by",
+    "odbl", "pddl", "mpl-2.0", "artistic-2.0", "ecl-2.0", "afl-3.0", "openrail", "openrail++", "bigscience-openrail-m",
+    "creativeml-openrail-m", "cdla-permissive-1.0", "cdla-permissive-2.0", "cdla-sharing-1.0", "gpl-3.0", "lgpl-3.0",
+})
+
+
+def check_real_images_license(rel: str | Path, allow_permissive: bool) -> None:
+    """Refuse to publish a release made from real images under a permissive licence, unless the user allows it.
+
+    A release is made from real images when its samples carry the contract's real-image fields
+    (:data:`~imagenet_plus.contract.REAL_IMAGE_FIELDS`, declared in the card's features).
+
+    Raises:
+        UserError: naming the licence and the two ways out (a licence that fits the real images, or the flag).
+    """
+    readme = Path(rel) / CARD_NAME
+    meta, features = _read_card(Path(rel))
+    real = isinstance(features.get("json"), dict) and REAL_IMAGE_FIELDS[0] in features["json"]
+    license_id = str(meta.get("license") or "")
+    if real and license_id in PERMISSIVE_LICENSES and not allow_permissive:
+        raise UserError(f"{readme}: this release was made from real images, whose licence binds it (ImageNet's: "
+                        f"non-commercial research), but its card says license: {license_id}; re-run 'imagenet-plus "
+                        "release' with --license ID (e.g. other:imagenet-terms:https://image-net.org/download.php "
+                        "or cc-by-nc-4.0), or pass --allow-permissive-license if the real images allow it")
 
 
 def _list_files(rel: Path, info: ReleaseInfo) -> list[str]:

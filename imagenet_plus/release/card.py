@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagenet_plus.contract import (
+    COMMON_SAMPLE_FIELDS,
     RELEASE_DATA_DIR,
     RELEASE_SCORE_FIELDS,
-    SAMPLE_FIELDS,
     SCORES_MEMBER,
     VERDICT_OK,
     DiagnosisSummary,
@@ -35,6 +35,7 @@ from imagenet_plus.contract import (
     card_metric_rows,
 )
 from imagenet_plus.errors import UserError
+from imagenet_plus.generate.guidance import DEFAULT_LEVELS
 from imagenet_plus.models.registry import model_license  # noqa: F401 (the card's licence follows the model's)
 from imagenet_plus.select.config import non_default_thresholds
 
@@ -58,8 +59,9 @@ def size_category(n: int) -> str:
 
 
 def json_fields(extra: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The ``json`` member's struct: {field: dtype or {score: dtype}} (``scores`` nested)."""
-    fields: dict[str, Any] = dict(SAMPLE_FIELDS)
+    """The ``json`` member's struct: {field: dtype or {score: dtype}} (``scores`` nested); ``extra`` holds the
+    fields beyond :data:`~imagenet_plus.contract.COMMON_SAMPLE_FIELDS` the samples carry (the real-image ones)."""
+    fields: dict[str, Any] = dict(COMMON_SAMPLE_FIELDS)
     fields.update(extra or {})
     fields[SCORES_MEMBER] = dict(RELEASE_SCORE_FIELDS)
     return fields
@@ -71,7 +73,7 @@ def release_features(class_ids: Sequence[str], image_ext: str, extra_meta: Mappi
     Args:
         class_ids: class names of the ClassLabel, in label order (unique wnids / slugs).
         image_ext: the image member (``jpg``, ``png`` or ``webp``).
-        extra_meta: metadata fields beyond :data:`~imagenet_plus.contract.SAMPLE_FIELDS` (name → dtype).
+        extra_meta: metadata fields beyond :data:`~imagenet_plus.contract.COMMON_SAMPLE_FIELDS` (name → dtype).
     """
     import datasets
 
@@ -319,6 +321,48 @@ def _diagnosis_context(diagnosis: DiagnosisSummary | None) -> dict[str, Any] | N
     }
 
 
+#: What binds a release made from ImageNet's own images (the terms every ImageNet download is granted under).
+IMAGENET_TERMS = ("ImageNet's images are licensed for non-commercial research and educational use only (ImageNet's "
+                  "terms of access, https://image-net.org/download.php): so is this dataset.")
+#: What the card says of real images whose licence imagenet-plus cannot know.
+OTHER_REAL_TERMS = "Check the licence of those images: this dataset may be shared and used only as it allows."
+
+
+def _real_images_context(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The card's real-images rows and section (None for a run without ``real``)."""
+    if not config.get("real"):
+        return None
+    strength, captioned = config.get("init_strength"), "caption" in (config.get("prompt_strategy") or ())
+    uses = ([f"generated from them (img2img at strength {strength})"] if strength else []) + (
+        ["prompted with their captions"] if captioned else [])
+    return {"folder": str(config["real"]), "init_strength": strength, "captioner": config.get("captioner"),
+            "how": " and ".join(uses),  # generate refuses 'real' that neither use
+            "license": IMAGENET_TERMS if config.get("classes") == "imagenet-1k" else OTHER_REAL_TERMS}
+
+
+#: The card's words for the prompt strategies added with the recipes (said only when a run uses them).
+STRATEGY_NOTES = {
+    "context": "`context` places the class in one of Places365's 365 scenes",
+    "domain": "`domain` asks for a photo, painting, sketch, cartoon, 3D render, …",
+    "caption": "`caption` is the class name and the caption of the paired real image",
+    "llm": "`llm` is one of the class's scene descriptions written by a language model",
+}
+
+
+def _strategy_notes(strategies: Sequence[str]) -> str:
+    notes = [STRATEGY_NOTES[s] for s in STRATEGY_NOTES if s in strategies]
+    return (" " + "; ".join(notes) + ".") if notes else ""
+
+
+def _guidance_text(config: Mapping[str, Any]) -> Any:
+    """The guidance row: the number, or the range each image drew its value from."""
+    g = config.get("guidance")
+    if isinstance(g, list) and len(g) == 2:
+        levels = config.get("guidance_levels", DEFAULT_LEVELS)
+        return f"drawn per image from [{g[0]}, {g[1]}] ({levels} levels; each image's value is its `json.guidance`)"
+    return g
+
+
 def card_text(inp: CardInputs) -> str:
     """Render the card (template variables in ``card_template.md``)."""
     config = inp.run_yaml.get("config", {})
@@ -339,7 +383,7 @@ def card_text(inp: CardInputs) -> str:
         "license_note": model_license(model, override=inp.license)[3],
         "scheduler": config.get("scheduler") or inp.scheduler or "model default",
         "steps": config.get("steps"),
-        "guidance": config.get("guidance"),
+        "guidance": _guidance_text(config),
         "resolution": config.get("resolution"),
         "prompt_strategies": ", ".join(config.get("prompt_strategy") or []) or str(config.get("prompt_strategy", "")),
         "negative_prompt": config.get("negative_prompt", ""),
@@ -354,6 +398,9 @@ def card_text(inp: CardInputs) -> str:
         "is_imagenet": config.get("classes") == "imagenet-1k",
         "classes": _class_rows(inp),
         "diagnosis": _diagnosis_context(inp.diagnosis),
+        "real_images": _real_images_context(config),
+        "more_strategies": _strategy_notes(config.get("prompt_strategy") or ()),
+        "prompt_model": config.get("prompt_model"),
         "image_member": inp.info.image_ext,
         "train_shards": n_train_shards,
         "validation_shards": n_val_shards,

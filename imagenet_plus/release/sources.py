@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from imagenet_plus.contract import (
+    COMMON_SAMPLE_FIELDS,
     COMPOSITE,
     IMAGE_EXTENSIONS,
     RELEASE_SCORE_FIELDS,
@@ -52,7 +53,8 @@ class SampleIndex:
         json: (n, 2) offset and size of the json member (-1: none).
         has_cls: (n,) the sample has a ``cls`` member.
         image_exts: the image members seen.
-        extra_meta: metadata fields beyond :data:`~imagenet_plus.contract.SAMPLE_FIELDS` → dtype.
+        extra_meta: metadata fields beyond :data:`~imagenet_plus.contract.COMMON_SAMPLE_FIELDS` → dtype (the
+            contract's :data:`~imagenet_plus.contract.REAL_IMAGE_FIELDS` of a run with real images among them).
         schedulers: the schedulers named in the metadata.
     """
 
@@ -126,7 +128,8 @@ def _index_member(idx: SampleIndex, member: TarMember, ext: str, t: int, r: int)
         if meta.get("scheduler"):
             idx.schedulers.add(str(meta["scheduler"]))
         for k, v in meta.items():
-            if k not in SAMPLE_FIELDS and k != SCORES_MEMBER and (dtype := _infer_dtype(v)):
+            dtype = SAMPLE_FIELDS.get(k) or _infer_dtype(v)  # the real-image fields: the contract's dtype
+            if k not in COMMON_SAMPLE_FIELDS and k != SCORES_MEMBER and dtype:
                 idx.extra_meta.setdefault(k, dtype)
 
 
@@ -251,7 +254,7 @@ class ReleaseSources:
         r = self.plan.rows[key]
         off, size = self.index.json[r]
         meta = json.loads(reader.read(int(self.index.tar[r]), int(off), int(size)))
-        doc = {k: _plain(meta.get(k)) for k in (*SAMPLE_FIELDS, *self.index.extra_meta)}
+        doc = {k: _plain(meta.get(k)) for k in (*COMMON_SAMPLE_FIELDS, *self.index.extra_meta)}
         doc[SCORES_MEMBER] = self.scores.row(r)
         doc[SCORES_MEMBER][COMPOSITE] = _plain(self.plan.composite[r])
         return {"__key__": key, self.index.image_ext: self.image(key, reader),

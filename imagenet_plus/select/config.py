@@ -12,6 +12,8 @@ from imagenet_plus.errors import ConfigError
 from imagenet_plus.pipeline.config import config_from_mapping, load_yaml_mapping, setting
 
 CLASS_FID_ACTIONS = ("flag", "drop")
+#: ``clip_class_prob_min: 1/K``: chance level, one over the number of classes of the run.
+ONE_OVER_K = "1/K"
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,9 @@ class Thresholds:
 
     Attributes:
         clip_score_min: minimum CLIP score of the image against its prompt (0..100), or None.
-        clip_class_prob_min: minimum zero-shot probability of the target class (0..1), or None.
+        clip_class_prob_min: minimum zero-shot probability of the target class (0..1), or ``1/K``: one over the
+            number of classes, chance level (He et al., ICLR 2023, keep an image when CLIP's probability of its
+            class exceeds 1/K), resolved by :meth:`for_classes` when the run's class set is known; or None.
         isc_kl_min: minimum per-image Inception-Score KL term (>= 0), or None.
         realism_min: minimum realism score (Kynkäänniemi et al.; >= 0), or None.
         classifier_top5: require the ImageNet classifier to have the class in its top 5.
@@ -36,7 +40,7 @@ class Thresholds:
     """
 
     clip_score_min: float | None = None
-    clip_class_prob_min: float | None = None
+    clip_class_prob_min: float | str | None = None
     isc_kl_min: float | None = None
     realism_min: float | None = None
     classifier_top5: bool = False
@@ -58,8 +62,16 @@ class Thresholds:
             "class_fid_max": (0.0, math.inf),
             "diversity": (0.0, 1.0),
         }
+        chance = self.clip_class_prob_min
+        if isinstance(chance, str):
+            if chance.replace(" ", "").upper() != ONE_OVER_K:
+                raise ConfigError(f"key 'clip_class_prob_min' must be a number within 0..1 or {ONE_OVER_K} "
+                                  f"(one over the number of classes), got {chance!r}")
+            object.__setattr__(self, "clip_class_prob_min", ONE_OVER_K)
         for name, (lo, hi) in ranges.items():
             value = getattr(self, name)
+            if isinstance(value, str):
+                continue
             if value is not None and not lo <= value <= hi:  # NaN fails the comparison too
                 raise ConfigError(f"key '{name}' is out of range: {value} (must be within {lo:g}..{hi:g})")
         if self.class_fid_action not in CLASS_FID_ACTIONS:
@@ -72,6 +84,12 @@ class Thresholds:
         out = replace(self)
         object.__setattr__(out, "source", source)  # not an init field: no key of the file can set it
         return out
+
+    def for_classes(self, num_classes: int) -> Thresholds:
+        """The thresholds with ``clip_class_prob_min: 1/K`` resolved for ``K = num_classes`` (a number)."""
+        if self.clip_class_prob_min != ONE_OVER_K:
+            return self
+        return replace(self, clip_class_prob_min=1.0 / max(num_classes, 1)).named(self.source)
 
     def to_dict(self) -> dict[str, Any]:
         """The thresholds as written to selection.json (without ``source``)."""

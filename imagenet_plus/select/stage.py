@@ -153,6 +153,7 @@ def run_select(run: str | Path, cfg: SelectConfig) -> SelectionSummary:
     if not paths.scored_parquets():
         raise UserError(f"no scores in {paths.scores}: run 'imagenet-plus score {paths.root}' first")
     class_ids = [c["id"] for c in read_class_records(paths)]
+    th = th.for_classes(len(class_ids))  # clip_class_prob_min: 1/K
     class_fid = class_fid_of(paths)
     dropped: list[int] = []
     if th.class_fid_max is not None and th.class_fid_action == "drop":

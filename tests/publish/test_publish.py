@@ -490,7 +490,8 @@ def test_cli_lists_each_publish_option_once() -> None:
     assert result.exit_code == 0, result.output
     options = re.findall(r"(?m)^\s+(--[a-z-]+)", result.output)
     assert sorted(options) == sorted({*options}), options
-    assert set(options) == {"--repo-id", "--private", "--revision", "--tag", "--dry-run", "--help"}
+    assert set(options) == {"--repo-id", "--private", "--revision", "--tag", "--dry-run", "--allow-permissive-license",
+                            "--help"}
 
 
 def test_cli_prints_the_result(rel: Path, online: FakeHub) -> None:
