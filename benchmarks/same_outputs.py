@@ -71,11 +71,17 @@ def _tar_members(path: Path) -> list[tuple[str, bytes]]:
         return [(m.name, tar.extractfile(m).read() if m.isfile() else b"") for m in tar.getmembers()]
 
 
+#: JSON keys the ``after`` side may add (``--new-key``): a record that gained a field on purpose.
+NEW_KEYS: set[str] = set()
+
+
 def close(x: object, y: object, rtol: float) -> bool:
-    """Equal, except that floats may differ by ``rtol`` (relative) — recursively through lists and dicts."""
+    """Equal, except that floats may differ by ``rtol`` (relative) — recursively through lists and dicts; ``y`` (the
+    after side) may hold the :data:`NEW_KEYS` that ``x`` lacks."""
     if isinstance(x, float) and isinstance(y, float) and rtol > 0:
         return math.isclose(x, y, rel_tol=rtol, abs_tol=rtol * 1e-3) or (math.isnan(x) and math.isnan(y))
     if isinstance(x, dict) and isinstance(y, dict):
+        y = {k: v for k, v in y.items() if k in x or k not in NEW_KEYS}
         return x.keys() == y.keys() and all(close(x[k], y[k], rtol) for k in x)
     if isinstance(x, list) and isinstance(y, list):
         return len(x) == len(y) and all(close(u, v, rtol) for u, v in zip(x, y))
@@ -99,6 +105,22 @@ def _same_table(a: Path, b: Path, rtol: float) -> bool:
     if ta.schema != tb.schema or ta.num_rows != tb.num_rows:
         return False
     return all(close(ta.column(n).to_pylist(), tb.column(n).to_pylist(), rtol) for n in ta.column_names)
+
+
+def _same_csv(a: Path, b: Path, root_a: Path, root_b: Path, rtol: float) -> bool:
+    """CSV files: the same cells; cells that read as floats equal up to ``rtol``."""
+    import csv
+
+    def cells(path: Path, root: Path) -> list[list[object]]:
+        def value(cell: str) -> object:
+            try:
+                return float(cell)
+            except ValueError:
+                return cell
+
+        return [[value(c) for c in row] for row in csv.reader(io.StringIO(_text(path, root)))]
+
+    return close(cells(a, root_a), cells(b, root_b), rtol)
 
 
 def _text(path: Path, root: Path) -> str:
@@ -131,6 +153,8 @@ def same_file(a: Path, b: Path, root_a: Path, root_b: Path, rtol: float = 0.0) -
             return _strip(yaml.safe_load(_text(a, root_a))) == _strip(yaml.safe_load(_text(b, root_b)))
         except yaml.YAMLError:
             pass
+    if a.suffix == ".csv" and rtol > 0:
+        return _same_csv(a, b, root_a, root_b, rtol)
     if a.suffix in (".html", ".md", ".csv", ".yaml"):
         volatile = re.compile(r"\d+(\.\d+)? ?s\b|\d{4}-\d\d-\d\d[T ][\d:]+Z?")
         return volatile.sub("", _text(a, root_a)) == volatile.sub("", _text(b, root_b))
@@ -159,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ignore", action="append", default=[], help="a file or folder name left out")
     parser.add_argument("--keep", help="run in this (new) folder and keep it, to look at the differences")
     parser.add_argument("--rtol", type=float, default=0.0,
-                        help="floats (JSON, parquet, .npy, json tar members) may differ by this relative amount")
+                        help="floats (JSON, CSV, parquet, .npy, json tar members) may differ by this relative amount")
+    parser.add_argument("--new-key", action="append", default=[],
+                        help="a JSON key the new code adds to a record on purpose (compared only when both have it)")
     args = parser.parse_args(argv)
+    NEW_KEYS.update(args.new_key)
     with tempfile.TemporaryDirectory(prefix="same-outputs-") as tmp:
         tmp_path = Path(args.keep) if args.keep else Path(tmp)
         runs = {}

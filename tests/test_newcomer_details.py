@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -29,19 +30,32 @@ LONG_PROMPT = "a photo of a tench, a kind of cyprinid, seen from above on a wood
 TOO_LONG = "Token indices sequence length is longer than the specified maximum"
 
 
-def test_tiny_pipeline_prints_no_token_length_warning(capfd: pytest.CaptureFixture[str]) -> None:
+def test_tiny_pipeline_prints_no_token_length_warning() -> None:
+    import logging
+
     import torch
 
     from imagenet_plus.models.diffusion import DiffusersSource, load_pipeline
     from imagenet_plus.models.tiny import tiny_clip_tokenizer
 
-    assert len(LONG_PROMPT) > 77
-    tiny_clip_tokenizer()(LONG_PROMPT)  # the tokenizer itself still warns: the check below can see the warning
-    assert TOO_LONG in capfd.readouterr().err
-    source = DiffusersSource(load_pipeline("tiny-random", torch.device("cpu"), "float32"), 1, 2.0, 32, 32)
-    images, _ = source([LONG_PROMPT], [""], [0])
-    assert len(images) == 1
-    assert TOO_LONG not in capfd.readouterr().err
+    # transformers' handler holds whatever stderr was when it was made (another test's capture, in a full run):
+    # listen on its library logger itself
+    logged = io.StringIO()
+    handler = logging.StreamHandler(logged)
+    library = logging.getLogger("transformers")
+    library.addHandler(handler)
+    try:
+        assert len(LONG_PROMPT) > 77
+        tiny_clip_tokenizer()(LONG_PROMPT)  # the tokenizer itself still warns: the check below can see the warning
+        assert TOO_LONG in logged.getvalue()
+        logged.seek(0)
+        logged.truncate()
+        source = DiffusersSource(load_pipeline("tiny-random", torch.device("cpu"), "float32"), 1, 2.0, 32, 32)
+        images, _ = source([LONG_PROMPT], [""], [0])
+        assert len(images) == 1
+        assert TOO_LONG not in logged.getvalue()
+    finally:
+        library.removeHandler(handler)
 
 
 @pytest.mark.parametrize(("command", "usage"), [

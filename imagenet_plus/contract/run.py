@@ -202,7 +202,8 @@ def check_plan(record: RunRecord, source: Path | str) -> None:
     """Refuse a plan that contradicts itself (a hand-edited run.yaml), naming the key at fault.
 
     The plan ``generate`` writes: the first segment is ``initial`` and holds indices ``0..images_per_class-1`` of
-    every class; each later segment gives a class at most one range, starting where that class's earlier ranges
+    every class (but the classes without real images of a run with ``real_missing: skip``, which no segment plans);
+    each later segment gives a class at most one range, starting where that class's earlier ranges
     end (no index planned twice, none skipped); the ``initial`` and ``extend`` segments hold
     ``config.images_per_class`` indices of every class; a segment's ``strategies`` name classes it has indices of;
     ``num_images`` is the sum.
@@ -219,6 +220,9 @@ def check_plan(record: RunRecord, source: Path | str) -> None:
     ipc = record.config.get("images_per_class")
     if not _is_int(ipc) or ipc <= 0:
         raise UserError(f"{source}: key 'config.images_per_class' must be a positive integer, got {_short_repr(ipc)}")
+    # ``real_missing: skip`` plans no image of the classes without real images: the initial segment leaves them out
+    skips_classes = record.config.get("real_missing") == "skip"
+    skipped: set[int] = set()
     end: dict[int, int] = {}  # label → the first index no segment so far plans
     per_class = dict.fromkeys(range(num_classes), 0)  # label → indices of initial and extend segments
     for i, seg in enumerate(segments):
@@ -248,7 +252,9 @@ def check_plan(record: RunRecord, source: Path | str) -> None:
             end[label] = stop
             if seg.kind in PER_CLASS_KINDS:
                 per_class[label] += stop - start
-        if i == 0 and len(labels) != num_classes:
+        if i == 0 and skips_classes:
+            skipped = set(range(num_classes)) - labels
+        elif i == 0 and len(labels) != num_classes:
             missing = min(set(range(num_classes)) - labels)
             raise UserError(f"{source}: key '{name}.ranges' has no range of class {missing}, but the 'initial' "
                             f"segment plans every class (num_classes: {num_classes}): {RESTORE_RUN_YAML}")
@@ -256,7 +262,8 @@ def check_plan(record: RunRecord, source: Path | str) -> None:
             if label not in labels:
                 raise UserError(f"{source}: key '{name}.strategies[{k}]' names class {label}, which has no range in "
                                 f"this segment: {RESTORE_RUN_YAML}")
-    short = next(((label, n) for label, n in per_class.items() if n != ipc), None)
+    short = next(((label, n) for label, n in per_class.items() if n != ipc and not (n == 0 and label in skipped)),
+                 None)
     if short is not None:
         label, n = short
         raise UserError(f"{source}: key 'config.images_per_class' is {ipc}, but the 'initial' and 'extend' segments "

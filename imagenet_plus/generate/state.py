@@ -38,8 +38,8 @@ from imagenet_plus.contract import (
     write_run_yaml,
 )
 from imagenet_plus.contract.run import RESTORE_RUN_YAML
-from imagenet_plus.errors import UserError
-from imagenet_plus.generate.config import GenerateConfig, hashed_settings, run_settings
+from imagenet_plus.errors import ConfigError, UserError
+from imagenet_plus.generate.config import REAL_FINGERPRINT, GenerateConfig, hashed_settings, run_settings
 from imagenet_plus.generate.inputs import RunInputs, check_paired_images, resolve_inputs, without_labels
 from imagenet_plus.generate.plan import (
     PlanItem,
@@ -130,10 +130,17 @@ def _read_remedy(paths: RunPaths, classes: Sequence[ClassInfo]) -> dict[int, str
 def recorded_config(paths: RunPaths, recorded: RunRecord) -> GenerateConfig:
     """The config run.yaml records, validated as a :class:`GenerateConfig` (every key, its type and range).
 
+    The fingerprint of the real images (:data:`~imagenet_plus.generate.config.REAL_FINGERPRINT`) is recorded beside
+    the settings, not one of them: it is checked to be a string and left out.
+
     Raises:
         ConfigError: an unknown key, a wrong type or a value out of range, named with ``RUN/run.yaml: config``.
     """
-    return config_from_mapping(GenerateConfig, recorded.config, f"{paths.run_yaml}: config")
+    settings = dict(recorded.config)
+    fingerprint = settings.pop(REAL_FINGERPRINT, None)
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise ConfigError(f"{paths.run_yaml}: config: '{REAL_FINGERPRINT}' must be a string, got {fingerprint!r}")
+    return config_from_mapping(GenerateConfig, settings, f"{paths.run_yaml}: config")
 
 
 def check_recorded_run(paths: RunPaths, recorded: RunRecord, classes: Sequence[ClassInfo], run_hash: str,

@@ -13,6 +13,7 @@ run, a folder that is not a release. The new release is built in ``NAME.partial`
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from imagenet_plus.contract import (
@@ -42,6 +43,30 @@ def _refuse_foreign(folder: Path, foreign: list[str], what: str) -> None:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise UserError(f"{folder} holds this run's earlier release but also {foreign[0]!r}{more}, which the release "
                         f"did not write: move it out of the folder or choose another {what} folder")
+
+
+def release_owned(info: ReleaseInfo) -> Callable[[str], bool]:
+    """Accepts the relative paths (files and the folders above them) of the release ``info`` describes: what
+    :func:`~imagenet_plus.io.atomic.replace_folder` may remove when a new release of the same run replaces it."""
+    written = release_file_names(info)
+    folders = {"/".join(name.split("/")[:i]) for name in written for i in range(1, name.count("/") + 1)}
+    return lambda rel: rel in written or rel in folders
+
+
+def imagefolder_owned(rel: str) -> bool:
+    """Whether the relative path ``rel`` is one an image-folder export writes: the marker, the split and class
+    folders, and ``{train,val}/{class_id}/{key}{ext}`` files."""
+    parts = rel.split("/")
+    if parts == [IMAGEFOLDER_MARKER]:
+        return True
+    if not 1 <= len(parts) <= 3 or parts[0] not in IMAGEFOLDER_SPLITS.values():
+        return False
+    if len(parts) >= 2 and not KEY_PATTERN.match(parts[1]):
+        return False
+    if len(parts) < 3:
+        return True
+    stem, dot, ext = parts[2].rpartition(".")
+    return bool(dot) and f".{ext}" in IMAGEFOLDER_EXT.values() and bool(KEY_PATTERN.match(stem))
 
 
 def replaceable_release(folder: Path, run: RunRecord) -> bool:
@@ -75,16 +100,7 @@ def replaceable_imagefolder(folder: Path, run: RunRecord) -> bool:
         return False
     if not marker.made_from(run.run_id, run.config_hash):
         return False
-    splits, suffixes = set(IMAGEFOLDER_SPLITS.values()), set(IMAGEFOLDER_EXT.values())
-
-    def written(rel: str) -> bool:
-        parts = rel.split("/")
-        if parts == [IMAGEFOLDER_MARKER]:
-            return True
-        if len(parts) != 3 or parts[0] not in splits or not KEY_PATTERN.match(parts[1]):
-            return False
-        stem, dot, ext = parts[2].rpartition(".")
-        return bool(dot) and f".{ext}" in suffixes and bool(KEY_PATTERN.match(stem))
-
-    _refuse_foreign(folder, [f for f in _files_under(folder) if not written(f)], "--imagefolder")
+    _refuse_foreign(folder, [f for f in _files_under(folder)
+                                   if f != IMAGEFOLDER_MARKER and (f.count("/") != 2 or not imagefolder_owned(f))],
+                    "--imagefolder")
     return True

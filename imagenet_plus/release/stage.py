@@ -54,7 +54,12 @@ from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import claimed_partial
 from imagenet_plus.pipeline.freshness import StageInputs, fingerprint, is_current, mark_current
 from imagenet_plus.release.config import ReleaseConfig
-from imagenet_plus.release.ownership import replaceable_imagefolder, replaceable_release
+from imagenet_plus.release.ownership import (
+    imagefolder_owned,
+    release_owned,
+    replaceable_imagefolder,
+    replaceable_release,
+)
 from imagenet_plus.release.plan import plan_release
 from imagenet_plus.release.sources import ReleaseSources, index_generated, read_release_scores
 from imagenet_plus.release.writer import (
@@ -144,10 +149,11 @@ def run_release(run: str | Path, out: str | Path, cfg: ReleaseConfig) -> Path:
         plan = plan_release(paths, cfg)
         index = index_generated(paths, plan.rows)
         sources = ReleaseSources(plan, index, read_release_scores(paths, plan.rows))
-        info = ReleaseInfo.read(ReleasePaths(out).info_json) if rel_done else write_release(paths, out, cfg, fp,
-                                                                                             sources)
+        old_info = ReleasePaths(out).info_json  # an earlier release of this run (_done refused any other)
+        info = ReleaseInfo.read(old_info) if rel_done else write_release(
+            paths, out, cfg, fp, sources, release_owned(ReleaseInfo.read(old_info)) if old_info.is_file() else None)
         if folder is not None and not folder_done:
-            write_imagefolder(folder, fp, sources, run)
+            write_imagefolder(folder, fp, sources, run, imagefolder_owned)
     mark_current(paths, inputs, _facts(out, info))
     return out
 

@@ -160,10 +160,13 @@ def write_shards(tmp: Path, cfg: ReleaseConfig, sources: ReleaseSources) -> Writ
     return WrittenSplits(info, nbytes)
 
 
-def write_release(paths: RunPaths, out: Path, cfg: ReleaseConfig, fingerprint: str,
-                  sources: ReleaseSources) -> ReleaseInfo:
-    """Shards, then ``_info.json``, then the card, all in ``out.partial``; swapped in as ``out`` when complete."""
-    with building_folder(out) as tmp:
+def write_release(paths: RunPaths, out: Path, cfg: ReleaseConfig, fingerprint: str, sources: ReleaseSources,
+                  owned: Callable[[str], bool] | None = None) -> ReleaseInfo:
+    """Shards, then ``_info.json``, then the card, all in ``out.partial``; swapped in as ``out`` when complete.
+
+    ``owned`` accepts the files of an earlier release in ``out`` that the new one replaces (None: ``out`` must be
+    absent or empty)."""
+    with building_folder(out, owned) as tmp:
         written = write_shards(tmp, cfg, sources)
         run_yaml = read_run_yaml(paths)
         classes = sources.plan.classes
@@ -191,9 +194,11 @@ def write_release(paths: RunPaths, out: Path, cfg: ReleaseConfig, fingerprint: s
 # the image-folder export
 
 
-def write_imagefolder(folder: Path, fingerprint: str, sources: ReleaseSources, run: RunRecord | None = None) -> None:
-    """``folder/{train,val}/{class_id}/{key}.JPEG`` (torchvision's ImageFolder layout) and the marker, swapped in."""
-    with building_folder(folder) as tmp:
+def write_imagefolder(folder: Path, fingerprint: str, sources: ReleaseSources, run: RunRecord | None = None,
+                      owned: Callable[[str], bool] | None = None) -> None:
+    """``folder/{train,val}/{class_id}/{key}.JPEG`` (torchvision's ImageFolder layout) and the marker, swapped in
+    (``owned`` accepts the files of an earlier export it replaces)."""
+    with building_folder(folder, owned) as tmp:
         splits = sources.plan.splits
         suffix = IMAGEFOLDER_EXT[sources.index.image_ext]
         bar = progress_bar(sum(len(v) for v in splits.values()), "imagefolder")
