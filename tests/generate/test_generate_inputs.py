@@ -186,6 +186,10 @@ def test_missing_real_classes_skip_or_text(tmp_path, class_file):
     assert run_generate(make_cfg(class_file, real=str(real), init_strength=0.5, real_missing="skip"), skip,
                         source_factory=factory(RecordingSource())).done
     assert sorted(samples(skip)) == sorted(planned_keys(skip)) == [f"red-apple_{i:06d}" for i in range(6)]
+    # the re-run reads back a plan without the skipped class: its checks accept it, and nothing is added
+    assert run_generate(make_cfg(class_file, real=str(real), init_strength=0.5, real_missing="skip"), skip,
+                        source_factory=factory(RecordingSource())).done
+    assert sorted(samples(skip)) == [f"red-apple_{i:06d}" for i in range(6)]
     text = tmp_path / "text"
     src = RecordingSource()
     cfg = make_cfg(class_file, real=str(real), init_strength=0.5, real_missing="text")
