@@ -69,7 +69,15 @@ from imagenet_plus.generate.writer import ShardWriterThread
 from imagenet_plus.io.lock import folder_lock, is_main_process
 from imagenet_plus.io.storage import storage_errors
 from imagenet_plus.models.diffusion import DiffusersSource, check_offload, load_pipeline, model_location
-from imagenet_plus.pipeline.engines import ExecutionConfig, Resources, job_share, owned_by_job, run_on_ray
+from imagenet_plus.pipeline.engines import (
+    ExecutionConfig,
+    Resources,
+    connect_ray,
+    import_ray,
+    job_share,
+    owned_by_job,
+    run_on_ray,
+)
 from imagenet_plus.pipeline.freshness import file_identity, is_current, mark_current
 from imagenet_plus.pipeline.progress import progress_bar
 from imagenet_plus.pipeline.ranks import init_dist, rank_share
@@ -328,6 +336,8 @@ def run_generate(
     paths = RunPaths(Path(out))
     execution = execution or ExecutionConfig()
     share = job_share(execution)
+    if execution.engine == "ray":
+        import_ray()  # "pip install 'imagenet-plus[ray]'" before anything is written
     if cfg.offload != "none":  # refused before the process group and the class set are set up
         import torch
 
@@ -386,8 +396,6 @@ def _generate_on_ray(state: RunState, paths: RunPaths, source_factory: Callable[
 
 def _cluster_has_gpus(execution: ExecutionConfig) -> bool:
     """Whether the Ray cluster has GPUs (then each shard worker takes one)."""
-    from imagenet_plus.pipeline.engines import connect_ray
-
     return connect_ray(execution.ray_address).cluster_resources().get("GPU", 0) > 0
 
 

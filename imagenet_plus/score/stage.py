@@ -53,7 +53,7 @@ from imagenet_plus.contract.scores import BadShard, ModelsRecord, ScoreSummary
 from imagenet_plus.errors import UserError
 from imagenet_plus.pipeline import freshness
 from imagenet_plus.pipeline.config import config_to_dict
-from imagenet_plus.pipeline.engines import ExecutionConfig, Resources, job_share, run_on_ray
+from imagenet_plus.pipeline.engines import ExecutionConfig, Resources, connect_ray, import_ray, job_share, run_on_ray
 from imagenet_plus.pipeline.freshness import StageInputs
 from imagenet_plus.pipeline.ranks import Dist, FileRendezvous, init_dist, rank_share
 from imagenet_plus.score.config import METRIC_SAMPLES, ScoreConfig, load_score_config
@@ -225,8 +225,6 @@ def _score_on_ray(paths: RunPaths, cfg: ScoreConfig, stems: list[str], classes: 
     ShardScorer` per worker), then the reference and the dataset pass in this process (the driver)."""
     import functools
 
-    from imagenet_plus.pipeline.engines import connect_ray
-
     todo = [i for i, s in enumerate(stems) if scores_problem(paths, s) is not None]
     gpus = 1.0 if connect_ray(execution.ray_address).cluster_resources().get("GPU", 0) > 0 else 0.0
     run_on_ray(functools.partial(ShardScorer, str(paths.root), cfg, stems, classes), todo,
@@ -280,6 +278,8 @@ def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None,
         PeerRankFailed: another rank failed.
     """
     execution = execution or ExecutionConfig()
+    if execution.engine == "ray":
+        import_ray()  # "pip install 'imagenet-plus[ray]'" before anything is written
     if job_share(execution) is not None:  # separate jobs score at once, each its own shards: no RUN/.lock
         return _run_score(run, cfg, scorers, execution)
     return _run_score_locked(run, cfg, scorers, execution)
