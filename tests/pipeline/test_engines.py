@@ -199,6 +199,7 @@ def _same_scores(a: Path, b: Path) -> None:
             value.equals(sb[name]) or pytest.fail(f"{name} differs")  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_score_job_shares_then_a_plain_score(tmp_path):
     """Two jobs of a share score their shards (no dataset pass, no RUN/.lock); a plain ``score`` then only runs the
     dataset pass: the scores equal those of one process."""
@@ -225,11 +226,17 @@ def test_score_job_shares_then_a_plain_score(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster of 2 CPUs, shared by the module's tests. Its workers (not this process) have
+    ``HANG_FILE_ENV`` = ``ray_cluster.hang``: the first ``NoiseSource`` call in a worker writes its pid there and
+    hangs (only the kill test uses ``NoiseSource`` on Ray)."""
     ray = pytest.importorskip("ray")
+    hang = tmp_path_factory.mktemp("ray") / "hang.pid"
     # workers import the package and the test helpers (ray_helpers) the driver pickled by name
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             runtime_env={"env_vars": {HANG_FILE_ENV: str(hang)}})
+    ray.hang = hang
     yield ray
     ray.shutdown()
 
@@ -256,11 +263,10 @@ def test_generate_on_ray_equals_the_plain_run(tmp_path, class_file, ray_cluster)
 
 
 @pytest.mark.slow
-def test_a_killed_ray_worker_is_restarted_and_its_shard_made_again(tmp_path, class_file, ray_cluster, monkeypatch):
+def test_a_killed_ray_worker_is_restarted_and_its_shard_made_again(tmp_path, class_file, ray_cluster):
     """The first worker to make a shard writes its pid and hangs; the test kills that process (SIGKILL): Ray restarts
     the worker, the shard is retried, and the run ends with exactly the planned keys."""
-    hang = tmp_path / "hang.pid"
-    monkeypatch.setenv(HANG_FILE_ENV, str(hang))  # the workers of this test's actors inherit it
+    hang = ray_cluster.hang  # the workers' HANG_FILE_ENV: the first NoiseSource call of a worker hangs
     killed: list[int] = []
 
     def killer() -> None:
@@ -281,7 +287,6 @@ def test_a_killed_ray_worker_is_restarted_and_its_shard_made_again(tmp_path, cla
     assert result.done and keys(run) == sorted(planned_keys(run)) and len(keys(run)) == 12
     assert not list((run / "generated").glob("*.partial"))
     plain = tmp_path / "plain"
-    monkeypatch.delenv(HANG_FILE_ENV)
     run_generate(cfg, plain, source_factory=noise_factory)
     assert tars(run) == tars(plain)
 
