@@ -30,6 +30,7 @@ prepare_texts`); img2img batches go to the model's image-to-image twin with the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -381,13 +382,7 @@ def _generate_on_ray(state: RunState, paths: RunPaths, source_factory: Callable[
     start = time.perf_counter()
     if todo:
         prepare_texts(paths.root, cfg, state.classes, state.inputs.real, {}, "cpu", True, lambda: None)
-        import functools
-
-        from imagenet_plus.models.registry import MODELS
-
         gpus = 1.0 if _cluster_has_gpus(execution) else 0.0
-        preset = MODELS.get(cfg.model)
-        log.debug(f"generate: ray workers ask for {gpus:g} GPU each ({preset.family if preset else cfg.family})")
         run_on_ray(functools.partial(ShardMaker, str(paths.root), state, source_factory), todo,
                    {s: len(shards[s]) for s in todo}, Resources(num_cpus=1, num_gpus=gpus), execution.ray_address,
                    "generate (ray)")
