@@ -375,14 +375,14 @@ def _generate_on_ray(state: RunState, paths: RunPaths, source_factory: Callable[
     cfg = state.config
     if source_factory is make_source:  # run.yaml ties the folder to the model: it must be found first
         model_location(cfg.model, find=True)
+    gpus = 1.0 if _cluster_has_gpus(execution) else 0.0  # joins the cluster before anything is written
     write_run_state(state, paths)
     clean_partials(paths.generated)
     shards = state.shards()
     todo = [s for s in range(len(shards)) if _to_make(paths.generated_tar(s))]
     start = time.perf_counter()
     if todo:
-        prepare_texts(paths.root, cfg, state.classes, state.inputs.real, {}, "cpu", True, lambda: None)
-        gpus = 1.0 if _cluster_has_gpus(execution) else 0.0
+        prepare_texts(paths.root, cfg, state.classes, state.inputs.real, {}, _local_device(), True, lambda: None)
         run_on_ray(functools.partial(ShardMaker, str(paths.root), state, source_factory), todo,
                    {s: len(shards[s]) for s in todo}, Resources(num_cpus=1, num_gpus=gpus), execution.ray_address,
                    "generate (ray)")
