@@ -169,6 +169,8 @@ def connect_ray(address: str | None) -> Any:
     if ray.is_initialized():
         return ray
     address = address or os.environ.get(RAY_ADDRESS_ENV) or None
+    if address is not None:
+        check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -176,6 +178,26 @@ def connect_ray(address: str | None) -> Any:
         raise UserError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                         ) from None
     return ray
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) address that no server answers, in seconds: ``ray.init``
+    would retry for minutes. ``auto`` and other forms are left to Ray.
+
+    Raises:
+        UserError: nothing listens there (naming the address and the reason).
+    """
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (start it with 'ray start "
+                        f"--head', or check --ray-address / {RAY_ADDRESS_ENV})") from None
 
 
 def worker_count(ray: Any, resources: Resources, num_shards: int) -> int:

@@ -122,6 +122,21 @@ def test_engine_ray_without_ray_is_one_line(tmp_path, class_file):
         assert not run.exists()
 
 
+def test_an_unreachable_ray_cluster_is_one_line(tmp_path, class_file):
+    """Nothing listens at --ray-address: one line in seconds (Ray itself would retry for minutes), nothing written."""
+    import socket
+
+    pytest.importorskip("ray")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}: Connection refused"):
+        run_generate(fake_cfg(class_file), run, source_factory=noise_factory,
+                     execution=ExecutionConfig(engine="ray", ray_address=f"127.0.0.1:{port}"))
+    assert not (run / "run.yaml").exists() and not (run / "generated").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # Job shares (Slurm arrays): no process group
 
