@@ -24,7 +24,8 @@ from imagenet_plus.errors import UserError
 from imagenet_plus.evaluate.config import EvaluateConfig
 from imagenet_plus.generate.config import GenerateConfig, load_generate_config
 from imagenet_plus.io.storage import storage_error
-from imagenet_plus.pipeline.config import load_config, with_config_options
+from imagenet_plus.pipeline.config import load_config, split_config_file, with_config_options
+from imagenet_plus.pipeline.engines import ExecutionConfig, load_execution, split_execution
 from imagenet_plus.pipeline.log import report_error, setup_logging
 from imagenet_plus.publish.config import PublishConfig
 from imagenet_plus.release.config import ReleaseConfig
@@ -89,7 +90,7 @@ def classes_cmd(
 # --------------------------------------------------------------------------------------------------
 # generate
 @app.command("generate")
-@with_config_options(GenerateConfig)
+@with_config_options(GenerateConfig, ExecutionConfig)
 def generate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory (created if missing).")],
     flags: dict,
@@ -102,24 +103,30 @@ def generate_cmd(
         typer.Option("--remedy", help="With --top-up: prompt flagged classes with the strategy in RUN/diagnosis.json."),
     ] = False,
 ) -> None:
-    """Generate images into RUN/generated/*.tar (resumable; use 'accelerate launch -m imagenet_plus' for N GPUs)."""
+    """Generate images into RUN/generated/*.tar (resumable; N GPUs: 'accelerate launch -m imagenet_plus', --engine ray,
+    or --job-index/--num-jobs; see docs/cluster.md)."""
     from imagenet_plus.generate import run_generate
 
-    run_generate(load_generate_config(config, flags), out, top_up=top_up, remedy=remedy)
+    stage_flags, execution_flags = split_execution(flags)
+    execution = load_execution(split_config_file(config)[0], execution_flags,
+                               str(config) if config is not None else "command line")
+    run_generate(load_generate_config(config, stage_flags), out, top_up=top_up, remedy=remedy, execution=execution)
 
 
 # --------------------------------------------------------------------------------------------------
 # score
 @app.command("score")
-@with_config_options(ScoreConfig)
+@with_config_options(ScoreConfig, ExecutionConfig)
 def score_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (generated).")], flags: dict
 ) -> None:
     """Score every image (CLIP, Inception, classifier, realism) and the set (FID/KID/IS/PR) into RUN/scores."""
     from imagenet_plus.score import run_score
 
-    summary = run_score(run, load_config(ScoreConfig, None, flags, "command line"))
-    if summary is None:  # a rank other than the main one: its shards are done, the main rank finishes
+    stage_flags, execution_flags = split_execution(flags)
+    summary = run_score(run, load_config(ScoreConfig, None, stage_flags, "command line"),
+                        execution=load_execution(None, execution_flags, "command line"))
+    if summary is None:  # a rank other than the main one, or a job of a share: its shards are done
         return
 
     def fmt(value: float | None, spec: str) -> str:

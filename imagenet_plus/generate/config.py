@@ -42,6 +42,7 @@ from imagenet_plus.models.registry import (
     family_from_folder,
 )
 from imagenet_plus.pipeline.config import config_to_dict, load_config, setting, split_config_file, stable_hash
+from imagenet_plus.pipeline.engines import split_execution
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -296,4 +297,5 @@ def load_generate_config(path: str | Path | None, overrides: dict[str, Any] | No
         UserError: a missing or malformed file.
     """
     top, _ = split_config_file(path)
+    top = split_execution(top)[0]  # engine, job share: where and how, read by load_execution
     return load_config(GenerateConfig, top, overrides, str(path) if path is not None else "command line")

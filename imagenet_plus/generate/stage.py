@@ -29,11 +29,13 @@ prepare_texts`); img2img batches go to the model's image-to-image twin with the 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from imagenet_plus.contract import (
     stats_path,
 )
 from imagenet_plus.contract.ownership import check_run_folder
+from imagenet_plus.errors import RunInUse
 from imagenet_plus.generate.config import GenerateConfig
 from imagenet_plus.generate.images import (
     ImagePlan,
@@ -67,6 +70,15 @@ from imagenet_plus.generate.writer import ShardWriterThread
 from imagenet_plus.io.lock import folder_lock, is_main_process
 from imagenet_plus.io.storage import storage_errors
 from imagenet_plus.models.diffusion import DiffusersSource, check_offload, load_pipeline, model_location
+from imagenet_plus.pipeline.engines import (
+    ExecutionConfig,
+    Resources,
+    connect_ray,
+    import_ray,
+    job_share,
+    owned_by_job,
+    run_on_ray,
+)
 from imagenet_plus.pipeline.freshness import file_identity, is_current, mark_current
 from imagenet_plus.pipeline.progress import progress_bar
 from imagenet_plus.pipeline.ranks import init_dist, rank_share
@@ -231,6 +243,56 @@ def make_source(cfg: GenerateConfig, device: Any) -> Any:
     return source
 
 
+def _local_device() -> Any:
+    """The device of a process that is not a rank of a launch (a Ray worker): its GPU when it has one."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ShardMaker:
+    """The per-shard work of ``generate`` as an engine calls it: built from (run location, the run's checked plan),
+    called with a shard id; returns the images it made (0 for a shard already done). Idempotent: a shard done is
+    left alone, one not done (a leftover, a damaged one: :func:`_to_make`) is made whole again with the same bytes.
+
+    The model is loaded on the first shard that needs it and kept for the next ones (a Ray worker makes many).
+    The captions of a shard's real images are made (or read from ``RUN/captions/``) by the process making it; the
+    class descriptions of the ``llm`` strategy are written by the driver before any shard (read here).
+
+    Args:
+        run: the run folder.
+        state: the run's plan as :func:`~imagenet_plus.generate.state.plan_run_state` checked it (run.yaml written).
+        source_factory: builds the image source from (resolved config, device).
+    """
+
+    def __init__(self, run: str | Path, state: RunState,
+                 source_factory: Callable[[GenerateConfig, Any], Any] = make_source) -> None:
+        self.paths = RunPaths(Path(run))
+        self.state = state
+        self.source_factory = source_factory
+        self._source: Any = None
+        self._device: Any = None
+
+    def __call__(self, shard: int) -> int:
+        state, cfg = self.state, self.state.config
+        tar = self.paths.generated_tar(shard)
+        if not _to_make(tar):
+            return 0
+        items = state.shards()[shard]
+        if self._source is None:
+            self._device = _local_device()
+            self._source = self.source_factory(cfg, self._device)
+        texts = prepare_texts(self.paths.root, cfg, state.classes, state.inputs.real, {shard: items}, self._device,
+                              False, lambda: None)
+        writer = ShardWriterThread(cfg.image_format, cfg.quality, max_queue=max(8, 2 * cfg.batch_size))
+        try:
+            generate_shard(items, tar, cfg, state.classes, self._source, writer, real=state.inputs.real,
+                           captions=texts.shard_captions(shard), descriptions=texts.descriptions)
+        finally:
+            writer.close()  # the tar and its stats are on disk before the shard is reported made
+        return len(items)
+
+
 #: Seconds between two looks for another rank's failure while generating.
 FAILURE_CHECK_SECONDS = 2.0
 
@@ -241,6 +303,7 @@ def run_generate(
     top_up: bool = False,
     source_factory: Callable[[GenerateConfig, Any], Any] = make_source,
     remedy: bool = False,
+    execution: ExecutionConfig | None = None,
 ) -> GenerateResult:
     """Generate every planned image of ``cfg`` into the run folder ``out`` (resumable).
 
@@ -261,6 +324,9 @@ def run_generate(
         source_factory: builds the image source from (resolved config, device); tests inject fakes.
         remedy: with ``top_up``, generate the new indices of each class ``diagnose`` flagged with the prompt
             strategy it names (reads ``RUN/diagnosis.json``), instead of the configured strategies.
+        execution: the engine and the job share (:mod:`~imagenet_plus.pipeline.engines`; default: accelerate,
+            every shard). A job of a share holds ``RUN/.lock`` only while it checks and writes the plan (it waits
+            for the other jobs' turn), then makes its own shards unlocked: each shard has one job.
 
     Returns:
         What this rank did, and whether every shard of the run is now done.
@@ -269,6 +335,10 @@ def run_generate(
         UserError: bad settings (nothing is written), or an error on any rank.
     """
     paths = RunPaths(Path(out))
+    execution = execution or ExecutionConfig()
+    share = job_share(execution)
+    if execution.engine == "ray":
+        import_ray()  # "pip install 'imagenet-plus[ray]'" before anything is written
     if cfg.offload != "none":  # refused before the process group and the class set are set up
         import torch
 
@@ -279,20 +349,73 @@ def run_generate(
     state = plan_run_state(cfg, paths, top_up, remedy)  # every rank checks before anyone writes
     with storage_errors(paths.root):
         paths.root.mkdir(parents=True, exist_ok=True)
+    if share is not None:
+        with _plan_lock(paths.root):  # jobs take turns to check and write the plan and the class descriptions
+            if file_identity(paths.run_yaml) != planned_from:
+                state = plan_run_state(cfg, paths, top_up, remedy)
+            if is_main_process():
+                if source_factory is make_source:
+                    model_location(cfg.model, find=True)
+                write_run_state(state, paths)
+                prepare_texts(paths.root, cfg, state.classes, state.inputs.real, {}, "cpu", True, lambda: None)
+        return _generate(replace(state, new_run=False, changed=False), paths, source_factory, share)
     with folder_lock(paths.root):  # rank 0; "RUN is in use by pid N on HOST" for a second launch
         if file_identity(paths.run_yaml) != planned_from:  # another process changed the plan meanwhile
             state = plan_run_state(cfg, paths, top_up, remedy)
+        if execution.engine == "ray":
+            return _generate_on_ray(state, paths, source_factory, execution)
         return _generate(state, paths, source_factory)
 
 
-def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[GenerateConfig, Any], Any]
-              ) -> GenerateResult:
-    """:func:`run_generate` once the plan is checked and the run is locked: write it, make this rank's shards."""
+def _generate_on_ray(state: RunState, paths: RunPaths, source_factory: Callable[[GenerateConfig, Any], Any],
+                     execution: ExecutionConfig) -> GenerateResult:
+    """:func:`run_generate` with ``--engine ray``: this process (the driver) writes the plan and the class
+    descriptions, cleans leftovers, and hands every shard not done to the Ray cluster (:class:`ShardMaker` on
+    each worker); it records the stage as current when every shard is done."""
+    cfg = state.config
+    if source_factory is make_source:  # run.yaml ties the folder to the model: it must be found first
+        model_location(cfg.model, find=True)
+    gpus = 1.0 if _cluster_has_gpus(execution) else 0.0  # joins the cluster before anything is written
+    write_run_state(state, paths)
+    clean_partials(paths.generated)
+    shards = state.shards()
+    todo = [s for s in range(len(shards)) if _to_make(paths.generated_tar(s))]
+    start = time.perf_counter()
+    if todo:
+        prepare_texts(paths.root, cfg, state.classes, state.inputs.real, {}, _local_device(), True, lambda: None)
+        run_on_ray(functools.partial(ShardMaker, str(paths.root), state, source_factory), todo,
+                   {s: len(shards[s]) for s in todo}, Resources(num_cpus=1, num_gpus=gpus), execution.ray_address,
+                   "generate (ray)")
+    return _finish(state, paths, shards, todo, sum(len(shards[s]) for s in todo), time.perf_counter() - start)
+
+
+def _cluster_has_gpus(execution: ExecutionConfig) -> bool:
+    """Whether the Ray cluster has GPUs (then each shard worker takes one)."""
+    return connect_ray(execution.ray_address).cluster_resources().get("GPU", 0) > 0
+
+
+def _finish(state: RunState, paths: RunPaths, shards: list[list[PlanItem]], todo: list[int], made: int,
+            seconds: float) -> GenerateResult:
+    """Record the stage as current when every shard is done (the driver of a Ray run, a job of a share)."""
+    missing = [s for s in range(len(shards)) if not generated_done(paths.generated_tar(s))]
+    if not missing:
+        mark_current(paths, inputs_of(paths, state), {"num_shards": len(shards), "num_planned": sum(map(len, shards))})
+    log.info(f"generate: {paths.root}: {len(shards) - len(missing)}/{len(shards)} shards done "
+             f"({sum(len(x) for x in shards)} images planned); made {made} images in {seconds:.1f}s")
+    return GenerateResult(paths.root, len(shards), len(todo), made, seconds, done=not missing)
+
+
+def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[GenerateConfig, Any], Any],
+              share: tuple[int, int] | None = None) -> GenerateResult:
+    """:func:`run_generate` once the plan is checked and the run is locked: write it, make this rank's shards
+    (of this job's share, when one is given: then the plan is already written, and only this job's leftovers are
+    made again, never another job's shard in the making)."""
     cfg = state.config
     dist = init_dist()
     check_offload(cfg.offload, dist.device)
     shards = state.shards()
-    todo = [s for s in range(len(shards)) if dist.owns(s) and not generated_done(paths.generated_tar(s))]
+    mine = [s for s in range(len(shards)) if owned_by_job(s, share)]
+    todo = [s for s in mine if dist.owns(mine.index(s)) and not generated_done(paths.generated_tar(s))]
     # run.yaml ties the folder to this model, so it is written only once the model is known to load: one process
     # loads it first; several first check that every rank finds it (local, cached or answering: seconds), then load
     # it in their share below, where a failure is marked for the others (no collective waits on a load).
@@ -300,13 +423,15 @@ def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[Genera
     if dist.world_size > 1 and source_factory is make_source:  # an injected factory brings its own model
         model_location(cfg.model, find=True)
     dist.barrier()
-    if dist.is_main:
+    if dist.is_main and share is None:  # a job of a share wrote the plan under the lock; it never cleans others'
         write_run_state(state, paths)
         clean_partials(paths.generated)
     dist.barrier()
 
     shards = state.shards()
-    todo = [s for s in range(len(shards)) if dist.owns(s) and _to_make(paths.generated_tar(s))]
+    todo = [s for s in mine if dist.owns(mine.index(s)) and _to_make(paths.generated_tar(s))]
+    if share is not None and dist.world_size == 1:
+        return _generate_share(state, paths, source, source_factory, todo, dist, share)
     if dist.world_size == 1 and not todo:  # nothing to do (the header check found no damaged shard): write nothing
         if not is_current(paths, inputs_of(paths, state)):
             mark_current(paths, inputs_of(paths, state), {"num_shards": len(shards),
@@ -315,9 +440,10 @@ def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[Genera
         return GenerateResult(paths.root, len(shards), 0, 0, 0.0, done=True)
     start = time.perf_counter()
     made = 0
-    with rank_share(paths.markers / STAGE, dist) as rdv:
+    markers = paths.markers / STAGE if share is None else paths.markers / STAGE / f"job-{share[0]:05d}"
+    with rank_share(markers, dist) as rdv:
         texts = prepare_texts(paths.root, cfg, state.classes, state.inputs.real, {s: shards[s] for s in todo},
-                              dist.device, dist.is_main, rdv.check)
+                              dist.device, dist.is_main and share is None, rdv.check)
         if todo:
             source = source if source is not None else source_factory(cfg, dist.device)
             writer = ShardWriterThread(cfg.image_format, cfg.quality, max_queue=max(8, 2 * cfg.batch_size))
@@ -342,6 +468,8 @@ def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[Genera
     if dist.world_size == 1:
         rdv.close()
     missing = [s for s in range(len(shards)) if not generated_done(paths.generated_tar(s))]
+    if dist.is_main and share is not None:
+        return _finish(state, paths, shards, todo, made, seconds)
     if dist.is_main:
         if not missing:
             facts = {"num_shards": len(shards), "num_planned": sum(map(len, shards))}
@@ -351,6 +479,46 @@ def _generate(state: RunState, paths: RunPaths, source_factory: Callable[[Genera
             f"({sum(len(x) for x in shards)} images planned); made {made} images in {seconds:.1f}s on rank 0"
         )
     return GenerateResult(paths.root, len(shards), len(todo), made, seconds, done=not missing)
+
+
+def _generate_share(state: RunState, paths: RunPaths, source: Any,
+                    source_factory: Callable[[GenerateConfig, Any], Any], todo: list[int], dist: Any,
+                    share: tuple[int, int]) -> GenerateResult:
+    """One process of a job share: its shards through :class:`ShardMaker` (the function a Ray worker calls), with
+    a progress bar; no process group, no markers. The job that finds every shard done records the stage."""
+    shards = state.shards()
+    maker = ShardMaker(paths.root, state, source_factory)
+    maker._source, maker._device = source, dist.device
+    start = time.perf_counter()
+    made = 0
+    with progress_bar(sum(len(shards[s]) for s in todo), f"generate (job {share[0]} of {share[1]})") as bar:
+        for s in todo:
+            n = maker(s)
+            made += n
+            bar.update(n)
+    return _finish(state, paths, shards, todo, made, time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _plan_lock(root: Path) -> Iterator[None]:
+    """``RUN/.lock`` for a job of a share while it checks and writes the plan: taken in turn (the other jobs of
+    the share wait for it: seconds each), not refused."""
+    said = False
+    with contextlib.ExitStack() as stack:
+        while True:
+            try:
+                stack.enter_context(folder_lock(root))
+                break
+            except RunInUse as exc:
+                if not said:
+                    log.info(f"generate: waiting for the plan lock ({exc.message})")
+                    said = True
+                time.sleep(LOCK_POLL_SECONDS)
+        yield
+
+
+#: Seconds between two tries of ``RUN/.lock`` by a job of a share.
+LOCK_POLL_SECONDS = 0.2
 
 
 def _to_make(tar: Path) -> bool:

@@ -56,6 +56,7 @@ from imagenet_plus.io.atomic import write_bytes_atomic, write_json_atomic
 from imagenet_plus.io.lock import folder_lock
 from imagenet_plus.io.storage import storage_errors
 from imagenet_plus.pipeline.config import config_to_dict, field_name, load_config, split_config_file
+from imagenet_plus.pipeline.engines import EXECUTION_KEYS, ExecutionConfig, job_share
 from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current, what_changed
 from imagenet_plus.pipeline.ranks import init_dist
 
@@ -210,14 +211,30 @@ def register(spec: StageSpec) -> StageSpec:
 # generate ------------------------------------------------------------------------------------------
 
 
+def _execution(src: ConfigSource, top: dict[str, Any]) -> dict[str, Any]:
+    """Take the execution keys (``engine``, ``ray-address``, ``job-index``, ``num-jobs``) out of the top level: they
+    are generate's and score's (:class:`~imagenet_plus.pipeline.engines.ExecutionConfig`), not a generate setting."""
+    execution = {k: _pop(top, k) for k in list(top) if field_name(k) in EXECUTION_KEYS}
+    return {"execution": load_config(ExecutionConfig, execution, None, str(src.path))}
+
+
 def _run_generate(plan: Plan) -> None:
-    result = generate.run_generate(plan.generate, plan.run)
+    result = generate.run_generate(plan.generate, plan.run, execution=plan.execution)
     if not result.done:
+        share = job_share(plan.execution)
+        if share is not None:  # this job's shards are made; the stages after generate need every job's
+            raise UserError(f"generate made job {share[0]}'s shards of {plan.run} ({share[1]} jobs); the other jobs' "
+                            "are not all done: run the stages after generate once every job finished")
         raise UserError(f"generate did not finish every shard of {plan.run}: run the same command again")
 
 
-register(StageSpec("generate", generate, "GenerateConfig", call=_run_generate, all_ranks=True, section=None))
-register(StageSpec("score", score, "ScoreConfig", all_ranks=True))
+def _run_score(plan: Plan) -> Any:
+    return score.run_score(plan.run, plan.score, execution=plan.execution)
+
+
+register(StageSpec("generate", generate, "GenerateConfig", call=_run_generate, all_ranks=True, section=None,
+                   prepare=_execution))
+register(StageSpec("score", score, "ScoreConfig", call=_run_score, all_ranks=True))
 register(StageSpec("diagnose", diagnose, "DiagnoseConfig", optional=True))
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from imagenet_plus.classes.sets import ClassInfo
 from imagenet_plus.contract import (
     COL_CLASSIFIER_PROB,
     COL_CLASSIFIER_TOP1,
@@ -215,46 +216,100 @@ def _shard_count(paths: RunPaths, stem: str) -> int:
         return 0
 
 
+def _needs_scoring(paths: RunPaths, stem: str) -> bool:
+    """Whether a shard must be scored (``files.scores_problem``); scores that are there but not done (cut, stale:
+    the stage's own files) are named in a warning and deleted first, and leftovers of a killed writer removed."""
+    why = scores_problem(paths, stem)
+    if why is None:
+        return False
+    if why != "not scored":
+        log.warning("warning: scoring shard %s again: %s", stem, why)
+        drop_scores(paths.score_files(stem))
+    paths.score_files(stem).clean()
+    return True
+
+
+def score_one(paths: RunPaths, stem: str, models: Scorers, cfg: ScoreConfig, num_classes: int,
+              pool: ThreadPoolExecutor, bar: Any, rank: int = 0, world_size: int = 1,
+              check: Callable[..., None] | None = None) -> int:
+    """Score one generated shard and write its record (``NNNNN.stats.json``, last); a corrupt shard is marked bad
+    with ``skip_bad_shards`` (returns 0), else raised. The per-shard work every engine runs.
+
+    Raises:
+        CorruptShard: the shard does not read back (without ``skip_bad_shards``).
+    """
+    files = paths.score_files(stem)
+    started = time.monotonic()
+    generated = stats_digest(paths.generated / f"{stem}.tar")
+    try:
+        n = score_shard(paths.generated / f"{stem}.tar", files, models, cfg, num_classes, pool, bar,
+                        check=None if check is None else (lambda: check(every=1.0)))
+    except CorruptShard as exc:
+        if not cfg.skip_bad_shards:
+            raise
+        BadShard(shard=stem, error=exc.message).write(files.bad)
+        log.warning("warning: skipped bad shard %s: %s", stem, exc.message)
+        return 0
+    ScoredShard(shard=stem, count=n, rank=rank, world_size=world_size,
+                seconds=round(time.monotonic() - started, 3), generated=str(generated)).write(files.stats)
+    return n
+
+
+class ShardScorer:
+    """The per-shard work of ``score`` as an engine calls it: built from (run location, settings, class set),
+    called with a shard's position in the sorted list of generated shards; returns the images it scored (0 for a
+    shard already scored). The networks are loaded on the first shard that needs them and kept for the next ones.
+
+    Args:
+        run: the run folder.
+        cfg: the score settings.
+        stems: the generated shards' stems, sorted (a shard id is a position in this list).
+        classes: the class records (``RUN/classes.json``).
+    """
+
+    def __init__(self, run: str | Path, cfg: ScoreConfig, stems: list[str], classes: list[dict[str, Any]]) -> None:
+        self.paths = RunPaths(Path(run))
+        self.cfg, self.stems, self.classes = cfg, list(stems), classes
+        self._models: Scorers | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __call__(self, shard: int) -> int:
+        stem = self.stems[shard]
+        if not _needs_scoring(self.paths, stem):
+            return 0
+        if self._models is None:
+            import torch
+
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            self._models = Scorers(self.cfg, device, [ClassInfo.from_dict(c) for c in self.classes])
+            self._models.load_all()
+            self._pool = ThreadPoolExecutor(max_workers=self.cfg.num_workers)
+        assert self._pool is not None
+        return score_one(self.paths, stem, self._models, self.cfg, len(self.classes), self._pool,
+                         progress_bar(0, "", enabled=False))
+
+
 def score_own_shards(paths: RunPaths, stems: list[str], models: Scorers, cfg: ScoreConfig, num_classes: int,
-                     dist: Dist, rdv: FileRendezvous) -> None:
+                     dist: Dist, rdv: FileRendezvous, share: tuple[int, int] | None = None) -> None:
     """Pass 1 on this rank's shards that are not done (``files.scores_problem``); a corrupt shard is skipped
     (marked bad) or stops the stage. Scores that are there but not done (cut, stale: they are the stage's own
-    files) are named in a warning and deleted before the shard is scored again.
+    files) are named in a warning and deleted before the shard is scored again. With a job ``share`` (index,
+    count), only the shards at positions ``i % count == index`` are this job's (then split across its ranks).
 
     Raises:
         CorruptShard: a shard does not read back (without ``skip_bad_shards``).
         PeerRankFailed: another rank failed (never taken for a bad shard).
     """
-    mine = []
-    for i, s in enumerate(stems):
-        why = scores_problem(paths, s) if dist.owns(i) else None
-        if why is None:
-            continue
-        mine.append(s)
-        if why != "not scored":
-            log.warning("warning: scoring shard %s again: %s", s, why)
-            drop_scores(paths.score_files(s))
-        paths.score_files(s).clean()
+    ours = [i for i in range(len(stems)) if share is None or i % share[1] == share[0]]
+    mine = [stems[i] for k, i in enumerate(ours) if dist.owns(k) and _needs_scoring(paths, stems[i])]
     if not mine:
         return
     models.load_all()
-    if dist.is_main:  # only once the networks loaded: a failed start does not pin the models
+    if dist.is_main and share is None:  # only once the networks loaded: a failed start does not pin the models
         models_record(cfg).write(paths.models_json)
-    bar = progress_bar(sum(_shard_count(paths, s) for s in mine), f"score (rank {dist.rank})", enabled=dist.is_main)
+    desc = f"score (rank {dist.rank})" if share is None else f"score (job {share[0]} of {share[1]}, rank {dist.rank})"
+    bar = progress_bar(sum(_shard_count(paths, s) for s in mine), desc, enabled=dist.is_main)
     with bar, ThreadPoolExecutor(max_workers=cfg.num_workers) as pool:
         for s in mine:
             rdv.check()
-            files = paths.score_files(s)
-            started = time.monotonic()
-            generated = stats_digest(paths.generated / f"{s}.tar")
-            try:
-                n = score_shard(paths.generated / f"{s}.tar", files, models, cfg, num_classes, pool, bar,
-                                check=lambda: rdv.check(every=1.0))
-            except CorruptShard as exc:
-                if not cfg.skip_bad_shards:
-                    raise
-                BadShard(shard=s, error=exc.message).write(files.bad)
-                log.warning("warning: skipped bad shard %s: %s", s, exc.message)
-                continue
-            ScoredShard(shard=s, count=n, rank=dist.rank, world_size=dist.world_size,
-                        seconds=round(time.monotonic() - started, 3), generated=str(generated)).write(files.stats)
+            score_one(paths, s, models, cfg, num_classes, pool, bar, dist.rank, dist.world_size, rdv.check)

@@ -40,6 +40,7 @@ from imagenet_plus.classes.sets import ClassInfo
 from imagenet_plus.contract import (
     SCORE_COLUMNS,
     RunPaths,
+    ShardStats,
     done_shards,
     generated_done,
     library_versions,
@@ -52,6 +53,7 @@ from imagenet_plus.contract.scores import BadShard, ModelsRecord, ScoreSummary
 from imagenet_plus.errors import UserError
 from imagenet_plus.pipeline import freshness
 from imagenet_plus.pipeline.config import config_to_dict
+from imagenet_plus.pipeline.engines import ExecutionConfig, Resources, connect_ray, import_ray, job_share, run_on_ray
 from imagenet_plus.pipeline.freshness import StageInputs
 from imagenet_plus.pipeline.ranks import Dist, FileRendezvous, init_dist, rank_share
 from imagenet_plus.score.config import METRIC_SAMPLES, ScoreConfig, load_score_config
@@ -59,7 +61,7 @@ from imagenet_plus.score.dataset_pass import GENERATED_SAMPLE_SEED, REFERENCE_SA
 from imagenet_plus.score.files import read_scores, save_npy_atomic, scores_problem
 from imagenet_plus.score.networks import Scorers, check_inputs, models_record, summary_models
 from imagenet_plus.score.reference import PROTOCOL, ReferenceParts, load_reference, load_reference_part
-from imagenet_plus.score.shards import score_own_shards, score_shard
+from imagenet_plus.score.shards import ShardScorer, score_own_shards, score_shard
 
 __all__ = ["GENERATED_SAMPLE_SEED", "METRIC_SAMPLES", "REFERENCE_SAMPLE_SEED", "SCORE_COLUMNS", "STAGE", "ScoreConfig",
            "Scorers", "is_finished", "load_score_config", "read_scores", "run_dataset_pass", "run_score",
@@ -217,8 +219,38 @@ def _write_summary(paths: RunPaths, cfg: ScoreConfig, stems: list[str], classes:
     return summary
 
 
-@locked_run
-def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None) -> ScoreSummary | None:
+def _score_on_ray(paths: RunPaths, cfg: ScoreConfig, stems: list[str], classes: list[dict[str, Any]],
+                  inputs: StageInputs, scorers: Scorers | None, execution: ExecutionConfig) -> ScoreSummary:
+    """:func:`run_score` with ``--engine ray``: pass 1 on the Ray cluster (a :class:`~imagenet_plus.score.shards.
+    ShardScorer` per worker), then the reference and the dataset pass in this process (the driver)."""
+    import functools
+
+    todo = [i for i, s in enumerate(stems) if scores_problem(paths, s) is not None]
+    gpus = 1.0 if connect_ray(execution.ray_address).cluster_resources().get("GPU", 0) > 0 else 0.0
+    run_on_ray(functools.partial(ShardScorer, str(paths.root), cfg, stems, classes), todo,
+               {i: _shard_size(paths, stems[i]) for i in todo}, Resources(num_cpus=1, num_gpus=gpus),
+               execution.ray_address, "score (ray)")
+    dist = init_dist()
+    models = scorers or Scorers(cfg, dist.device, [ClassInfo.from_dict(c) for c in classes])
+    reference = None if cfg.reference is None else _load_reference(cfg, models, dist, None)  # type: ignore[arg-type]
+    if not paths.class_text_embeddings.is_file():
+        save_npy_atomic(paths.class_text_embeddings, models.class_embeddings.astype(np.float16))
+    summary = _write_summary(paths, cfg, stems, classes, reference, dist.device)
+    freshness.mark_current(paths, inputs, {"images_scored": summary.num_images,
+                                           "shards_skipped": len(summary.bad_shards)})
+    return summary
+
+
+def _shard_size(paths: RunPaths, stem: str) -> int:
+    """Samples of a generated shard by its stats (0 when unreadable: for the progress bar only)."""
+    try:
+        return ShardStats.read(stats_path(paths.generated / f"{stem}.tar")).count
+    except UserError:
+        return 0
+
+
+def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None,
+              execution: ExecutionConfig | None = None) -> ScoreSummary | None:
     """Score every generated image of ``run`` and write ``RUN/scores`` (resumable; no-op when current).
 
     Under ``torchrun``/``accelerate launch`` each rank scores its own shards, marks itself done and returns
@@ -232,6 +264,9 @@ def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None)
         run: the run directory.
         cfg: the stage settings.
         scorers: already loaded networks (built from ``cfg`` when ``None``); they must match ``cfg``.
+        execution: the engine and the job share (:mod:`~imagenet_plus.pipeline.engines`). With ``--engine ray``
+            pass 1 runs on the Ray cluster and the rest here; a job of a share scores its shards and returns
+            ``None`` (the dataset pass is a later plain ``score``'s).
 
     Returns:
         ``RUN/scores/summary.json`` (``None`` on ranks other than the main one, unless the stage was current).
@@ -242,6 +277,23 @@ def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None)
         CorruptShard: a shard does not read back (unless ``skip_bad_shards``).
         PeerRankFailed: another rank failed.
     """
+    execution = execution or ExecutionConfig()
+    if execution.engine == "ray":
+        import_ray()  # "pip install 'imagenet-plus[ray]'" before anything is written
+    if job_share(execution) is not None:  # separate jobs score at once, each its own shards: no RUN/.lock
+        return _run_score(run, cfg, scorers, execution)
+    return _run_score_locked(run, cfg, scorers, execution)
+
+
+@locked_run
+def _run_score_locked(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None,
+                      execution: ExecutionConfig) -> ScoreSummary | None:
+    """:func:`run_score` holding ``RUN/.lock``."""
+    return _run_score(run, cfg, scorers, execution)
+
+
+def _run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None,
+               execution: ExecutionConfig) -> ScoreSummary | None:
     paths = run_paths(run)
     stems = _generated_stems(paths)
     classes = read_class_records(paths)
@@ -249,14 +301,25 @@ def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None)
     if freshness.is_current(paths, inputs):
         return ScoreSummary.read(paths.summary_json)
     check_inputs(cfg)
+    share = job_share(execution)
     _prepare_scores_folder(paths, cfg)
+    if execution.engine == "ray":
+        return _score_on_ray(paths, cfg, stems, classes, inputs, scorers, execution)
     dist = init_dist()
-    with rank_share(paths.markers / STAGE, dist) as rdv:
+    markers = paths.markers / STAGE if share is None else paths.markers / STAGE / f"job-{share[0]:05d}"
+    with rank_share(markers, dist) as rdv:
         models = scorers or Scorers(cfg, dist.device, [ClassInfo.from_dict(c) for c in classes])
-        reference = _load_reference(cfg, models, dist, rdv)
-        score_own_shards(paths, stems, models, cfg, len(classes), dist, rdv)
-        if dist.is_main and not paths.class_text_embeddings.is_file():
+        reference = _load_reference(cfg, models, dist, rdv) if share is None else None
+        score_own_shards(paths, stems, models, cfg, len(classes), dist, rdv, share)
+        if dist.is_main and share is None and not paths.class_text_embeddings.is_file():
             save_npy_atomic(paths.class_text_embeddings, models.class_embeddings.astype(np.float16))
+    if share is not None:  # a job's shards are scored; a plain 'score' runs the dataset pass once every job ended
+        rdv.wait_for_all()
+        if dist.is_main:
+            rdv.close()
+            log.info(f"score: job {share[0]} of {share[1]} scored its shards of {paths.root}; run 'imagenet-plus "
+                     "score' once every job ended for the dataset metrics")
+        return None
     if not dist.is_main:
         return None
     try:

@@ -94,14 +94,14 @@ def stubs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
 
     calls: list[tuple[str, object]] = []
 
-    def gen(cfg, out, top_up=False):
+    def gen(cfg, out, top_up=False, execution=None):
         calls.append(("generate", cfg))
         Path(out, "generated").mkdir(parents=True, exist_ok=True)
         Path(out, "run.yaml").write_text("stub\n")  # as the real one: the folder is a run from now on
         _mark("generate", out, cfg)
         return generate.GenerateResult(Path(out), 0, 0, 0, 0.0, done=True)
 
-    def sco(run, cfg):
+    def sco(run, cfg, execution=None):
         calls.append(("score", cfg))
         Path(run, "scores").mkdir(exist_ok=True)
         Path(run, "scores", "summary.json").write_text("{}")
