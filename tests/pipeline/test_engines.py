@@ -162,6 +162,9 @@ def test_job_shares_make_the_shards_of_one_process_and_a_plain_run_finishes(tmp_
         last = run_generate(cfg, again, source_factory=noise_factory, execution=ExecutionConfig(job_index=i,
                                                                                                 num_jobs=3))
     assert last.done and read_state(again, "generate") is not None and tars(again) == tars(plain)
+    with pytest.raises(UserError, match="--top-up plans new indices once"):
+        run_generate(cfg, again, top_up=True, source_factory=noise_factory,
+                     execution=ExecutionConfig(job_index=0, num_jobs=3))
     assert not (again / "markers" / "generate").exists() or not any((again / "markers" / "generate").iterdir())
 
 
