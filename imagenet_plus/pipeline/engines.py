@@ -255,8 +255,10 @@ def run_on_ray(factory: Callable[[], Callable[[int], int]], shards: Sequence[int
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
     actor_cls = ray.remote(max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES)(_ShardWorker)
-    workers = [actor_cls.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus).remote(factory)
-               for _ in range(worker_count(ray, resources, len(shards)))]
+    # progress is the driver's: the workers' own bars (model loading) would only interleave on its stderr
+    options = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                   runtime_env={"env_vars": {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}})
+    workers = [actor_cls.options(**options).remote(factory) for _ in range(worker_count(ray, resources, len(shards)))]
     log.info(f"{desc}: {len(shards)} shards on {len(workers)} Ray workers")
     queue = list(shards)[::-1]
     running: dict[Any, tuple[int, Any]] = {}
