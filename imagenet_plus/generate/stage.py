@@ -3,7 +3,9 @@
 Input: a :class:`~imagenet_plus.generate.config.GenerateConfig`. Output folder: ``RUN/`` (``run.yaml``,
 ``classes.json``, ``generated/``). Works as one process, or one process per GPU under
 ``accelerate launch -m imagenet_plus generate …`` / ``torchrun`` (CPU too): shard ``s`` is made by
-rank ``s % world_size``.
+rank ``s % world_size``. Without a process group (:mod:`~imagenet_plus.pipeline.engines`, docs/cluster.md): a job of
+a share (``--job-index/--num-jobs``, Slurm arrays) makes its shards ``s % N == I``, and ``--engine ray`` hands every
+shard to Ray workers; both call :class:`ShardMaker` (the run folder and its plan → a shard, idempotent).
 
 Crash safety: ``run.yaml`` (config, hash, plan segments) is written before any image but after the model loaded
 (with several processes: after every rank found it), so a model that cannot load leaves no run.yaml tying the
