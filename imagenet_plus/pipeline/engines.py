@@ -117,7 +117,7 @@ def job_share(execution: ExecutionConfig, environ: Mapping[str, str] | None = No
         UserError: Slurm variables that do not describe consecutive ids.
     """
     if execution.num_jobs is not None and execution.job_index is not None:
-        return execution.job_index, execution.num_jobs
+        return (execution.job_index, execution.num_jobs) if execution.num_jobs > 1 else None
     if execution.engine == "ray":
         return None
     env = os.environ if environ is None else environ
@@ -129,7 +129,11 @@ def job_share(execution: ExecutionConfig, environ: Mapping[str, str] | None = No
         raise UserError(f"{SLURM_TASK_ID}={task} is not within {SLURM_TASK_MIN}..{SLURM_TASK_MIN}+"
                         f"{SLURM_TASK_COUNT}-1 (an array with a step, --array=A-B:S, is not supported: use "
                         "--job-index/--num-jobs)")
-    return (index, count) if count > 1 else None
+    if count < 2:
+        return None
+    log.info(f"Slurm array task {task} ({index} of {count}): making the shards s with s % {count} == {index} only "
+             "(--job-index 0 --num-jobs 1 makes every shard)")
+    return index, count
 
 
 def owned_by_job(shard: int, share: tuple[int, int] | None) -> bool:
