@@ -3,7 +3,9 @@
 Input: a :class:`~imagenet_plus.generate.config.GenerateConfig`. Output folder: ``RUN/`` (``run.yaml``,
 ``classes.json``, ``generated/``). Works as one process, or one process per GPU under
 ``accelerate launch -m imagenet_plus generate …`` / ``torchrun`` (CPU too): shard ``s`` is made by
-rank ``s % world_size``.
+rank ``s % world_size``. Without a process group (:mod:`~imagenet_plus.pipeline.engines`, docs/cluster.md): a job of
+a share (``--job-index/--num-jobs``, Slurm arrays) makes its shards ``s % N == I``, and ``--engine ray`` hands every
+shard to Ray workers; both call :class:`ShardMaker` (the run folder and its plan → a shard, idempotent).
 
 Crash safety: ``run.yaml`` (config, hash, plan segments) is written before any image but after the model loaded
 (with several processes: after every rank found it), so a model that cannot load leaves no run.yaml tying the
@@ -51,7 +53,7 @@ from imagenet_plus.contract import (
     stats_path,
 )
 from imagenet_plus.contract.ownership import check_run_folder
-from imagenet_plus.errors import RunInUse
+from imagenet_plus.errors import RunInUse, UserError
 from imagenet_plus.generate.config import GenerateConfig
 from imagenet_plus.generate.images import (
     ImagePlan,
@@ -339,6 +341,9 @@ def run_generate(
     share = job_share(execution)
     if execution.engine == "ray":
         import_ray()  # "pip install 'imagenet-plus[ray]'" before anything is written
+    if share is not None and top_up:  # each job would append its own top-up segment
+        raise UserError(f"--top-up plans new indices once: run 'imagenet-plus generate --top-up' in one process, then "
+                        f"the jobs of the share (job {share[0]} of {share[1]}) without --top-up")
     if cfg.offload != "none":  # refused before the process group and the class set are set up
         import torch
 
@@ -357,7 +362,8 @@ def run_generate(
                 if source_factory is make_source:
                     model_location(cfg.model, find=True)
                 write_run_state(state, paths)
-                prepare_texts(paths.root, cfg, state.classes, state.inputs.real, {}, "cpu", True, lambda: None)
+                prepare_texts(paths.root, cfg, state.classes, state.inputs.real, {}, _local_device(), True,
+                              lambda: None)
         return _generate(replace(state, new_run=False, changed=False), paths, source_factory, share)
     with folder_lock(paths.root):  # rank 0; "RUN is in use by pid N on HOST" for a second launch
         if file_identity(paths.run_yaml) != planned_from:  # another process changed the plan meanwhile

@@ -117,7 +117,7 @@ def job_share(execution: ExecutionConfig, environ: Mapping[str, str] | None = No
         UserError: Slurm variables that do not describe consecutive ids.
     """
     if execution.num_jobs is not None and execution.job_index is not None:
-        return execution.job_index, execution.num_jobs
+        return (execution.job_index, execution.num_jobs) if execution.num_jobs > 1 else None
     if execution.engine == "ray":
         return None
     env = os.environ if environ is None else environ
@@ -129,7 +129,11 @@ def job_share(execution: ExecutionConfig, environ: Mapping[str, str] | None = No
         raise UserError(f"{SLURM_TASK_ID}={task} is not within {SLURM_TASK_MIN}..{SLURM_TASK_MIN}+"
                         f"{SLURM_TASK_COUNT}-1 (an array with a step, --array=A-B:S, is not supported: use "
                         "--job-index/--num-jobs)")
-    return (index, count) if count > 1 else None
+    if count < 2:
+        return None
+    log.info(f"Slurm array task {task} ({index} of {count}): making the shards s with s % {count} == {index} only "
+             "(--job-index 0 --num-jobs 1 makes every shard)")
+    return index, count
 
 
 def owned_by_job(shard: int, share: tuple[int, int] | None) -> bool:
@@ -255,8 +259,10 @@ def run_on_ray(factory: Callable[[], Callable[[int], int]], shards: Sequence[int
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
     actor_cls = ray.remote(max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES)(_ShardWorker)
-    workers = [actor_cls.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus).remote(factory)
-               for _ in range(worker_count(ray, resources, len(shards)))]
+    # progress is the driver's: the workers' own bars (model loading) would only interleave on its stderr
+    options = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                   runtime_env={"env_vars": {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}})
+    workers = [actor_cls.options(**options).remote(factory) for _ in range(worker_count(ray, resources, len(shards)))]
     log.info(f"{desc}: {len(shards)} shards on {len(workers)} Ray workers")
     queue = list(shards)[::-1]
     running: dict[Any, tuple[int, Any]] = {}

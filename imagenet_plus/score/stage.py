@@ -15,7 +15,8 @@ RUN/scores/summary.json             dataset metrics and what they were made from
 ```
 
 Pass 1 (:mod:`~imagenet_plus.score.shards`; every rank, shard ``s`` owned by rank ``s % world_size``,
-resumable per shard). Ranks meet through marker files (``pipeline.ranks.rank_share``), never in a
+resumable per shard; or the shards of a job share, or Ray workers: :mod:`~imagenet_plus.pipeline.engines`).
+Ranks meet through marker files (``pipeline.ranks.rank_share``), never in a
 collective: a rank that is done marks it and exits; the main rank waits for the markers, and a failed rank
 stops every other one. The dataset pass (:mod:`~imagenet_plus.score.dataset_pass`, main rank) then measures
 the set and writes ``summary.json``; the stage records itself current (``RUN/state/score.json``) last.

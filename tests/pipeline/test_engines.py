@@ -72,6 +72,7 @@ def test_execution_settings_and_slurm_arrays():
     assert job_share(ExecutionConfig(), slurm) == (2, 4)
     assert job_share(ExecutionConfig(), {**slurm, "SLURM_ARRAY_TASK_MIN": "0"}) == (3, 4)
     assert job_share(ExecutionConfig(job_index=0, num_jobs=2), slurm) == (0, 2)  # flags win
+    assert job_share(ExecutionConfig(job_index=0, num_jobs=1), slurm) is None  # an array of separate runs
     assert job_share(ExecutionConfig(engine="ray"), slurm) is None  # the Ray cluster makes every shard
     with pytest.raises(UserError, match="an array with a step"):
         job_share(ExecutionConfig(), {"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_COUNT": "4"})
@@ -162,6 +163,9 @@ def test_job_shares_make_the_shards_of_one_process_and_a_plain_run_finishes(tmp_
         last = run_generate(cfg, again, source_factory=noise_factory, execution=ExecutionConfig(job_index=i,
                                                                                                 num_jobs=3))
     assert last.done and read_state(again, "generate") is not None and tars(again) == tars(plain)
+    with pytest.raises(UserError, match="--top-up plans new indices once"):
+        run_generate(cfg, again, top_up=True, source_factory=noise_factory,
+                     execution=ExecutionConfig(job_index=0, num_jobs=3))
     assert not (again / "markers" / "generate").exists() or not any((again / "markers" / "generate").iterdir())
 
 
