@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from imagenet_plus.contract.names import CLASSES_JSON, GENERATED_DIR, LOCK_NAME, MARKERS_DIR, PIPELINE_FAILED, RUN_YAML
 from imagenet_plus.errors import ForeignFiles, UserError
 from imagenet_plus.io.lock import folder_lock
+from imagenet_plus.io.storage import location, remote_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,7 +43,12 @@ def check_run_folder(root: str | Path, option: str = "--out") -> None:
     Raises:
         UserError: ``root`` is a file. ForeignFiles: a folder holding anything else (nothing is written or deleted).
     """
-    root = Path(root)
+    root = location(root)
+    with remote_errors(root):
+        _check_run_folder(root, option)
+
+
+def _check_run_folder(root: Any, option: str) -> None:
     if not root.exists():
         return
     if not root.is_dir():
@@ -66,7 +72,7 @@ def locked_run(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(run: str | Path, *args: Any, **kwargs: Any) -> Any:
-        if not (Path(run) / RUN_YAML).is_file():
+        if not (location(run) / RUN_YAML).is_file():
             return func(run, *args, **kwargs)
         with folder_lock(run):
             return func(run, *args, **kwargs)

@@ -65,7 +65,7 @@ from imagenet_plus.generate.real import RealIndex
 from imagenet_plus.generate.state import STAGE, RunState, inputs_of, plan_run_state, write_run_state
 from imagenet_plus.generate.writer import ShardWriterThread
 from imagenet_plus.io.lock import folder_lock, is_main_process
-from imagenet_plus.io.storage import storage_errors
+from imagenet_plus.io.storage import location, storage_errors
 from imagenet_plus.models.diffusion import DiffusersSource, check_offload, load_pipeline, model_location
 from imagenet_plus.pipeline.freshness import file_identity, is_current, mark_current
 from imagenet_plus.pipeline.progress import progress_bar
@@ -268,7 +268,7 @@ def run_generate(
     Raises:
         UserError: bad settings (nothing is written), or an error on any rank.
     """
-    paths = RunPaths(Path(out))
+    paths = RunPaths(location(out))
     if cfg.offload != "none":  # refused before the process group and the class set are set up
         import torch
 
@@ -371,5 +371,5 @@ def shard_stats(run: str | Path) -> list[ShardStats]:
     Raises:
         UserError: a stats file that does not read back as :class:`~imagenet_plus.contract.ShardStats`.
     """
-    paths = RunPaths(Path(run))
+    paths = RunPaths(location(run))
     return [ShardStats.read(p) for p in sorted(paths.generated.glob("*.json"))]

@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -54,7 +53,7 @@ from imagenet_plus.contract.ownership import check_run_folder
 from imagenet_plus.errors import ConfigError, UserError
 from imagenet_plus.io.atomic import write_bytes_atomic, write_json_atomic
 from imagenet_plus.io.lock import folder_lock
-from imagenet_plus.io.storage import storage_errors
+from imagenet_plus.io.storage import is_remote, location, remove_tree, storage_errors
 from imagenet_plus.pipeline.config import config_to_dict, field_name, load_config, split_config_file
 from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current, what_changed
 from imagenet_plus.pipeline.ranks import init_dist
@@ -262,7 +261,7 @@ def _release_out(src: ConfigSource, rel: dict[str, Any]) -> dict[str, Any]:
     out = _pop(rel, "out")
     if out is not None and not isinstance(out, str):
         raise ConfigError(f"{src.where('release')}: key 'out' must be a folder path, got {out!r}")
-    return {"release_out": Path(out) if out else src.run / DEFAULT_RELEASE}
+    return {"release_out": location(out) if out else src.run / DEFAULT_RELEASE}
 
 
 def _release_args(spec: StageSpec, plan: Plan) -> tuple[Any, ...]:
@@ -346,8 +345,8 @@ def load_plan(config_path: str | Path, out: str | Path) -> Plan:
             as ``FILE: section``.
     """
     path = Path(config_path)
-    run = Path(out)
-    if run.exists() and not run.is_dir():
+    run = location(out)
+    if not is_remote(run) and run.exists() and not run.is_dir():
         raise UserError(f"--out {run} is a file, not a run directory")
     top, sections = split_config_file(path)
     values: dict[str, Any] = {}
@@ -375,7 +374,7 @@ class MainProcessNotes:
         self.poll = poll
 
     def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_tree(self.folder)
         self.failed.unlink(missing_ok=True)
 
     def tell(self, stage: str, word: str) -> None:

@@ -31,6 +31,7 @@ from imagenet_plus.contract import (
     unreadable_scores,
 )
 from imagenet_plus.errors import CorruptShard, UserError
+from imagenet_plus.io.storage import local_copy
 from imagenet_plus.io.tar import TarMember, count_mismatch, scan_tar
 from imagenet_plus.release.plan import KeyRows, ReleasePlan
 
@@ -190,8 +191,8 @@ def read_release_scores(paths: RunPaths, rows: KeyRows) -> ScoreColumns:
     out = ScoreColumns(len(rows))
     for f in paths.scored_parquets():
         try:
-            names = pq.read_schema(f).names
-            df = pd.read_parquet(f, columns=["key", *(c for c in out.names if c in names)])
+            names = pq.read_schema(local_copy(f)).names
+            df = pd.read_parquet(local_copy(f), columns=["key", *(c for c in out.names if c in names)])
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise unreadable_scores(f, exc) from None
         where = rows.positions(df["key"])
