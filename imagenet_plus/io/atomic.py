@@ -239,9 +239,13 @@ def claimed_partial(final: str | Path) -> Iterator[Path]:
     another process holds is :class:`~imagenet_plus.errors.RunInUse` (untouched); an unmarked one is
     :class:`~imagenet_plus.errors.ForeignFiles` (untouched). The lock on the marker is the lock on building
     ``final`` (two ``release`` to one ``--out``). On an exception, or when the block swapped nothing in, the
-    partial folder is removed. Inside a block that already holds it (this process), yields it unchanged.
+    partial folder is removed. Inside a block that already holds it (this process), yields it unchanged. A remote
+    ``final`` yields None (nothing to claim: :func:`building_folder` builds it in local scratch).
     """
-    final = Path(final)
+    final = location(final)
+    if is_remote(final):  # built in local scratch by building_folder; an object store has no lock to take
+        yield None
+        return
     tmp = partial_folder(final)
     marker = tmp / PARTIAL_MARKER
     if holds(marker):

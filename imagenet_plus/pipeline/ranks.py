@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_plus.errors import PeerRankFailed, UserError
+from imagenet_plus.io.storage import location, remove_tree
 
 #: Environment variable holding the process-group timeout in seconds.
 PG_TIMEOUT_ENV = "IMAGENET_PLUS_PG_TIMEOUT"
@@ -155,7 +156,7 @@ class FileRendezvous:
     """
 
     def __init__(self, folder: Path, token: str, rank: int, world_size: int, poll: float = POLL_SECONDS) -> None:
-        self.root = Path(folder)
+        self.root = location(folder)
         self.folder = self.root / token
         self.rank = rank
         self.world_size = world_size
@@ -171,7 +172,7 @@ class FileRendezvous:
         if dist.is_main:
             for old in rdv.root.iterdir():
                 if old.name != token:
-                    shutil.rmtree(old, ignore_errors=True)
+                    remove_tree(old)
         return rdv
 
     def _marker(self, rank: int, suffix: str) -> Path:

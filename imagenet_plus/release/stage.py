@@ -124,8 +124,8 @@ def run_release(run: str | Path, out: str | Path, cfg: ReleaseConfig) -> Path:
             or key that is not a safe file name, or ``out`` (or the image folder) holding something else.
     """
     paths = run_paths(run)
-    out = check_output_path(Path(out), "--out")
-    folder = check_output_path(Path(cfg.imagefolder), "--imagefolder") if cfg.imagefolder else None
+    out = check_output_path(location(out), "--out")
+    folder = check_output_path(location(cfg.imagefolder), "--imagefolder") if cfg.imagefolder else None
     if folder is not None:
         check_apart(out, folder)
     if not paths.selection_parquet.is_file():
