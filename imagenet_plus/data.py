@@ -38,6 +38,7 @@ from typing import Any
 from imagenet_plus.contract import IMAGE_EXTENSIONS, INFO_NAME, ReleaseInfo, read_json
 from imagenet_plus.contract.release import read_release_info as read_local_release_info
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import open_binary
 from imagenet_plus.io.tar import iter_samples
 
 BACKENDS = ("webdataset", "datasets")
@@ -106,7 +107,7 @@ def _open_shards(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
             stream = HfFileSystem(endpoint=_endpoint()).open(url, "rb", block_size=1 << 22)
         else:
-            stream = open(url, "rb", buffering=1 << 20)
+            stream = open_binary(url, buffering=1 << 20)
         try:
             yield {"url": url, "stream": stream}
         finally:

@@ -179,6 +179,16 @@ def local_copy(path: Location) -> Path:
     return target
 
 
+def open_binary(path: str | Location, buffering: int = -1) -> Any:
+    """Open a file for reading bytes: ``open`` for a local path, the fsspec file (read in 4 MiB blocks) for a
+    remote one. For many reads at random offsets of a remote file, open its :func:`local_copy`."""
+    p = location(path)
+    if not is_remote(p):
+        return open(p, "rb", buffering=buffering)
+    with remote_errors(p):
+        return p.open("rb", block_size=1 << 22)
+
+
 def remove_tree(path: Location) -> None:
     """Delete a folder and everything under it (local or remote; the caller checked it is the project's)."""
     if is_remote(path):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -170,7 +169,7 @@ class FileRendezvous:
         token = job_token(dist)
         rdv = cls(folder, token, dist.rank, dist.world_size, poll)
         if dist.is_main:
-            for old in rdv.root.iterdir():
+            for old in rdv.root.iterdir() if rdv.root.is_dir() else ():
                 if old.name != token:
                     remove_tree(old)
         return rdv
@@ -243,7 +242,7 @@ class FileRendezvous:
 
     def close(self) -> None:
         """Remove this launch's markers (main rank, once everything is done), and the folders left empty."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_tree(self.folder)
         for folder in (self.root, self.root.parent):
             try:
                 folder.rmdir()

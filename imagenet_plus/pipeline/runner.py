@@ -231,7 +231,7 @@ def _inline_thresholds(src: ConfigSource, sel: dict[str, Any]) -> dict[str, Any]
         inline = {field_name(k): v for k, v in _pop(sel, "thresholds").items()}
         load_config(select.Thresholds, inline, None, where)
         return {"thresholds": inline}
-    if raw is not None and not Path(str(raw)).is_file():
+    if raw is not None and not location(str(raw)).is_file():
         raise ConfigError(f"{src.where('select')}: thresholds file not found: {raw}")
     return {"thresholds": None}
 
