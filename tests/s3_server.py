@@ -9,6 +9,7 @@ stops when the block ends. ``server.env`` is what a subprocess needs (``AWS_ENDP
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ def s3_server() -> Iterator[S3Server]:
     while it runs; stop it and restore the environment after."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     saved = {k: os.environ.get(k) for k in (*DUMMY_ENV, "AWS_ENDPOINT_URL")}
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -133,7 +133,34 @@ def location(text: str | os.PathLike[str] | Location, options: dict[str, Any] | 
         raise UserError(f"{text} needs the {scheme}:// filesystem, which is not installed: {how}") from None
     from upath import UPath
 
-    return UPath(text, **{**storage_options(), **(options or {})})
+    path = UPath(text, **{**storage_options(), **(options or {})})
+    _check_bucket(path)
+    return path
+
+
+#: Buckets seen to exist (checked once per process).
+_BUCKETS: set[str] = set()
+
+
+def _check_bucket(path: Location) -> None:
+    """Refuse a URL whose bucket does not exist (a write would otherwise create it: s3fs makes missing buckets).
+
+    Raises:
+        UserError: the bucket does not exist, or the store refuses the credentials.
+    """
+    if path.protocol not in ("s3", "s3a", "gs", "gcs", "az", "abfs", "adl"):
+        return
+    bucket = path.path.split("/", 1)[0]
+    key = f"{path.protocol}://{bucket}"
+    if key in _BUCKETS:
+        return
+    with remote_errors(path):
+        found = path.fs.exists(bucket)
+        if not found:
+            path.fs.ls(bucket)  # tells a missing bucket (FileNotFoundError) from refused credentials
+    if not found:
+        raise UserError(f"{path}: the bucket {bucket} does not exist; create it or fix the URL")
+    _BUCKETS.add(key)
 
 
 def as_text(path: Location | str) -> str:
