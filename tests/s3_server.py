@@ -53,8 +53,8 @@ class S3Server:
 
 
 def _boto_keys() -> dict[str, str]:
-    return {"aws_access_key_id": DUMMY_ENV["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": DUMMY_ENV["AWS_SECRET_ACCESS_KEY"],
-            "region_name": DUMMY_ENV["AWS_DEFAULT_REGION"]}
+    return {"aws_access_key_id": DUMMY_ENV["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": DUMMY_ENV["AWS_SECRET_ACCESS_KEY"], "region_name": DUMMY_ENV["AWS_DEFAULT_REGION"]}
 
 
 @contextlib.contextmanager

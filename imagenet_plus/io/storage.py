@@ -213,7 +213,7 @@ def open_binary(path: str | Location, buffering: int = -1) -> Any:
     if not is_remote(p):
         return open(p, "rb", buffering=buffering)
     with remote_errors(p):
-        return p.open("rb", block_size=1 << 22)
+        return p.fs.open(p.path, "rb", block_size=1 << 22)
 
 
 def remove_tree(path: Location) -> None:

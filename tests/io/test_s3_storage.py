@@ -22,8 +22,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safety_helpers import class_file, fake_cli, fake_cli_popen, generate_args, main_in_process, one_line_error
-from safety_helpers import tar_digests, wait_for
+from safety_helpers import (
+    class_file,
+    fake_cli,
+    fake_cli_popen,
+    generate_args,
+    main_in_process,
+    one_line_error,
+    tar_digests,
+    wait_for,
+)
 
 from imagenet_plus.io.atomic import atomic_file, write_json_atomic
 from imagenet_plus.io.lock import folder_lock
