@@ -423,9 +423,11 @@ def _datasets_factory(source: str | Path, split: str, rank: int, world_size: int
     from datasets.distributed import split_dataset_by_node
 
     if is_url(source):  # the packaged webdataset builder over the shards' URLs, as the card's YAML would drive it
+        # downloaded, then streamed from the local copy: datasets 5.2's streaming passes ``block_size`` into the
+        # filesystem's options, which s3fs hands to its session (TypeError); docs/storage.md
         files = shard_urls(source, split, read_release_info(source))
-        ds = datasets.load_dataset("webdataset", data_files={split: files}, split=split, streaming=True,
-                                   storage_options=storage_options())
+        ds = datasets.load_dataset("webdataset", data_files={split: files}, split=split,
+                                   storage_options=storage_options()).to_iterable_dataset()
     else:
         ds = datasets.load_dataset(str(source), split=split, streaming=True, revision=revision)
     image_col = next((c for c in IMAGE_EXTENSIONS if c in (ds.features or {})), None)

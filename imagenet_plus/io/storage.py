@@ -206,6 +206,29 @@ def local_copy(path: Location) -> Path:
     return target
 
 
+def local_tree(path: str | Location) -> Path:
+    """A local folder with ``path``'s files: ``path`` itself when local, else a copy in the scratch folder (kept
+    while the folder's listing, with each file's size and mtime, stays the same)."""
+    p = location(path)
+    if not is_remote(p):
+        return p
+    with remote_errors(p):
+        base = p.path.rstrip("/") + "/"
+        found = {k[len(base):]: v for k, v in p.fs.find(p.path, detail=True).items() if k.startswith(base)}
+        listing = sorted((name, info.get("size"), str(info.get("LastModified", info.get("mtime", ""))))
+                         for name, info in found.items())
+        key = hashlib.sha256(f"{p}|{listing}".encode()).hexdigest()[:24]
+        target = scratch_dir("trees", key) / (p.name or "root")
+        done = target.with_name(target.name + ".done")
+        if not done.is_file():
+            for name in found:
+                dest = target / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                p.fs.get_file(base + name, str(dest))
+            done.touch()
+    return target
+
+
 def open_binary(path: str | Location, buffering: int = -1) -> Any:
     """Open a file for reading bytes: ``open`` for a local path, the fsspec file (read in 4 MiB blocks) for a
     remote one. For many reads at random offsets of a remote file, open its :func:`local_copy`."""
