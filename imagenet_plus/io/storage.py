@@ -206,6 +206,19 @@ def local_copy(path: Location) -> Path:
     return target
 
 
+def files_under(folder: Location) -> list[str]:
+    """Every file below ``folder`` (local or remote) as a ``/``-joined relative path, sorted."""
+    if is_remote(folder):
+        base = folder.path.rstrip("/") + "/"
+        with remote_errors(folder):
+            return sorted(p[len(base):] for p in folder.fs.find(folder.path) if p.startswith(base))
+    out = []
+    for root, _dirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        out.extend((rel / f).as_posix() for f in files)
+    return sorted(out)
+
+
 def local_tree(path: str | Location) -> Path:
     """A local folder with ``path``'s files: ``path`` itself when local, else a copy in the scratch folder (kept
     while the folder's listing, with each file's size and mtime, stays the same)."""

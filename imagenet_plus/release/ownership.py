@@ -12,7 +12,6 @@ run, a folder that is not a release. The new release is built in ``NAME.partial`
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from imagenet_plus.contract import (
@@ -25,21 +24,8 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.contract.paths import ReleasePaths
 from imagenet_plus.errors import UserError
-from imagenet_plus.io.storage import is_remote, remote_errors
+from imagenet_plus.io.storage import files_under as _files_under
 from imagenet_plus.release.writer import IMAGEFOLDER_EXT, IMAGEFOLDER_SPLITS
-
-
-def _files_under(folder: Path) -> list[str]:
-    """Every file below ``folder`` as a ``/``-joined relative path, sorted."""
-    if is_remote(folder):
-        base = folder.path.rstrip("/") + "/"
-        with remote_errors(folder):
-            return sorted(p[len(base):] for p in folder.fs.find(folder.path) if p.startswith(base))
-    out = []
-    for root, _dirs, files in os.walk(folder):
-        rel = Path(root).relative_to(folder)
-        out.extend((rel / f).as_posix() for f in files)
-    return sorted(out)
 
 
 def _refuse_foreign(folder: Path, foreign: list[str], what: str) -> None:
