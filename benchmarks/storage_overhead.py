@@ -46,6 +46,18 @@ def checkout(rev: str, dest: Path) -> Path:
     return dest
 
 
+def _plan_segment(run_yaml: Path) -> None:
+    """Give the fabricated run.yaml the ``initial`` segment every run's plan starts with (``scale.py`` writes none,
+    which the run record's checks refuse since plan segments were added)."""
+    import yaml
+
+    data = yaml.safe_load(run_yaml.read_text())
+    if not data.get("segments"):
+        ipc = int(data["config"]["images_per_class"])
+        data["segments"] = [{"kind": "initial", "ranges": [[label, 0, ipc] for label in range(data["num_classes"])]}]
+        run_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 def run_stage(stage: str, run: str, rel: str) -> None:
     """One stage on ``run`` (a folder or a URL), in this process (the child)."""
     if stage == "score":
@@ -56,8 +68,9 @@ def run_stage(stage: str, run: str, rel: str) -> None:
         paths = run_paths(run)
         summary = run_dataset_pass(run, None).to_dict()
         summary.update(shards=[p.name[: -len(".parquet")] for p in paths.scored_parquets()], bad_shards=[],
-                       models={"clip": "fabricated", "inception_weights": "fabricated", "classifier": None},
-                       reference=None)
+                       models={"clip": "fabricated", "inception_weights": "fabricated", "classifier": "fabricated",
+                               "nsfw_detector": "fabricated", "inception_weights_id": "fabricated"},
+                       reference=None, reference_arg=None, config={}, versions={})
         write_json_atomic(paths.summary_json, summary)
     elif stage == "select":
         from imagenet_plus.contract import read_run_yaml, run_paths
@@ -135,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                         "--classes", str(args.classes), "--images", str(args.images), "--shard-size",
                         str(args.shard_size), "--clip-dim", "64"], check=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
+        _plan_segment(fabricated / "run.yaml")
         best: dict[str, dict[str, float]] = {}
         print(f"# {args.classes} classes × {args.images // args.classes} images, shard size {args.shard_size}, "
               f"{os.cpu_count()} CPUs; before = {args.base[:10]}, after = working tree", flush=True)
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         before, after = sum(best["before"].values()), sum(best["after"].values())
         print(f"| all | {before:.2f} | {after:.2f} |")
         if not args.no_moto:
-            remote = moto_seconds(fabricated.parent, work)
+            remote = moto_seconds(fabricated, work)
             print("# against moto's S3 server on loopback: " + ", ".join(f"{s} {v:.2f} s" for s, v in remote.items())
                   + f"; all {sum(remote.values()):.2f} s ({sum(remote.values()) / after:.2f}× local)")
             print(f"moto_seconds={sum(remote.values()):.2f}")
