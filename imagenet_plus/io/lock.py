@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imagenet_plus.errors import RunInUse
-from imagenet_plus.io.storage import STORAGE_ERRNOS, is_remote, storage_errors
+from imagenet_plus.io.storage import STORAGE_ERRNOS, is_remote, location, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ def folder_lock(folder: str | Path) -> contextlib.AbstractContextManager[None]:
     """
     if not is_main_process():
         return contextlib.nullcontext()
+    folder = location(folder)
     if is_remote(folder):
         log.debug("%s is on object storage, which has no locks: it is used without one", folder)
         return contextlib.nullcontext()

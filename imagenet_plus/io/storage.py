@@ -97,8 +97,10 @@ def is_url(text: str | os.PathLike[str] | Any) -> bool:
 
 
 def is_remote(path: Any) -> bool:
-    """Whether a location is on a remote filesystem (a ``UPath``, not a local ``Path``)."""
-    return not isinstance(path, (str, Path))
+    """Whether a location (or a path or URL as text) is on a remote filesystem (a ``UPath``, not a local ``Path``)."""
+    if isinstance(path, str):
+        return is_url(path)
+    return not isinstance(path, (Path, os.PathLike))
 
 
 def location(text: str | os.PathLike[str] | Location, options: dict[str, Any] | None = None) -> Location:
