@@ -165,7 +165,7 @@ def inside_release(folder: str | Path, name: str, where: str) -> Path:
     """
     check_relative_name(name, where)
     if is_remote(folder):  # object stores have no symlinks: a plain relative name stays inside
-        return folder / name
+        return location(folder) / name
     path = Path(folder) / name
     root, real = Path(folder).resolve(), path.resolve()
     if root not in real.parents:

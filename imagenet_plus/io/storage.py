@@ -195,8 +195,9 @@ def upload(local: Path, remote: Location) -> None:
 def local_copy(path: Location) -> Path:
     """A local file with ``path``'s bytes: ``path`` itself when local, else a copy in the scratch folder, downloaded
     once per object version (the cache key is the URL, size and mtime)."""
+    path = location(path)
     if not is_remote(path):
-        return Path(path)
+        return path
     with remote_errors(path):
         info = path.stat()
         key = hashlib.sha256(f"{path}|{info.st_size}|{info.st_mtime}".encode()).hexdigest()[:24]
@@ -208,8 +209,9 @@ def local_copy(path: Location) -> Path:
     return target
 
 
-def files_under(folder: Location) -> list[str]:
+def files_under(folder: str | Location) -> list[str]:
     """Every file below ``folder`` (local or remote) as a ``/``-joined relative path, sorted."""
+    folder = location(folder)
     if is_remote(folder):
         base = folder.path.rstrip("/") + "/"
         with remote_errors(folder):
@@ -256,6 +258,7 @@ def open_binary(path: str | Location, buffering: int = -1) -> Any:
 
 def remove_tree(path: Location) -> None:
     """Delete a folder and everything under it (local or remote; the caller checked it is the project's)."""
+    path = location(path)
     if is_remote(path):
         with remote_errors(path):
             if path.fs.exists(path.path):
