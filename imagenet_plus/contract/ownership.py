@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from imagenet_plus.contract.names import CLASSES_JSON, GENERATED_DIR, LOCK_NAME, MARKERS_DIR, PIPELINE_FAILED, RUN_YAML
 from imagenet_plus.errors import ForeignFiles, UserError
 from imagenet_plus.io.lock import folder_lock
-from imagenet_plus.io.storage import location, remote_errors
+from imagenet_plus.io.storage import is_remote, location, remote_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,9 +27,10 @@ _STARTED = frozenset({LOCK_NAME, CLASSES_JSON, GENERATED_DIR, MARKERS_DIR, PIPEL
 
 def _left_by_a_start(root: Path, names: list[str]) -> bool:
     """Whether ``root`` holds only what a start killed before ``run.yaml`` leaves: the lock (which says the project
-    started the run there), ``classes.json``, an empty ``generated/``, ``run``'s markers."""
+    started the run there; none on object storage), ``classes.json``, an empty ``generated/``, ``run``'s markers."""
     generated = root / GENERATED_DIR
-    return LOCK_NAME in names and set(names) <= _STARTED and (
+    locked = LOCK_NAME in names or is_remote(root)  # object storage has no lock file: what a start left is enough
+    return locked and set(names) <= _STARTED and (
         GENERATED_DIR not in names or (generated.is_dir() and not any(generated.iterdir())))
 
 

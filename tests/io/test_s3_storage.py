@@ -84,6 +84,18 @@ def test_a_remote_run_takes_no_lock_and_says_so(s3, caplog: pytest.LogCaptureFix
     assert s3.keys("bucket", "lk/") == []
 
 
+def test_a_remote_start_killed_before_run_yaml_is_resumed_and_foreign_files_refused(s3) -> None:
+    from imagenet_plus.contract.ownership import check_run_folder
+    from imagenet_plus.errors import ForeignFiles
+
+    location("s3://bucket/started/classes.json").write_text("[]")
+    check_run_folder("s3://bucket/started")  # what a start killed before run.yaml leaves (no lock file there)
+    location("s3://bucket/theirs/notes.txt").write_text("mine")
+    with pytest.raises(ForeignFiles, match="notes.txt"):
+        check_run_folder("s3://bucket/theirs")
+    assert s3.keys("bucket", "theirs/") == ["theirs/notes.txt"]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # bad input: one line, nothing written
 
