@@ -4,8 +4,8 @@
 **Locations.** :func:`location` turns ``runs/demo`` or ``file:///data/x`` into a :class:`pathlib.Path` (local disk:
 behaviour and speed as before) and ``s3://bucket/run``, ``gs://…``, ``hf://…`` (any fsspec URL) into a
 ``universal_pathlib`` ``UPath``: pathlib's API (``/``, ``exists``, ``glob``, ``open``, ``stat``, ``unlink``) over
-fsspec. Storage options (endpoint, credentials, …) come from ``--storage-options JSON`` / the ``storage-options``
-config key (:func:`set_storage_options`, kept in ``IMAGENET_PLUS_STORAGE_OPTIONS`` so child processes see them),
+fsspec. Storage options (endpoint, credentials, …) come from ``--storage-options JSON`` (or any setting that calls
+:func:`set_storage_options`; they are kept in ``IMAGENET_PLUS_STORAGE_OPTIONS`` so child processes see them),
 merged by fsspec with the usual environment (s3fs reads ``AWS_*`` and ``AWS_ENDPOINT_URL``). What differs on object
 storage is owned by ``io/``: :mod:`~imagenet_plus.io.atomic` and :mod:`~imagenet_plus.io.tar` write to local
 scratch (:func:`scratch_dir`) and upload once (:func:`upload`: an object store makes a whole object visible at

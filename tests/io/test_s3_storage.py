@@ -242,3 +242,9 @@ def test_run_on_a_bucket_equals_the_local_run(s3, tmp_path: Path, monkeypatch: p
     # and the release's bytes equal the local release's
     remote = _download(s3, "demo-rel", tmp_path / "rel-downloaded")
     assert tar_digests(remote / "data") == tar_digests(tmp_path / "local-rel" / "data")
+
+    # publish validates a release at a URL and plans every file of it (dry run: the Hub is offline here)
+    from imagenet_plus.publish import PublishConfig, run_publish
+
+    result = run_publish("s3://bucket/demo-rel", PublishConfig(repo_id="user/demo", dry_run=True))
+    assert sorted(result.plan.add) == sorted(k[len("demo-rel/"):] for k in keys)
