@@ -225,7 +225,9 @@ def files_under(folder: str | Location) -> list[str]:
 
 def local_tree(path: str | Location) -> Path:
     """A local folder with ``path``'s files: ``path`` itself when local, else a copy in the scratch folder (kept
-    while the folder's listing, with each file's size and mtime, stays the same)."""
+    while the folder's listing, with each file's size and mtime, stays the same; each copy has its object's
+    mtime, so fingerprints of (name, size, mtime) do not change when the copy is made again). For inputs given as
+    URLs (``--real``) and a release to ``publish``."""
     p = location(path)
     if not is_remote(p):
         return p
@@ -238,12 +240,23 @@ def local_tree(path: str | Location) -> Path:
         target = scratch_dir("trees", key) / (p.name or "root")
         done = target.with_name(target.name + ".done")
         if not done.is_file():
-            for name in found:
+            for name, info in found.items():
                 dest = target / name
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 p.fs.get_file(base + name, str(dest))
+                mtime = _mtime(info)
+                if mtime is not None:  # the copy's identity (name, size, mtime) is the object's
+                    os.utime(dest, (mtime, mtime))
             done.touch()
     return target
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    """The modification time an fsspec listing gives (s3fs: ``LastModified``; others: ``mtime``), or None."""
+    value = info.get("LastModified", info.get("mtime"))
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def open_binary(path: str | Location, buffering: int = -1) -> Any:

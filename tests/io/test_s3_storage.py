@@ -248,3 +248,30 @@ def test_run_on_a_bucket_equals_the_local_run(s3, tmp_path: Path, monkeypatch: p
 
     result = run_publish("s3://bucket/demo-rel", PublishConfig(repo_id="user/demo", dry_run=True))
     assert sorted(result.plan.add) == sorted(k[len("demo-rel/"):] for k in keys)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --real at a URL
+
+
+def test_real_images_at_a_url_index_like_the_local_folder(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import s3fs
+    from PIL import Image
+
+    from imagenet_plus.generate.real import fingerprint, load_real_image, open_real
+
+    root = tmp_path / "real"
+    for cls, colours in {"a": ["red", "green"], "b": ["blue"]}.items():
+        (root / cls).mkdir(parents=True)
+        for i, colour in enumerate(colours):
+            Image.new("RGB", (6, 4), colour).save(root / cls / f"{i}.png")
+    s3fs.S3FileSystem(endpoint_url=s3.endpoint).put(f"{root}/", "bucket/real/", recursive=True)
+    monkeypatch.setenv("IMAGENET_PLUS_SCRATCH", str(tmp_path / "scratch"))
+    local, remote = open_real(root, ["a", "b"]), open_real("s3://bucket/real", ["a", "b"])
+    assert [list(map(bytes, remote.names(c))) for c in "ab"] == [list(map(bytes, local.names(c))) for c in "ab"]
+    assert load_real_image(remote.pair("a", 1)).getpixel((0, 0)) == (0, 128, 0)
+    first = fingerprint(remote)
+    shutil.rmtree(tmp_path / "scratch")  # the copy made again keeps each object's mtime: the same fingerprint
+    assert fingerprint(open_real("s3://bucket/real", ["a", "b"])) == first
