@@ -219,7 +219,8 @@ def test_run_on_a_bucket_equals_the_local_run(s3, tmp_path: Path, monkeypatch: p
     from imagenet_plus.data import make_loader, read_release_info, shard_urls
 
     for split in ("train", "validation"):
-        loader = make_loader("s3://bucket/demo-rel", split=split, batch_size=4, shuffle_buffer=0)
+        loader = make_loader("s3://bucket/demo-rel", split=split, batch_size=4, shuffle_buffer=0,
+                             num_workers=2)  # worker processes open the shards themselves
         labels = sorted(int(x) for _, batch in loader for x in batch)
         assert labels == sorted(label for _, label in local[split])
 
