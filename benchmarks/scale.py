@@ -116,6 +116,8 @@ def fabricate(root: Path, classes: int, images: int, shard_size: int, clip_dim: 
                 labels.append(c)
                 cids.append(cid)
         write_json_atomic(paths.generated / f"{stem}.json", {"shard": stem, "count": len(chunk), "failures": 0,
+                                                              "first_key": keys[0], "last_key": keys[-1],
+                                                              "failed_keys": [], "images_per_second": None,
                                                               "regenerated": {"nsfw": 0, "black": 0}, "seconds": 0.0,
                                                               "rank": 0, "model": "fabricated"})
         files = paths.score_files(stem)

@@ -23,7 +23,7 @@ from imagenet_plus.diagnose.config import DiagnoseConfig
 from imagenet_plus.errors import UserError
 from imagenet_plus.evaluate.config import EvaluateConfig
 from imagenet_plus.generate.config import GenerateConfig, load_generate_config
-from imagenet_plus.io.storage import storage_error
+from imagenet_plus.io.storage import set_storage_options, storage_error
 from imagenet_plus.pipeline.config import load_config, split_config_file, with_config_options
 from imagenet_plus.pipeline.engines import ExecutionConfig, load_execution, split_execution
 from imagenet_plus.pipeline.log import report_error, setup_logging
@@ -92,7 +92,7 @@ def classes_cmd(
 @app.command("generate")
 @with_config_options(GenerateConfig, ExecutionConfig)
 def generate_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Run directory (created if missing).")],
+    out: Annotated[str, typer.Option("--out", help="Run directory or URL (s3://…; created if missing).")],
     flags: dict,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file whose keys are these flags.")] = None,
     top_up: Annotated[
@@ -118,7 +118,7 @@ def generate_cmd(
 @app.command("score")
 @with_config_options(ScoreConfig, ExecutionConfig)
 def score_cmd(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (generated).")], flags: dict
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory (generated).")], flags: dict
 ) -> None:
     """Score every image (CLIP, Inception, classifier, realism) and the set (FID/KID/IS/PR) into RUN/scores."""
     from imagenet_plus.score import run_score
@@ -144,7 +144,7 @@ def score_cmd(
 @app.command("diagnose")
 @with_config_options(DiagnoseConfig)
 def diagnose_cmd(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (scored).")], flags: dict
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory (scored).")], flags: dict
 ) -> None:
     """Per class: why it is weak (ambiguous, concept failure, low diversity, low adherence) and what to do."""
     from imagenet_plus.diagnose import run_diagnose
@@ -158,7 +158,7 @@ def diagnose_cmd(
 @app.command("select")
 @with_config_options(SelectConfig)
 def select_cmd(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (scored).")], flags: dict
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory (scored).")], flags: dict
 ) -> None:
     """Filter by thresholds and keep the best diverse N per class: writes RUN/selection.parquet and selection.json."""
     from imagenet_plus.select import run_select
@@ -172,8 +172,8 @@ def select_cmd(
 @app.command("release")
 @with_config_options(ReleaseConfig)
 def release_cmd(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (selected).")],
-    out: Annotated[Path, typer.Option("--out", help="Release folder to create.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory (selected).")],
+    out: Annotated[str, typer.Option("--out", help="Release folder or URL to create.")],
     flags: dict,
 ) -> None:
     """Write the release: REL/README.md (card), REL/_info.json, REL/data/{train,validation}-NNNNN.tar."""
@@ -184,7 +184,7 @@ def release_cmd(
 
 @app.command("publish")
 @with_config_options(PublishConfig)
-def publish_cmd(rel: Annotated[Path, typer.Argument(metavar="REL", help="Release folder.")], flags: dict) -> None:
+def publish_cmd(rel: Annotated[str, typer.Argument(metavar="REL", help="Release folder or URL.")], flags: dict) -> None:
     """Validate the release, then make the Hub repo equal to it (token from HF_TOKEN or 'hf auth login'; resumable)."""
     from imagenet_plus.publish import run_publish
 
@@ -195,7 +195,7 @@ def publish_cmd(rel: Annotated[Path, typer.Argument(metavar="REL", help="Release
 # report / evaluate / run
 @app.command("report")
 @with_config_options(ReportConfig)
-def report_cmd(run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (scored; selection optional).")],
+def report_cmd(run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory (scored; selection optional).")],
                flags: dict) -> None:
     """Write RUN/report/index.html with score histograms, per-class and per-group rates, a class map, contact sheets."""
     from imagenet_plus.report import run_report
@@ -217,7 +217,7 @@ def evaluate_cmd(flags: dict) -> None:
 @app.command("run")
 def run_cmd(
     config: Annotated[Path, typer.Option("--config", help="YAML: generate keys + score/select/release/... sections.")],
-    out: Annotated[Path, typer.Option("--out", help="Run directory (created if missing).")],
+    out: Annotated[str, typer.Option("--out", help="Run directory or URL (s3://…; created if missing).")],
 ) -> None:
     """Run every stage: generate, score, select, release, report (+ evaluate, publish); done stages are skipped."""
     from imagenet_plus.pipeline.runner import run_all
@@ -244,9 +244,14 @@ def _options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
         "Log debug messages and show the full traceback of errors (or set IMAGENET_PLUS_DEBUG=1).")
     )] = False,
+    storage_options: Annotated[Optional[str], typer.Option("--storage-options", help=(
+        "JSON object of fsspec options for s3://, gs://, hf:// locations, e.g. '{\"endpoint_url\": "
+        "\"http://127.0.0.1:9000\"}' (docs/storage.md).")
+    )] = None,
 ) -> None:
     """Build a synthetic, quality-filtered ImageNet clone with diffusion models, and publish it."""
     setup_logging(verbose)
+    set_storage_options(storage_options)
 
 
 def main() -> None:

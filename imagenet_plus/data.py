@@ -1,4 +1,5 @@
-"""Training data loader over a release (a local ``REL`` folder or a Hub dataset repo ``USER/NAME``).
+"""Training data loader over a release (a local ``REL`` folder, an fsspec URL ``s3://bucket/rel``, or a Hub dataset
+repo ``USER/NAME``).
 
 Input: a release (``REL/_info.json`` + ``REL/data/{split}-NNNNN.tar``, locally or on the Hub). Output: an
 iterable of ``(images, labels)`` batches (``images``: the transform's output stacked, by default uint8
@@ -7,7 +8,8 @@ iterable of ``(images, labels)`` batches (``images``: the transform's output sta
 - ``webdataset`` (default, fastest): this rank's shards (``shards[rank::world_size]``, after a shuffle of
   the shard list that is the same on every rank), split again over DataLoader workers, samples shuffled in
   a buffer, decoded, batched inside the workers. Hub shards are streamed through
-  ``huggingface_hub.HfFileSystem`` (token from HF_TOKEN / the login, never on a command line).
+  ``huggingface_hub.HfFileSystem`` (token from HF_TOKEN / the login, never on a command line); shards at a URL
+  through fsspec (:func:`imagenet_plus.io.storage.open_binary`, with the storage options of the process).
 - ``datasets``: ``load_dataset(source, streaming=True)`` (the card's YAML drives the packaged webdataset
   builder) + ``split_dataset_by_node`` + ``shuffle(buffer_size=…)``; the same batches.
 
@@ -38,6 +40,7 @@ from typing import Any
 from imagenet_plus.contract import IMAGE_EXTENSIONS, INFO_NAME, ReleaseInfo, read_json
 from imagenet_plus.contract.release import read_release_info as read_local_release_info
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import is_url, location, open_binary, storage_options
 from imagenet_plus.io.tar import iter_samples
 
 BACKENDS = ("webdataset", "datasets")
@@ -60,7 +63,8 @@ def _endpoint() -> str | None:
 
 
 def _is_local(source: str | Path) -> bool:
-    return Path(source).exists()
+    """A release folder on disk or at an fsspec URL (``s3://…``), as opposed to a Hub repo id."""
+    return is_url(source) or Path(source).exists()
 
 
 def read_release_info(source: str | Path, revision: str | None = None) -> ReleaseInfo:
@@ -92,7 +96,7 @@ def shard_urls(source: str | Path, split: str, info: ReleaseInfo, revision: str 
         raise UserError(f"split {split!r} not in release {source} (has {', '.join(sorted(info.splits)) or 'none'})")
     files = info.splits[split].filenames
     if _is_local(source):
-        return [str(Path(source) / f) for f in files]
+        return [str(location(source) / f) for f in files]
     rev = f"@{revision}" if revision else ""
     return [f"hf://datasets/{source}{rev}/{f}" for f in files]
 
@@ -106,7 +110,7 @@ def _open_shards(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
             stream = HfFileSystem(endpoint=_endpoint()).open(url, "rb", block_size=1 << 22)
         else:
-            stream = open(url, "rb", buffering=1 << 20)
+            stream = open_binary(url, buffering=1 << 20)
         try:
             yield {"url": url, "stream": stream}
         finally:
@@ -299,7 +303,8 @@ def make_loader(
     ``len(loader)`` batches, so DDP ranks stay in step (see the module docstring).
 
     Args:
-        source: a local release folder or a Hub dataset repo id ``USER/NAME``.
+        source: a local release folder, its URL (``s3://bucket/rel``: storage options from ``--storage-options`` /
+            ``IMAGENET_PLUS_STORAGE_OPTIONS`` and the environment), or a Hub dataset repo id ``USER/NAME``.
         split: ``train`` or ``validation``.
         rank: this process's rank.
         world_size: number of processes.
@@ -417,7 +422,14 @@ def _datasets_factory(source: str | Path, split: str, rank: int, world_size: int
     import torch.utils.data
     from datasets.distributed import split_dataset_by_node
 
-    ds = datasets.load_dataset(str(source), split=split, streaming=True, revision=revision)
+    if is_url(source):  # the packaged webdataset builder over the shards' URLs, as the card's YAML would drive it
+        # downloaded, then streamed from the local copy: datasets 5.2's streaming passes ``block_size`` into the
+        # filesystem's options, which s3fs hands to its session (TypeError); docs/storage.md
+        files = shard_urls(source, split, read_release_info(source))
+        ds = datasets.load_dataset("webdataset", data_files={split: files}, split=split,
+                                   storage_options=storage_options()).to_iterable_dataset()
+    else:
+        ds = datasets.load_dataset(str(source), split=split, streaming=True, revision=revision)
     image_col = next((c for c in IMAGE_EXTENSIONS if c in (ds.features or {})), None)
     if image_col is None:
         raise UserError(f"{source}: the card declares no image column ({', '.join(IMAGE_EXTENSIONS)})")

@@ -135,3 +135,18 @@ def fake_score_summary(per_class: dict[str, dict], **metrics) -> "ScoreSummary":
               "clip_score_mean": 28.5, "precision": 0.6, "recall": 0.4, "duplicates": 0, "classifier_top1_rate": None,
               "classifier_top5_rate": None, "num_images": sum(c.count for c in classes.values()), **metrics}
     return ScoreSummary.of(DatasetMetrics(**values, per_class=classes), models=SummaryModels(**models), **run)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real S3 API on loopback (moto's server mode), for the object-storage tests.
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 (random port) with the bucket ``bucket``; AWS_ENDPOINT_URL and dummy keys set
+    in ``os.environ`` while the module's tests run; stopped after."""
+    from s3_server import s3_server
+
+    with s3_server() as server:
+        server.make_bucket("bucket")
+        yield server

@@ -36,6 +36,7 @@ from imagenet_plus.contract import KEY_PATTERN
 from imagenet_plus.contract.names import CLASS_ID_MAX
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import write_bytes_atomic
+from imagenet_plus.io.storage import location
 
 #: The spec of the ImageNet-1k class set.
 IMAGENET_1K = "imagenet-1k"
@@ -459,7 +460,7 @@ def write_classes_json(path: str | Path, classes: Sequence[ClassInfo]) -> None:
     """Write a class set as a JSON list in label order (atomically: ``.partial`` then rename)."""
 
     text = json.dumps([c.to_dict() for c in classes], indent=2, ensure_ascii=False) + "\n"
-    write_bytes_atomic(Path(path), text.encode("utf-8"))
+    write_bytes_atomic(location(path), text.encode("utf-8"))
 
 
 def read_classes_json(path: str | Path) -> list[ClassInfo]:
@@ -468,7 +469,7 @@ def read_classes_json(path: str | Path) -> list[ClassInfo]:
     Raises:
         UserError: missing or malformed file, an entry missing a key, or labels not 0..n-1 in order.
     """
-    p = Path(path)
+    p = location(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

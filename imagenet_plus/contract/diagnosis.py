@@ -21,6 +21,7 @@ from imagenet_plus.contract.records import read_json
 from imagenet_plus.contract.typed import TypedRecord
 from imagenet_plus.errors import UserError
 from imagenet_plus.io import atomic  # the module: io.atomic imports contract.names, which runs this package
+from imagenet_plus.io.storage import local_copy
 
 # ------------------------------------------------------------------------------------------------------------
 # verdicts
@@ -290,7 +291,7 @@ class DiagnosisCentroids:
             UserError: the file is unreadable, lacks an array, or its arrays disagree in shape.
         """
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with np.load(local_copy(path), allow_pickle=False) as data:
                 arrays = {k: np.asarray(data[k]) for k in data.files}
             class_ids = [str(c) for c in arrays[CENTROIDS_CLASS_IDS]]
             synthetic = arrays[CENTROIDS_SYNTHETIC]

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from imagenet_plus.contract.names import CLASSES_JSON, GENERATED_DIR, LOCK_NAME, MARKERS_DIR, PIPELINE_FAILED, RUN_YAML
 from imagenet_plus.errors import ForeignFiles, UserError
 from imagenet_plus.io.lock import folder_lock
+from imagenet_plus.io.storage import is_remote, location, remote_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,9 +27,10 @@ _STARTED = frozenset({LOCK_NAME, CLASSES_JSON, GENERATED_DIR, MARKERS_DIR, PIPEL
 
 def _left_by_a_start(root: Path, names: list[str]) -> bool:
     """Whether ``root`` holds only what a start killed before ``run.yaml`` leaves: the lock (which says the project
-    started the run there), ``classes.json``, an empty ``generated/``, ``run``'s markers."""
+    started the run there; none on object storage), ``classes.json``, an empty ``generated/``, ``run``'s markers."""
     generated = root / GENERATED_DIR
-    return LOCK_NAME in names and set(names) <= _STARTED and (
+    locked = LOCK_NAME in names or is_remote(root)  # object storage has no lock file: what a start left is enough
+    return locked and set(names) <= _STARTED and (
         GENERATED_DIR not in names or (generated.is_dir() and not any(generated.iterdir())))
 
 
@@ -42,7 +44,12 @@ def check_run_folder(root: str | Path, option: str = "--out") -> None:
     Raises:
         UserError: ``root`` is a file. ForeignFiles: a folder holding anything else (nothing is written or deleted).
     """
-    root = Path(root)
+    root = location(root)
+    with remote_errors(root):
+        _check_run_folder(root, option)
+
+
+def _check_run_folder(root: Any, option: str) -> None:
     if not root.exists():
         return
     if not root.is_dir():
@@ -66,7 +73,7 @@ def locked_run(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(run: str | Path, *args: Any, **kwargs: Any) -> Any:
-        if not (Path(run) / RUN_YAML).is_file():
+        if not (location(run) / RUN_YAML).is_file():
             return func(run, *args, **kwargs)
         with folder_lock(run):
             return func(run, *args, **kwargs)

@@ -1,7 +1,8 @@
 """Paths of a run folder and of a release folder, and the "done" rules of generated shards.
 
 Building a :class:`RunPaths` or :class:`ReleasePaths` creates nothing; every path below ``RUN/`` and ``REL/``
-that a stage uses is an attribute or method here.
+that a stage uses is an attribute or method here. A root is a location of :mod:`imagenet_plus.io.storage`: a
+local ``Path`` or a ``UPath`` of an fsspec URL (``s3://bucket/run``), whose children are ``UPath`` too.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from imagenet_plus.contract.names import (
 )
 from imagenet_plus.contract.scores import stale_scores
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import Location, location, remote_errors
 
 # ------------------------------------------------------------------------------------------------------------
 # the run folder
@@ -92,7 +94,7 @@ class ScoreFiles:
 class RunPaths:
     """Paths inside a run directory (nothing is created by building this)."""
 
-    root: Path
+    root: Location
 
     run_yaml = _Under(RUN_YAML)
     classes_json = _Under(CLASSES_JSON)
@@ -146,18 +148,19 @@ class RunPaths:
         return files
 
 
-def run_paths(run: str | Path, must_exist: bool = True) -> RunPaths:
+def run_paths(run: str | Location, must_exist: bool = True) -> RunPaths:
     """Check that ``run`` is a run directory (has run.yaml) and return its paths.
 
     Raises:
         UserError: ``run`` is not a folder, or has no run.yaml (``generate`` was not run there).
     """
-    root = Path(run)
+    root = location(run)
     if must_exist:
-        if not root.is_dir():
-            raise UserError(f"run directory not found: {root}")
-        if not (root / RUN_YAML).is_file():
-            raise UserError(f"{root} is not a run directory (no {RUN_YAML}): run 'imagenet-plus generate' first")
+        with remote_errors(root):
+            if not (root / RUN_YAML).is_file():
+                if not root.is_dir():
+                    raise UserError(f"run directory not found: {root}")
+                raise UserError(f"{root} is not a run directory (no {RUN_YAML}): run 'imagenet-plus generate' first")
     return RunPaths(root)
 
 
@@ -173,7 +176,7 @@ def run_paths(run: str | Path, must_exist: bool = True) -> RunPaths:
 class ReleasePaths:
     """Paths inside a release folder."""
 
-    root: Path
+    root: Location
 
     def shard(self, split: str, index: int) -> Path:
         """``REL/data/{split}-NNNNN.tar``."""

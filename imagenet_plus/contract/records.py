@@ -12,12 +12,13 @@ from typing import Any
 
 from imagenet_plus.errors import UserError
 from imagenet_plus.io import atomic  # the module: io.atomic imports contract.names, which runs this package
+from imagenet_plus.io.storage import location
 
 
 def read_json(path: Path, what: str = "") -> Any:
     """Read a JSON file of the contract, naming it when it is missing or malformed."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(location(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"unreadable {what + ' ' if what else ''}{path}: {exc}") from None
 

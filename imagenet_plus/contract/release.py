@@ -27,6 +27,7 @@ from typing import Any
 from imagenet_plus.contract.names import CARD_NAME, INFO_NAME
 from imagenet_plus.contract.records import JsonRecord, dataclass_from_dict
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import is_remote, location, remote_errors
 
 #: The marker of an image-folder export (``DIR/.imagenet-plus-release.json``): which release it holds.
 IMAGEFOLDER_MARKER = ".imagenet-plus-release.json"
@@ -128,8 +129,10 @@ def read_release_info(folder: str | Path) -> ReleaseInfo:
     Raises:
         UserError: the folder has no ``_info.json`` (it is not a release), or it does not pass the checks.
     """
-    path = Path(folder) / INFO_NAME
-    if not path.is_file():
+    path = location(folder) / INFO_NAME
+    with remote_errors(path):
+        found = path.is_file()
+    if not found:
         raise UserError(f"{path} not found: {folder} is not a release folder (run 'imagenet-plus release')")
     inside_release(folder, INFO_NAME, str(folder))
     info = ReleaseInfo.read(path)
@@ -161,6 +164,8 @@ def inside_release(folder: str | Path, name: str, where: str) -> Path:
         UserError: one line naming ``where``, the name and where it leads.
     """
     check_relative_name(name, where)
+    if is_remote(folder):  # object stores have no symlinks: a plain relative name stays inside
+        return location(folder) / name
     path = Path(folder) / name
     root, real = Path(folder).resolve(), path.resolve()
     if root not in real.parents:

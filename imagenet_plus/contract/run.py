@@ -24,6 +24,7 @@ from imagenet_plus.contract.records import read_json
 from imagenet_plus.contract.typed import typed_values
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import write_bytes_atomic
+from imagenet_plus.io.storage import location
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:
@@ -179,7 +180,7 @@ class RunRecord:
         import yaml
 
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            data = yaml.safe_load(location(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise UserError(f"unreadable {path}: {exc}") from None
         if not isinstance(data, Mapping):

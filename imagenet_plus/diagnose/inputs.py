@@ -29,6 +29,7 @@ from imagenet_plus.diagnose.config import DiagnoseConfig
 from imagenet_plus.diagnose.evidence import ClassAccumulator, sample_priority, zero_shot_confusion
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import atomic_file
+from imagenet_plus.io.storage import local_copy
 from imagenet_plus.pipeline.config import stable_hash
 from imagenet_plus.score.scorers.clip import ClipScorer
 
@@ -72,11 +73,11 @@ def read_score_sums(paths: RunPaths, num_classes: int, text_emb: np.ndarray, sam
         if not files.clip.is_file():
             raise UserError(f"{files.clip} is missing beside {parquet}: re-run 'imagenet-plus score'")
         try:
-            table = pq.read_table(parquet, columns=["key", "label", *sums])
+            table = pq.read_table(local_copy(parquet), columns=["key", "label", *sums])
         except Exception as exc:  # pyarrow raises several types for a cut or overwritten file
             raise unreadable_scores(parquet, exc) from None
         try:
-            emb = np.load(files.clip, allow_pickle=False).astype(np.float32)
+            emb = np.load(local_copy(files.clip), allow_pickle=False).astype(np.float32)
         except (OSError, ValueError, EOFError) as exc:
             raise unreadable_scores(files.clip, exc) from None
         if len(emb) != table.num_rows:
@@ -192,7 +193,7 @@ def _iter_decoded(files: list[tuple[Path, int]]) -> Iterator[tuple[Any, int, str
 def _npz_embeddings(root: Path, index: Mapping[str, int], sample_per_class: int) -> ClassAccumulator:
     """Per-class sums and samples of an ``.npz`` of CLIP embeddings (``clip``, ``class_ids``)."""
     try:
-        with np.load(root, allow_pickle=False) as data:
+        with np.load(local_copy(root), allow_pickle=False) as data:
             clip = np.asarray(data[REFERENCE_CLIP], np.float32)
             ids = [str(x) for x in data[REFERENCE_CLASS_IDS]]
     except (OSError, KeyError, ValueError) as exc:
@@ -234,7 +235,7 @@ def load_reference_embeddings(reference: str | Path, paths: RunPaths, class_ids:
         h.update(f"{f.relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     cache = paths.diagnosis_cache / f"reference-{h.hexdigest()[:24]}.npz"
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as data:
+        with np.load(local_copy(cache), allow_pickle=False) as data:
             return ClassAccumulator.from_arrays({k: data[k] for k in data.files}, cfg.sample_per_class)
     scorer = ClipScorer(clip_model, _device(cfg.device))
     acc = ClassAccumulator(len(class_ids), scorer.dim, cfg.sample_per_class)

@@ -98,6 +98,7 @@ from imagenet_plus.diagnose.verdicts import (
 )
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import atomic_file
+from imagenet_plus.io.storage import local_copy, location
 from imagenet_plus.pipeline import freshness
 from imagenet_plus.pipeline.freshness import StageInputs
 
@@ -328,7 +329,7 @@ def stage_inputs(run: str | Path, cfg: DiagnoseConfig) -> StageInputs:
     ``summary.json`` (a re-score rewrites it, even where ``score`` kept no record) and an ``.npz`` reference.
     Outputs: ``diagnosis.parquet``, ``diagnosis.json``, ``diagnosis_centroids.npz``.
     """
-    paths = RunPaths(Path(run))
+    paths = RunPaths(location(run))
     ref = cfg.reference
     files = (paths.summary_json, *([Path(ref)] if ref is not None and Path(ref).is_file() else []))
     settings = {"verdict_settings": json_safe(cfg.thresholds()), "reference_path": _reference_id(ref),
@@ -340,7 +341,7 @@ def stage_inputs(run: str | Path, cfg: DiagnoseConfig) -> StageInputs:
 def _class_text_embeddings(paths: RunPaths, num_classes: int) -> np.ndarray:
     if not paths.class_text_embeddings.is_file():
         raise UserError(f"{paths.class_text_embeddings} missing: re-run 'imagenet-plus score'")
-    text_emb = np.load(paths.class_text_embeddings).astype(np.float32)
+    text_emb = np.load(local_copy(paths.class_text_embeddings)).astype(np.float32)
     if text_emb.ndim != 2 or len(text_emb) != num_classes:
         raise UserError(f"{paths.class_text_embeddings} has {len(text_emb)} rows but the run has {num_classes} "
                         "classes: re-run 'imagenet-plus score'")

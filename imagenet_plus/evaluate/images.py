@@ -34,6 +34,7 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.data import read_release_info, shard_urls
 from imagenet_plus.errors import CorruptShard, UserError
+from imagenet_plus.io.storage import local_copy, open_binary
 from imagenet_plus.io.tar import scan_tar
 
 #: ImageNet mean colour, the fill of letterbox margins.
@@ -110,7 +111,7 @@ def _shard_samples(shard: Path) -> dict[str, dict[str, Any]]:
     """key → {member extension (lower case) → :class:`imagenet_plus.io.tar.TarMember`}, as webdataset groups them."""
     by_key: dict[str, dict[str, Any]] = {}
     try:
-        with open(shard, "rb") as f:
+        with open_binary(shard) as f:
             for m in scan_tar(f, str(shard), wanted=_is_json_member):
                 try:
                     key, ext = split_member_name(m.name)
@@ -205,7 +206,7 @@ class ImageDataset:
                     del self._handles[old]
                 while len(self._handles) >= self.max_open:
                     self._handles.popitem(last=False)[1].close()
-                f = self._handles[key] = open(src.tar, "rb")
+                f = self._handles[key] = open_binary(local_copy(src.tar))
             else:
                 self._handles.move_to_end(key)
             f.seek(src.offset)

@@ -262,8 +262,13 @@ def _check_recipe_settings(cfg: GenerateConfig, src: str) -> None:
                           f"got {cfg.real_missing!r}")
     if cfg.real is not None and not str(cfg.real).strip():
         raise ConfigError(f"{src}: 'real' is empty (a folder of real images per class)")
-    if cfg.real is not None and "://" in cfg.real:
-        raise ConfigError(f"{src}: 'real' must be a local folder, got the URL {cfg.real!r} (copy the images first)")
+    if cfg.real is not None and "://" in cfg.real:  # a URL is read from a local copy (io.storage.local_tree)
+        from fsspec.registry import known_implementations
+
+        scheme = cfg.real.split("://", 1)[0].lower()
+        if scheme not in known_implementations and scheme not in ("file", "local"):
+            raise ConfigError(f"{src}: 'real' has the unknown URL scheme {scheme}:// ({cfg.real!r}): use a local "
+                              "folder or an fsspec URL (s3://, gs://, hf://, …)")
     strength = cfg.init_strength
     if strength is not None and not 0 < strength < 1:  # NaN fails too
         raise ConfigError(f"{src}: 'init-strength' must be within 0 < S < 1 (the share of the steps run from the real "

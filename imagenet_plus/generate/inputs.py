@@ -39,6 +39,7 @@ from imagenet_plus.generate.config import GenerateConfig
 from imagenet_plus.generate.images import caption_pairs, plan_images
 from imagenet_plus.generate.plan import PlanItem, Segment, image_seed, segment_items
 from imagenet_plus.generate.real import RealIndex, RealRef, fingerprint, load_real_image, open_real
+from imagenet_plus.io.storage import location
 from imagenet_plus.models.captioner import CaptionCache, Captioner, CaptionSettings, caption_shards
 from imagenet_plus.models.tiny_text import TINY_RANDOM
 from imagenet_plus.pipeline.progress import progress_bar
@@ -256,7 +257,7 @@ def prepare_texts(run: Path, cfg: GenerateConfig, classes: Sequence[ClassInfo], 
         if is_main:  # the captioner's record is written (or checked) once, before any process captions
             CaptionCache(run, settings)
         else:
-            wait_for(lambda: (Path(run) / CAPTIONS_DIR / CAPTIONER_JSON).is_file(), check)
+            wait_for(lambda: (location(run) / CAPTIONS_DIR / CAPTIONER_JSON).is_file(), check)
         captions = _caption(run, cfg, classes, real, shards, settings, device, is_main)
     descriptions: dict[str, tuple[str, ...]] = {}
     if "llm" in cfg.prompt_strategy:

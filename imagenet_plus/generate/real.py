@@ -40,6 +40,7 @@ from imagenet_plus.contract.names import INFO_NAME, READ_IMAGE_EXTENSIONS, split
 from imagenet_plus.contract.records import read_json
 from imagenet_plus.contract.release import parse_splits
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import local_tree
 from imagenet_plus.io.tar import scan_tar
 from imagenet_plus.pipeline.progress import progress_bar
 
@@ -191,7 +192,7 @@ def open_real(root: str | Path, class_ids: Sequence[str], missing: str = "error"
     """
     if missing not in MISSING_POLICIES:
         raise UserError(f"real images: missing classes must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
-    root = Path(root)
+    root = local_tree(root)  # a URL (s3://…) is read from a local copy (io.storage)
     if not root.is_dir():
         raise UserError(f"real images folder not found: {root}")
     ids = list(dict.fromkeys(class_ids))

@@ -70,7 +70,7 @@ from imagenet_plus.generate.real import RealIndex
 from imagenet_plus.generate.state import STAGE, RunState, inputs_of, plan_run_state, write_run_state
 from imagenet_plus.generate.writer import ShardWriterThread
 from imagenet_plus.io.lock import folder_lock, is_main_process
-from imagenet_plus.io.storage import storage_errors
+from imagenet_plus.io.storage import location, storage_errors
 from imagenet_plus.models.diffusion import DiffusersSource, check_offload, load_pipeline, model_location
 from imagenet_plus.pipeline.engines import (
     ExecutionConfig,
@@ -269,7 +269,7 @@ class ShardMaker:
 
     def __init__(self, run: str | Path, state: RunState,
                  source_factory: Callable[[GenerateConfig, Any], Any] = make_source) -> None:
-        self.paths = RunPaths(Path(run))
+        self.paths = RunPaths(location(run))
         self.state = state
         self.source_factory = source_factory
         self._source: Any = None
@@ -336,7 +336,7 @@ def run_generate(
     Raises:
         UserError: bad settings (nothing is written), or an error on any rank.
     """
-    paths = RunPaths(Path(out))
+    paths = RunPaths(location(out))
     execution = execution or ExecutionConfig()
     share = job_share(execution)
     if execution.engine == "ray":
@@ -545,5 +545,5 @@ def shard_stats(run: str | Path) -> list[ShardStats]:
     Raises:
         UserError: a stats file that does not read back as :class:`~imagenet_plus.contract.ShardStats`.
     """
-    paths = RunPaths(Path(run))
+    paths = RunPaths(location(run))
     return [ShardStats.read(p) for p in sorted(paths.generated.glob("*.json"))]

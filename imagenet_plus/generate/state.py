@@ -51,6 +51,7 @@ from imagenet_plus.generate.plan import (
     shard_bounds,
     top_up_segment,
 )
+from imagenet_plus.io.storage import location
 from imagenet_plus.pipeline.config import config_from_mapping, stable_hash
 from imagenet_plus.pipeline.freshness import StageInputs
 
@@ -323,13 +324,13 @@ def stage_inputs(run: str | Path, cfg: GenerateConfig) -> StageInputs:
     Raises:
         UserError: as :func:`plan_run_state` (the run folder holds another config, …).
     """
-    paths = RunPaths(Path(run))
+    paths = RunPaths(location(run))
     return inputs_of(paths, plan_run_state(cfg, paths, top_up=False, check_real=False))
 
 
 def planned_keys(run: str | Path) -> list[str]:
     """Every key the run's plan holds, in shard order (for checks and downstream stages)."""
-    paths = RunPaths(Path(run))
+    paths = RunPaths(location(run))
     recorded = read_run_record(paths)
     classes = read_classes_json(paths.classes_json)
     shards = plan_shards(recorded.segments, [c.id for c in classes], recorded_config(paths, recorded).shard_size)

@@ -11,6 +11,13 @@ while a process builds in it. A leftover marked partial folder of a killed proce
 unmarked one, a ``NAME.old`` without the marker, or a ``NAME`` holding files the caller does not own is refused
 (:class:`~imagenet_plus.errors.ForeignFiles`), with nothing deleted. Disk errors become one line
 (:mod:`~imagenet_plus.io.storage`).
+
+**Remote locations** (a ``UPath`` from :func:`~imagenet_plus.io.storage.location`): object stores have no rename,
+but they make an uploaded object visible whole or not at all. :func:`atomic_file` writes a local scratch file and
+uploads it once when the block succeeds (nothing appears on a failure or a kill); :func:`building_folder` builds in
+a local scratch folder, uploads its files (the folder's done markers, the names given by ``last``, after
+everything else), then deletes the old folder's files that the new one does not have, after checking they are the
+project's. A remote folder has no lock: one writer per folder is the caller's affair (docs/safety.md).
 """
 
 from __future__ import annotations
@@ -26,7 +33,17 @@ from typing import Any
 
 from imagenet_plus.errors import ForeignFiles, UserError
 from imagenet_plus.io.lock import hold_lock, holds
-from imagenet_plus.io.storage import storage_errors
+from imagenet_plus.io.storage import (
+    Location,
+    is_remote,
+    location,
+    remote_errors,
+    remove_tree,
+    scratch_dir,
+    scratch_file,
+    storage_errors,
+    upload,
+)
 
 #: Suffix of a file being written (renamed to its final name once complete; re-exported by the contract).
 PARTIAL_SUFFIX = ".partial"
@@ -35,14 +52,19 @@ PARTIAL_MARKER = ".imagenet-plus"
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+def atomic_file(path: str | Location, mode: str = "wb") -> Iterator[Any]:
     """Open ``path.partial`` for writing; on success flush, fsync and rename it to ``path``.
 
     On an exception the partial file is deleted and ``path`` is left as it was, so readers never see
     half a file (a kill leaves only a ``.partial``, which the next run removes). A full, read-only or forbidden
-    disk is a :class:`~imagenet_plus.errors.StorageError` naming ``path``.
+    disk is a :class:`~imagenet_plus.errors.StorageError` naming ``path``. A remote ``path`` is written to a local
+    scratch file and uploaded once on success (see the module docstring).
     """
-    path = Path(path)
+    path = location(path)
+    if is_remote(path):
+        with _remote_file(path, mode) as f:
+            yield f
+        return
     tmp = path.with_name(path.name + PARTIAL_SUFFIX)
     encoding = None if "b" in mode else "utf-8"
     try:
@@ -58,14 +80,27 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+@contextlib.contextmanager
+def _remote_file(path: Location, mode: str) -> Iterator[Any]:
+    """:func:`atomic_file` for a remote ``path``: a local scratch file, uploaded once when the block succeeds."""
+    tmp = scratch_file(path)
+    encoding = None if "b" in mode else "utf-8"
+    try:
+        with storage_errors(tmp), open(tmp, mode, encoding=encoding) as f:
+            yield f
+        upload(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Location, data: Any) -> None:
     """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
     with atomic_file(path, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Location, data: bytes) -> None:
     """Write bytes to ``path`` via a temporary file and a rename."""
     with atomic_file(path) as f:
         f.write(data)
@@ -204,9 +239,13 @@ def claimed_partial(final: str | Path) -> Iterator[Path]:
     another process holds is :class:`~imagenet_plus.errors.RunInUse` (untouched); an unmarked one is
     :class:`~imagenet_plus.errors.ForeignFiles` (untouched). The lock on the marker is the lock on building
     ``final`` (two ``release`` to one ``--out``). On an exception, or when the block swapped nothing in, the
-    partial folder is removed. Inside a block that already holds it (this process), yields it unchanged.
+    partial folder is removed. Inside a block that already holds it (this process), yields it unchanged. A remote
+    ``final`` yields None (nothing to claim: :func:`building_folder` builds it in local scratch).
     """
-    final = Path(final)
+    final = location(final)
+    if is_remote(final):  # built in local scratch by building_folder; an object store has no lock to take
+        yield None
+        return
     tmp = partial_folder(final)
     marker = tmp / PARTIAL_MARKER
     if holds(marker):
@@ -227,15 +266,59 @@ def claimed_partial(final: str | Path) -> Iterator[Path]:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remote_foreign_entries(folder: Location, owned: Callable[[str], bool] | None) -> list[str]:
+    """:func:`foreign_entries` of a remote folder (its objects, relative, ``/``-separated)."""
+    with remote_errors(folder):
+        if not folder.fs.isdir(folder.path):
+            return []
+        base = folder.path.rstrip("/") + "/"
+        names = sorted(p[len(base):] for p in folder.fs.find(folder.path) if p.startswith(base))
+    return [n for n in names if n != PARTIAL_MARKER and (owned is None or not owned(n))]
+
+
+def upload_folder(tmp: Path, final: Location, owned: Callable[[str], bool] | None = None,
+                  last: tuple[str, ...] = ()) -> None:
+    """Make the remote folder ``final`` hold what the local folder ``tmp`` holds: every file uploaded whole (the
+    names in ``last``, the folder's done markers, after the others), then the old files ``tmp`` lacks deleted.
+
+    Raises:
+        ForeignFiles: ``final`` holds anything ``owned`` does not accept (checked before anything is written).
+    """
+    foreign = remote_foreign_entries(final, owned)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise ForeignFiles(final, f"holds files imagenet-plus did not write ({foreign[0]}{more}): move them out, "
+                                  "then re-run")
+    files = sorted((p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()),
+                   key=lambda rel: (rel in last, last.index(rel) if rel in last else 0, rel))
+    files = [f for f in files if f != PARTIAL_MARKER]
+    for rel in files:
+        upload(tmp / rel, final / rel)
+    base = final.path.rstrip("/") + "/"
+    with remote_errors(final):
+        old = [p for p in final.fs.find(final.path) if p.startswith(base) and p[len(base):] not in files]
+        if old:
+            final.fs.rm(old)
+
+
 @contextlib.contextmanager
-def building_folder(final: str | Path, owned: Callable[[str], bool] | None = None) -> Iterator[Path]:
+def building_folder(final: str | Location, owned: Callable[[str], bool] | None = None,
+                    last: tuple[str, ...] = ()) -> Iterator[Path]:
     """Build the folder ``final`` in ``final.partial`` (:func:`claimed_partial`) and swap it in on success
     (:func:`replace_folder`, with ``owned`` telling which files of an old ``final`` may go).
 
     On an exception the partial folder is removed and ``final`` is left as it was; a disk error while building
-    is a :class:`~imagenet_plus.errors.StorageError`.
+    is a :class:`~imagenet_plus.errors.StorageError`. A remote ``final`` is built in a local scratch folder and
+    uploaded by :func:`upload_folder` (``last``: the names uploaded after every other file).
     """
-    final = Path(final)
+    final = location(final)
+    if is_remote(final):
+        with claimed_partial(scratch_dir("folders", os.urandom(8).hex()) / final.name) as tmp:
+            with storage_errors(tmp):
+                yield tmp
+            upload_folder(tmp, final, owned, last)
+            remove_tree(tmp)
+        return
     with claimed_partial(final) as tmp:
         with storage_errors(tmp):
             yield tmp

@@ -15,6 +15,8 @@ run's lock while each stage takes it too): both are a few lines here.
 - **Read-only folders**: when the lock file cannot be created (a read-only disk, a folder this user may not
   write), the lock is taken on the existing file opened for reading, or not at all; such a process cannot
   write the folder either, and its first write is a one-line :class:`~imagenet_plus.errors.StorageError`.
+- **Remote folders** (``s3://…``: object stores have no flock): no lock is taken (a DEBUG log says so); one
+  writer per shard is what the engines guarantee, and one process per run is the user's affair there.
 - **Network file systems**: flock is reliable on local disks; on some NFS/Lustre mounts it works per host only
   (two hosts may both get it). Give each host its own run folder there.
 """
@@ -32,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imagenet_plus.errors import RunInUse
-from imagenet_plus.io.storage import STORAGE_ERRNOS, storage_errors
+from imagenet_plus.io.storage import STORAGE_ERRNOS, is_remote, location, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -134,5 +136,9 @@ def folder_lock(folder: str | Path) -> contextlib.AbstractContextManager[None]:
     The folder must exist. Raises :class:`~imagenet_plus.errors.RunInUse` when another process holds it.
     """
     if not is_main_process():
+        return contextlib.nullcontext()
+    folder = location(folder)
+    if is_remote(folder):
+        log.debug("%s is on object storage, which has no locks: it is used without one", folder)
         return contextlib.nullcontext()
     return hold_lock(Path(folder) / LOCK_NAME, folder)

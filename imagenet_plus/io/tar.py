@@ -14,6 +14,9 @@ truncated or corrupt tar becomes a :class:`~imagenet_plus.errors.CorruptShard` n
 the short ASCII names of this project (checked against ``tarfile`` and webdataset's ``TarWriter`` in
 tests) and hands any other name to ``tarfile`` itself; :func:`scan_tar` reads ustar, pax and GNU headers
 and can skip members it is not asked for.
+
+A shard on object storage (a ``UPath`` location) is written to a local scratch file and uploaded once by
+:meth:`PartialTarWriter.commit` (an object appears whole or not at all), and read through ``path.open("rb")``.
 """
 
 
@@ -30,7 +33,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from imagenet_plus.errors import CorruptShard, UserError
 from imagenet_plus.io.atomic import PARTIAL_SUFFIX
-from imagenet_plus.io.storage import storage_errors
+from imagenet_plus.io.storage import Location, is_remote, location, remote_errors, scratch_file, storage_errors, upload
 
 #: Fixed tar member mtime, so the same samples always give the same bytes (an int: a float makes tarfile
 #: put a 1 KiB pax header before every member).
@@ -120,9 +123,11 @@ class PartialTarWriter:
     :class:`~imagenet_plus.errors.StorageError` naming the shard.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+    def __init__(self, path: str | Location) -> None:
+        self.path = location(path)
+        self.remote = is_remote(self.path)
+        self.partial = scratch_file(self.path, PARTIAL_SUFFIX) if self.remote else \
+            self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         with storage_errors(self.path):
             self._file = open(self.partial, "wb")
         self._writer = TarStreamWriter(self._file)
@@ -144,7 +149,11 @@ class PartialTarWriter:
                 os.fsync(self._file.fileno())
                 self._file.close()
                 self._closed = True
-                os.replace(self.partial, self.path)
+                if self.remote:
+                    upload(self.partial, self.path)
+                    self.partial.unlink()
+                else:
+                    os.replace(self.partial, self.path)
         except BaseException:
             self.abort()
             raise
@@ -313,11 +322,12 @@ def iter_shard(path: str | Path, expected: int | None = None) -> Iterator[dict[s
         UserError: the shard is missing; CorruptShard: it is truncated, not a tar file, or holds another number
             of samples than ``expected`` (naming it).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"shard not found: {p}")
+    p = location(path)
+    with remote_errors(p):
+        if not p.is_file():
+            raise UserError(f"shard not found: {p}")
     try:
-        with open(p, "rb") as stream:
+        with p.open("rb") as stream:
             for sample in iter_samples(stream, str(p), expected):
                 sample.pop("__url__", None)
                 yield sample
@@ -344,7 +354,13 @@ def count_samples(path: str | Path, key_of: Callable[[str], str | None]) -> int:
     Raises:
         CorruptShard: a bad header, a truncated member or an unreadable file (naming it).
     """
-    p = Path(path)
+    p = location(path)
+    if is_remote(p):
+        try:
+            with remote_errors(p), p.open("rb") as stream:
+                return _count_keys((m.name for m in scan_tar(stream, str(p), wanted=_nothing)), key_of)
+        except OSError as exc:
+            raise CorruptShard(p, str(exc)) from None
     try:
         fd = os.open(p, os.O_RDONLY)
     except OSError as exc:

@@ -32,6 +32,7 @@ from imagenet_plus.contract.names import CAPTION_COLUMNS, CAPTIONER_JSON, CAPTIO
 from imagenet_plus.contract.records import read_json
 from imagenet_plus.errors import ConfigError, ModelUnavailable, UserError
 from imagenet_plus.io.atomic import atomic_file, write_json_atomic
+from imagenet_plus.io.storage import local_copy
 from imagenet_plus.models.tiny_text import TINY_RANDOM, tiny_blip_dir
 from imagenet_plus.pipeline.progress import progress_bar
 
@@ -203,7 +204,7 @@ class CaptionCache:
         if not path.is_file():
             return None
         try:
-            table = pq.read_table(path, columns=list(CAPTION_COLUMNS))
+            table = pq.read_table(local_copy(path), columns=list(CAPTION_COLUMNS))
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(f"unreadable captions {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
         return list(zip(*(table.column(c).to_pylist() for c in CAPTION_COLUMNS)))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from imagenet_plus.errors import ConfigError, UserError
+from imagenet_plus.io.storage import location, remote_errors
 
 T = TypeVar("T")
 
@@ -151,8 +152,10 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
+    p = location(path)
+    with remote_errors(p):
+        found = p.is_file()
+    if not found:
         raise UserError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))

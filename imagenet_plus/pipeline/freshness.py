@@ -25,16 +25,17 @@ from imagenet_plus.contract import RunPaths
 from imagenet_plus.contract.state import StageState
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import write_json_atomic
+from imagenet_plus.io.storage import location
 from imagenet_plus.pipeline.config import stable_hash
 
 
 def file_identity(path: Path) -> list[Any]:
     """``[name, size, mtime_ns]`` of a file (``[name, None]`` when it is absent): changes when it is rewritten."""
     try:
-        st = Path(path).stat()
+        st = location(path).stat()
     except FileNotFoundError:
-        return [Path(path).name, None]
-    return [Path(path).name, st.st_size, st.st_mtime_ns]
+        return [location(path).name, None]
+    return [location(path).name, st.st_size, getattr(st, "st_mtime_ns", None) or int(st.st_mtime * 1e9)]
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def is_current(paths: RunPaths, inputs: StageInputs) -> bool:
     state = read_state(paths, inputs.stage)
     if state is None or state.fingerprint != fingerprint(paths, inputs):
         return False
-    if not all(Path(p).exists() for p in inputs.outputs):
+    if not all(location(p).exists() for p in inputs.outputs):
         return False
     return inputs.intact is None or inputs.intact()
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_plus.errors import PeerRankFailed, UserError
+from imagenet_plus.io.storage import location, remove_tree
 
 #: Environment variable holding the process-group timeout in seconds.
 PG_TIMEOUT_ENV = "IMAGENET_PLUS_PG_TIMEOUT"
@@ -155,7 +155,7 @@ class FileRendezvous:
     """
 
     def __init__(self, folder: Path, token: str, rank: int, world_size: int, poll: float = POLL_SECONDS) -> None:
-        self.root = Path(folder)
+        self.root = location(folder)
         self.folder = self.root / token
         self.rank = rank
         self.world_size = world_size
@@ -169,9 +169,9 @@ class FileRendezvous:
         token = job_token(dist)
         rdv = cls(folder, token, dist.rank, dist.world_size, poll)
         if dist.is_main:
-            for old in rdv.root.iterdir():
+            for old in rdv.root.iterdir() if rdv.root.is_dir() else ():
                 if old.name != token:
-                    shutil.rmtree(old, ignore_errors=True)
+                    remove_tree(old)
         return rdv
 
     def _marker(self, rank: int, suffix: str) -> Path:
@@ -242,7 +242,7 @@ class FileRendezvous:
 
     def close(self) -> None:
         """Remove this launch's markers (main rank, once everything is done), and the folders left empty."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_tree(self.folder)
         for folder in (self.root, self.root.parent):
             try:
                 folder.rmdir()

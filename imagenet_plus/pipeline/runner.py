@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -54,7 +53,14 @@ from imagenet_plus.contract.ownership import check_run_folder
 from imagenet_plus.errors import ConfigError, UserError
 from imagenet_plus.io.atomic import write_bytes_atomic, write_json_atomic
 from imagenet_plus.io.lock import folder_lock
-from imagenet_plus.io.storage import storage_errors
+from imagenet_plus.io.storage import (
+    STORAGE_OPTIONS_ENV,
+    is_remote,
+    location,
+    remove_tree,
+    set_storage_options,
+    storage_errors,
+)
 from imagenet_plus.pipeline.config import config_to_dict, field_name, load_config, split_config_file
 from imagenet_plus.pipeline.engines import EXECUTION_KEYS, ExecutionConfig, job_share
 from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current, what_changed
@@ -249,7 +255,7 @@ def _inline_thresholds(src: ConfigSource, sel: dict[str, Any]) -> dict[str, Any]
         inline = {field_name(k): v for k, v in _pop(sel, "thresholds").items()}
         load_config(select.Thresholds, inline, None, where)
         return {"thresholds": inline}
-    if raw is not None and not Path(str(raw)).is_file():
+    if raw is not None and not location(str(raw)).is_file():
         raise ConfigError(f"{src.where('select')}: thresholds file not found: {raw}")
     return {"thresholds": None}
 
@@ -279,7 +285,7 @@ def _release_out(src: ConfigSource, rel: dict[str, Any]) -> dict[str, Any]:
     out = _pop(rel, "out")
     if out is not None and not isinstance(out, str):
         raise ConfigError(f"{src.where('release')}: key 'out' must be a folder path, got {out!r}")
-    return {"release_out": Path(out) if out else src.run / DEFAULT_RELEASE}
+    return {"release_out": location(out) if out else src.run / DEFAULT_RELEASE}
 
 
 def _release_args(spec: StageSpec, plan: Plan) -> tuple[Any, ...]:
@@ -363,10 +369,13 @@ def load_plan(config_path: str | Path, out: str | Path) -> Plan:
             as ``FILE: section``.
     """
     path = Path(config_path)
-    run = Path(out)
-    if run.exists() and not run.is_dir():
-        raise UserError(f"--out {run} is a file, not a run directory")
     top, sections = split_config_file(path)
+    options = next((top.pop(k) for k in list(top) if field_name(k) == "storage_options"), None)
+    if options is not None and not os.environ.get(STORAGE_OPTIONS_ENV):  # --storage-options (or the variable) wins
+        set_storage_options(options, f"{path}: storage-options")
+    run = location(out)
+    if not is_remote(run) and run.exists() and not run.is_dir():
+        raise UserError(f"--out {run} is a file, not a run directory")
     values: dict[str, Any] = {}
     for spec in REGISTRY.values():
         src = ConfigSource(path, run, dict(top), {k: dict(v) for k, v in sections.items()}, dict(values))
@@ -392,7 +401,7 @@ class MainProcessNotes:
         self.poll = poll
 
     def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_tree(self.folder)
         self.failed.unlink(missing_ok=True)
 
     def tell(self, stage: str, word: str) -> None:

@@ -53,6 +53,7 @@ from typing import Any
 
 from imagenet_plus.contract import CARD_NAME, INFO_NAME, ReleaseInfo
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import local_tree
 from imagenet_plus.models.hub import MISSING, UNREACHABLE, probe_repo
 from imagenet_plus.publish.config import PublishConfig
 from imagenet_plus.publish.plan import PublishPlan, PublishResult, plan_publish
@@ -241,7 +242,7 @@ def run_publish(rel: str | Path, cfg: PublishConfig) -> PublishResult:
     """
     from huggingface_hub import HfApi, constants, get_token
 
-    rel = Path(rel)
+    rel = local_tree(rel)  # a release at a URL is read from a local copy (io.storage)
     token = get_token()
     if not cfg.dry_run:  # before the release is read to its end: a missing token is known at once
         if not token:

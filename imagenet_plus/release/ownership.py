@@ -12,7 +12,6 @@ run, a folder that is not a release. The new release is built in ``NAME.partial`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,16 +25,8 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.contract.paths import ReleasePaths
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import files_under as _files_under
 from imagenet_plus.release.writer import IMAGEFOLDER_EXT, IMAGEFOLDER_SPLITS
-
-
-def _files_under(folder: Path) -> list[str]:
-    """Every file below ``folder`` as a ``/``-joined relative path, sorted."""
-    out = []
-    for root, _dirs, files in os.walk(folder):
-        rel = Path(root).relative_to(folder)
-        out.extend((rel / f).as_posix() for f in files)
-    return sorted(out)
 
 
 def _refuse_foreign(folder: Path, foreign: list[str], what: str) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from imagenet_plus.contract import COMPOSITE, KEY_PATTERN, RunPaths, read_class_records
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import local_copy
 from imagenet_plus.release.config import ReleaseConfig, val_per_class_for
 
 
@@ -184,7 +185,7 @@ def plan_release(paths: RunPaths, cfg: ReleaseConfig) -> ReleasePlan:
         _check_name(str(c.get("id")), "class id", paths.classes_json)
     position = {c["id"]: i for i, c in enumerate(classes)}
     try:  # arrow, not pandas, kept rows only: no Python object per row but the kept keys themselves
-        sel = pq.read_table(paths.selection_parquet, columns=["key", "class_id", "kept", COMPOSITE],
+        sel = pq.read_table(local_copy(paths.selection_parquet), columns=["key", "class_id", "kept", COMPOSITE],
                             filters=[("kept", "==", True)], read_dictionary=["class_id"])
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise UserError(f"unreadable {paths.selection_parquet}: {exc}") from None

@@ -31,6 +31,7 @@ from imagenet_plus.contract import (
     unreadable_scores,
 )
 from imagenet_plus.errors import CorruptShard, UserError
+from imagenet_plus.io.storage import local_copy, open_binary
 from imagenet_plus.io.tar import TarMember, count_mismatch, scan_tar
 from imagenet_plus.release.plan import KeyRows, ReleasePlan
 
@@ -93,7 +94,7 @@ def index_generated(paths: RunPaths, rows: KeyRows) -> SampleIndex:
     for t, tar in enumerate(tars):
         expected = expected_count(tar)
         try:
-            with open(tar, "rb") as f:
+            with open_binary(local_copy(tar)) as f:
                 members = list(scan_tar(f, str(tar), wanted=_is_json_member))
             names = [split_member_name(m.name) for m in members]
             found = sum(1 for i, (key, _) in enumerate(names) if i == 0 or key != names[i - 1][0])
@@ -190,8 +191,8 @@ def read_release_scores(paths: RunPaths, rows: KeyRows) -> ScoreColumns:
     out = ScoreColumns(len(rows))
     for f in paths.scored_parquets():
         try:
-            names = pq.read_schema(f).names
-            df = pd.read_parquet(f, columns=["key", *(c for c in out.names if c in names)])
+            names = pq.read_schema(local_copy(f)).names
+            df = pd.read_parquet(local_copy(f), columns=["key", *(c for c in out.names if c in names)])
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise unreadable_scores(f, exc) from None
         where = rows.positions(df["key"])
@@ -215,7 +216,7 @@ class TarReader:
     def read(self, t: int, offset: int, size: int) -> bytes:
         f = self._open.pop(t, None)
         if f is None:
-            f = open(self.tars[t], "rb")
+            f = open_binary(local_copy(self.tars[t]))
             while len(self._open) >= self.max_open:
                 self._open.popitem(last=False)[1].close()
         self._open[t] = f

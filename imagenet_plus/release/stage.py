@@ -52,6 +52,7 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import claimed_partial
+from imagenet_plus.io.storage import location
 from imagenet_plus.pipeline.freshness import StageInputs, fingerprint, is_current, mark_current
 from imagenet_plus.release.config import ReleaseConfig
 from imagenet_plus.release.ownership import (
@@ -94,8 +95,8 @@ def stage_inputs(run: str | Path, out: str | Path, cfg: ReleaseConfig) -> StageI
         ``select`` record is covered too), and the outputs that must exist: ``REL/_info.json``,
         ``REL/README.md`` and, with an image folder, its marker.
     """
-    paths = RunPaths(Path(run))
-    rel = ReleasePaths(Path(out))
+    paths = RunPaths(location(run))
+    rel = ReleasePaths(location(out))
     outputs = [rel.info_json, rel.card]
     if cfg.imagefolder:
         outputs.append(Path(cfg.imagefolder) / IMAGEFOLDER_MARKER)
@@ -128,8 +129,8 @@ def run_release(run: str | Path, out: str | Path, cfg: ReleaseConfig) -> Path:
             or key that is not a safe file name, or ``out`` (or the image folder) holding something else.
     """
     paths = run_paths(run)
-    out = check_output_path(Path(out), "--out")
-    folder = check_output_path(Path(cfg.imagefolder), "--imagefolder") if cfg.imagefolder else None
+    out = check_output_path(location(out), "--out")
+    folder = check_output_path(location(cfg.imagefolder), "--imagefolder") if cfg.imagefolder else None
     if folder is not None:
         check_apart(out, folder)
     if not paths.selection_parquet.is_file():

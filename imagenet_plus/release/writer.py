@@ -29,6 +29,7 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import building_folder
+from imagenet_plus.io.storage import is_remote
 from imagenet_plus.io.tar import PartialTarWriter
 from imagenet_plus.pipeline.progress import progress_bar
 from imagenet_plus.release.card import CardInputs, card_text, validate_card
@@ -102,6 +103,8 @@ def check_output_path(folder: Path, what: str) -> Path:
         folder: the target folder as given.
         what: the option that named it (for the message).
     """
+    if is_remote(folder):
+        return folder
     if folder.name in ("", ".", ".."):
         raise UserError(f"{what} {folder} does not name a folder of its own: give it a name "
                         f"(e.g. {what} {folder / 'release'})")
@@ -114,6 +117,10 @@ def check_output_path(folder: Path, what: str) -> Path:
 
 def check_apart(out: Path, imagefolder: Path) -> None:
     """Refuse an image folder that is the release folder, or inside it, or holds it."""
+    if is_remote(out) or is_remote(imagefolder):
+        if str(out).rstrip("/") == str(imagefolder).rstrip("/"):
+            raise UserError(f"--imagefolder {imagefolder} overlaps --out {out}: give them separate folders")
+        return
     a, b = out.resolve(), imagefolder.resolve()
     if a == b or a in b.parents or b in a.parents:
         raise UserError(f"--imagefolder {imagefolder} overlaps --out {out}: give them separate folders")

@@ -29,6 +29,7 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.contract import DiagnosisColumns as D
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import local_copy
 from imagenet_plus.report.scan import columns_to_read
 
 # ------------------------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def read_diagnosis(paths: RunPaths) -> Any | None:
     if not path.is_file():
         return None
     try:
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(local_copy(path))
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise UserError(f"unreadable {path}: {type(exc).__name__}: {exc}") from None
     for col in (DIAG_CLASS_ID, DIAG_VERDICT):
@@ -221,7 +222,7 @@ def read_text_embeddings(paths: RunPaths, num_classes: int) -> Any | None:
     if not path.is_file():
         return None
     try:
-        emb = np.load(path).astype(np.float32)
+        emb = np.load(local_copy(path)).astype(np.float32)
     except (OSError, ValueError) as exc:
         raise UserError(f"unreadable {path}: {exc}") from None
     if emb.ndim != 2 or len(emb) != num_classes:

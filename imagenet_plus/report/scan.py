@@ -29,6 +29,7 @@ from imagenet_plus.contract import (
     unreadable_scores,
 )
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import local_copy
 
 #: Score columns drawn as histograms (names from ``contract.SCORE_COLUMNS``), with a readable title.
 SCORE_TITLES = {
@@ -105,7 +106,7 @@ class SelectionLookup:
 
         keys, kept, passed, composite = [], [], [], []
         try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows,
+            for batch in pq.ParquetFile(local_copy(path)).iter_batches(batch_size=batch_rows,
                                                            columns=["key", "kept", "reason", COMPOSITE]):
                 table = pa.Table.from_batches([batch])
                 keys.append(key_bytes(table.column("key")))
@@ -141,7 +142,7 @@ def columns_to_read(path: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        names = pq.read_schema(path).names
+        names = pq.read_schema(local_copy(path)).names
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise unreadable_scores(path, exc) from None
     for col in ID_COLUMNS:
@@ -162,7 +163,7 @@ def iter_score_tables(paths: RunPaths) -> Iterator[tuple[str, Any]]:
     for f in paths.scored_parquets():
         columns = columns_to_read(f)
         try:
-            table = pq.read_table(f, columns=columns)
+            table = pq.read_table(local_copy(f), columns=columns)
         except Exception as exc:  # pyarrow raises several types for a broken file
             raise unreadable_scores(f, exc) from None
         yield f.stem, table
@@ -337,11 +338,11 @@ def class_centroids(paths: RunPaths, class_ids: list[str]) -> tuple[Any | None, 
         if not clip.is_file():
             return None, f"{clip.name} is missing"
         try:
-            emb = np.load(clip, mmap_mode="r")
+            emb = np.load(local_copy(clip), mmap_mode="r")
         except (OSError, ValueError) as exc:
             return None, f"{clip} is unreadable ({exc})"
         try:
-            codes = class_codes(pq.read_table(f, columns=["class_id"]), ids)
+            codes = class_codes(pq.read_table(local_copy(f), columns=["class_id"]), ids)
         except Exception as exc:  # pyarrow raises several types for a broken file
             raise unreadable_scores(f, exc) from None
         if emb.ndim != 2 or len(emb) != len(codes):

@@ -52,6 +52,7 @@ from imagenet_plus.contract import RunPaths, run_paths
 from imagenet_plus.contract.names import REPORT_FILE_PATTERN
 from imagenet_plus.contract.ownership import locked_run
 from imagenet_plus.io.atomic import building_folder
+from imagenet_plus.io.storage import location
 from imagenet_plus.pipeline.config import config_to_dict
 from imagenet_plus.pipeline.freshness import StageInputs, fingerprint, is_current, mark_current
 from imagenet_plus.report.config import ReportConfig
@@ -75,7 +76,7 @@ def stage_inputs(run: str | Path, cfg: ReportConfig) -> StageInputs:
     and ``diagnosis.json``/``.parquet`` are declared as files as well (their presence decides which sections
     the page has), so a run made without stage records (by hand, or by an older version) is tracked too.
     """
-    paths = RunPaths(Path(run))
+    paths = RunPaths(location(run))
     return StageInputs(stage=STAGE, settings=config_to_dict(cfg), upstream=("score", "select", "diagnose"),
                        files=(paths.summary_json, paths.selection_json, paths.selection_parquet, paths.diagnosis_json,
                               paths.diagnosis_parquet),
@@ -84,7 +85,7 @@ def stage_inputs(run: str | Path, cfg: ReportConfig) -> StageInputs:
 
 def is_up_to_date(run: str | Path, cfg: ReportConfig) -> bool:
     """Whether ``RUN/report`` is current for ``cfg``: :func:`~imagenet_plus.pipeline.freshness.is_current`."""
-    return is_current(RunPaths(Path(run)), stage_inputs(run, cfg))
+    return is_current(RunPaths(location(run)), stage_inputs(run, cfg))
 
 
 def _report_file(name: str) -> bool:

@@ -32,6 +32,7 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.contract.scores import ClassScores, DatasetMetrics
 from imagenet_plus.errors import CorruptShard, UserError
+from imagenet_plus.io.storage import local_copy
 from imagenet_plus.score import metrics
 from imagenet_plus.score.config import METRIC_SAMPLES
 from imagenet_plus.score.files import write_scores_parquet
@@ -82,7 +83,7 @@ def _index_shards(paths: RunPaths, stems: list[str]) -> list[_ShardRows]:
     for stem in stems:
         files = paths.score_files(stem)
         try:
-            count = pq.read_metadata(files.parquet).num_rows
+            count = pq.read_metadata(local_copy(files.parquet)).num_rows
         except Exception as exc:  # pyarrow raises several types for a cut or overwritten file
             raise unreadable_scores(files.parquet, exc) from None
         out.append(_ShardRows(files, start, count))
@@ -121,8 +122,8 @@ def _accumulate(shards: list[_ShardRows], num_labels: int, sample_rows: np.ndarr
 
     total = sum(s.count for s in shards)
     first = next(s for s in shards if s.count)
-    num_logits = np.load(first.files.logits, mmap_mode="r").shape[1]
-    dim = np.load(first.files.inception, mmap_mode="r").shape[1]
+    num_logits = np.load(local_copy(first.files.logits), mmap_mode="r").shape[1]
+    dim = np.load(local_copy(first.files.inception), mmap_mode="r").shape[1]
     totals = _Totals(labels=[], count=np.zeros(num_labels, np.int64), clip_sum=np.zeros(num_labels),
                      top1=np.zeros((2, num_labels)), top5=np.zeros((2, num_labels)),
                      moments=metrics.RunningMoments(dim, FEATURE_CHUNK_ROWS),
@@ -130,7 +131,7 @@ def _accumulate(shards: list[_ShardRows], num_labels: int, sample_rows: np.ndarr
                      sample=np.zeros((0, dim), np.float32))
     parts: list[np.ndarray] = []
     for shard in shards:
-        cols = pq.read_table(shard.files.parquet,
+        cols = pq.read_table(local_copy(shard.files.parquet),
                              columns=["label", COL_CLIP_SCORE, COL_CLASSIFIER_TOP1, COL_CLASSIFIER_TOP5]).to_pydict()
         labels = np.asarray(cols["label"], dtype=np.int64)
         if len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
@@ -142,8 +143,8 @@ def _accumulate(shards: list[_ShardRows], num_labels: int, sample_rows: np.ndarr
         totals.clip_sum += np.bincount(labels, weights=clip, minlength=num_labels)
         totals.top1 += _hit_counts(cols[COL_CLASSIFIER_TOP1], labels, num_labels)
         totals.top5 += _hit_counts(cols[COL_CLASSIFIER_TOP5], labels, num_labels)
-        totals.isc.add_probabilities(shard.start, np.load(shard.files.logits, mmap_mode="r"))
-        pool = np.load(shard.files.inception, mmap_mode="r")
+        totals.isc.add_probabilities(shard.start, np.load(local_copy(shard.files.logits), mmap_mode="r"))
+        pool = np.load(local_copy(shard.files.inception), mmap_mode="r")
         totals.moments.update(pool)
         lo, hi = np.searchsorted(sample_rows, [shard.start, shard.start + shard.count])
         if hi > lo:
@@ -191,9 +192,10 @@ def _read_class_rows(shards: list[_ShardRows], totals: _Totals, block: np.ndarra
         rows = np.nonzero(in_block[labels])[0]
         if not len(rows):
             continue
-        keys = pq.read_table(shard.files.parquet, columns=["key"]).column("key").to_pylist()
-        clip = np.asarray(np.load(shard.files.clip, mmap_mode="r")[rows], dtype=np.float32)
-        pool = np.asarray(np.load(shard.files.inception, mmap_mode="r")[rows], dtype=np.float32) if with_pool else None
+        keys = pq.read_table(local_copy(shard.files.parquet), columns=["key"]).column("key").to_pylist()
+        clip = np.asarray(np.load(local_copy(shard.files.clip), mmap_mode="r")[rows], dtype=np.float32)
+        pool = np.asarray(np.load(local_copy(shard.files.inception), mmap_mode="r")[rows],
+                          dtype=np.float32) if with_pool else None
         row_labels = labels[rows]
         for label in np.unique(row_labels):
             sel = row_labels == label
@@ -221,7 +223,8 @@ def _per_class_blocks(shards: list[_ShardRows], totals: _Totals, classes: list[d
     class_ids = {int(c["label"]): str(c["id"]) for c in classes}
     with_pool = reference is not None and reference.features is not None and reference.class_ids is not None
     first = next(s for s in shards if s.count)
-    row_bytes = 4 * np.load(first.files.clip, mmap_mode="r").shape[1] + (4 * totals.sample.shape[1] if with_pool else 0)
+    row_bytes = 4 * np.load(local_copy(first.files.clip), mmap_mode="r").shape[1] + \
+        (4 * totals.sample.shape[1] if with_pool else 0)
     for block in _class_blocks(totals.count, row_bytes, CLASS_BLOCK_BYTES):  # read now: tests lower it
         for label, chunks in _read_class_rows(shards, totals, block, with_pool).items():
             keys = [k for chunk in chunks for k in chunk[0]]
@@ -256,11 +259,11 @@ def _write_back(shards: list[_ShardRows], totals: _Totals, results: _ClassResult
     import pyarrow.parquet as pq
 
     for shard in shards:
-        kl = totals.isc.add_kl(shard.start, np.load(shard.files.logits, mmap_mode="r"))
+        kl = totals.isc.add_kl(shard.start, np.load(local_copy(shard.files.logits), mmap_mode="r"))
         realism: list[float | None] = [None] * shard.count
         if balls is not None:
-            realism = [float(x) for x in metrics.realism_from_balls(np.load(shard.files.inception), *balls)]
-        cols = pq.read_table(shard.files.parquet).to_pydict()
+            realism = [float(x) for x in metrics.realism_from_balls(np.load(local_copy(shard.files.inception)), *balls)]
+        cols = pq.read_table(local_copy(shard.files.parquet)).to_pydict()
         cols.update(_dataset_columns(shard, kl, realism, results.dup_of))
         for name in SCORE_COLUMNS:
             cols.setdefault(name, [None] * shard.count)

@@ -3,7 +3,6 @@ the score stage's done rule for one shard (:func:`scores_problem`)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from imagenet_plus.contract import RunPaths, ScoreFiles, run_paths, score_table
 from imagenet_plus.contract.scores import ScoredShard, stale_scores, unreadable_scores
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import atomic_file
+from imagenet_plus.io.storage import local_copy, location
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -56,7 +56,7 @@ def read_scores_file(path: Path, columns: list[str] | None = None) -> Any:
     import pandas as pd
 
     try:
-        return pd.read_parquet(path, columns=columns)
+        return pd.read_parquet(local_copy(path), columns=columns)
     except Exception as exc:  # pyarrow raises several types for a cut or overwritten file
         raise unreadable_scores(path, exc) from None
 
@@ -69,12 +69,12 @@ def _npy_rows(path: Path) -> int:
         ValueError: not an ``.npy`` header, or a file shorter or longer than its header says.
     """
     fmt = np.lib.format
-    with open(path, "rb") as f:
+    with location(path).open("rb") as f:
         version = fmt.read_magic(f)
         read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, _, dtype = read_header(f)
         size = f.tell() + int(np.prod(shape)) * dtype.itemsize
-        actual = os.fstat(f.fileno()).st_size
+    actual = location(path).stat().st_size
     if actual != size or not shape:
         raise ValueError(f"{actual} bytes, its header says {size}")
     return int(shape[0])
@@ -85,7 +85,7 @@ def _rows_problem(path: Path, rows: int) -> str | None:
     import pyarrow.parquet as pq
 
     try:
-        found = pq.read_metadata(path).num_rows if path.suffix == ".parquet" else _npy_rows(path)
+        found = pq.read_metadata(local_copy(path)).num_rows if path.suffix == ".parquet" else _npy_rows(path)
     except Exception as exc:  # pyarrow and numpy raise several types for a cut or overwritten file
         return f"{path} does not read back ({type(exc).__name__}: {exc})"
     return None if found == rows else f"{path} holds {found} rows, its shard {rows}"

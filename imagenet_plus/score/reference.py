@@ -42,6 +42,7 @@ import numpy as np
 from imagenet_plus.errors import UserError
 from imagenet_plus.io.atomic import atomic_file
 from imagenet_plus.io.cache import cache_dir
+from imagenet_plus.io.storage import local_copy
 from imagenet_plus.io.tar import iter_shard
 from imagenet_plus.pipeline.progress import progress_bar
 from imagenet_plus.score.metrics import fid_statistics
@@ -229,7 +230,7 @@ def save_reference(reference: Reference, path: str | Path) -> None:
 
 def _load_statistics(path: Path) -> Reference:
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(local_copy(path), allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
         raise UserError(f"reference statistics file {path} is not a readable .npz: {exc}") from None
@@ -293,7 +294,7 @@ def _read_features(path: Path) -> tuple[np.ndarray, list[str | None], dict[str, 
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(local_copy(path), allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         features = arrays.pop("features").astype(np.float32).reshape(-1, FEATURE_DIM)
         class_ids = [str(c) or None for c in arrays.pop("class_ids").tolist()]

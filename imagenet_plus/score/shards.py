@@ -50,6 +50,7 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.contract.scores import BadShard, ScoredShard
 from imagenet_plus.errors import CorruptShard, UserError
+from imagenet_plus.io.storage import location
 from imagenet_plus.io.tar import iter_shard
 from imagenet_plus.pipeline.progress import progress_bar
 from imagenet_plus.pipeline.ranks import Dist, FileRendezvous
@@ -268,7 +269,7 @@ class ShardScorer:
     """
 
     def __init__(self, run: str | Path, cfg: ScoreConfig, stems: list[str], classes: list[dict[str, Any]]) -> None:
-        self.paths = RunPaths(Path(run))
+        self.paths = RunPaths(location(run))
         self.cfg, self.stems, self.classes = cfg, list(stems), classes
         self._models: Scorers | None = None
         self._pool: ThreadPoolExecutor | None = None

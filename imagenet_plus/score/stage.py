@@ -52,6 +52,7 @@ from imagenet_plus.contract import (
 from imagenet_plus.contract.ownership import locked_run
 from imagenet_plus.contract.scores import BadShard, ModelsRecord, ScoreSummary
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import location
 from imagenet_plus.pipeline import freshness
 from imagenet_plus.pipeline.config import config_to_dict
 from imagenet_plus.pipeline.engines import ExecutionConfig, Resources, connect_ray, import_ray, job_share, run_on_ray
@@ -116,7 +117,7 @@ def stage_inputs(run: str | Path, cfg: ScoreConfig) -> StageInputs:
     Raises:
         UserError: the Inception weights file does not exist.
     """
-    paths = RunPaths(Path(run))
+    paths = RunPaths(location(run))
     stems = _done_stems(paths)
     settings = {"scorers": summary_models(cfg).to_dict(), "reference_path": _reference_id(cfg),
                 "reference_protocol": _reference_protocol(cfg), "metric_samples": cfg.metric_samples}
@@ -131,7 +132,7 @@ def stage_inputs(run: str | Path, cfg: ScoreConfig) -> StageInputs:
 def is_finished(run: str | Path, cfg: ScoreConfig) -> bool:
     """Whether ``run_score(run, cfg)`` would be a no-op: :func:`stage_inputs` is current (false before any
     shard is generated, and after a top-up added shards)."""
-    paths = RunPaths(Path(run))
+    paths = RunPaths(location(run))
     return bool(_done_stems(paths)) and freshness.is_current(paths, stage_inputs(run, cfg))
 
 

@@ -23,6 +23,7 @@ from imagenet_plus.contract import (
     unreadable_scores,
 )
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import local_copy
 from imagenet_plus.select.rules import Rule, floats
 
 #: Score columns averaged (as within-class percentile ranks) into the composite; absent/null ones are skipped.
@@ -56,7 +57,7 @@ class ClipRows:
 
         arr = self._maps.pop(s, None)
         if arr is None:
-            arr = np.load(self.files[s], mmap_mode="r", allow_pickle=False)
+            arr = np.load(local_copy(self.files[s]), mmap_mode="r", allow_pickle=False)
         self._maps[s] = arr  # most recently used last
         while len(self._maps) > self.MAX_OPEN:
             self._maps.pop(next(iter(self._maps)))
@@ -84,7 +85,7 @@ def score_columns_of(f: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        names = pq.read_schema(f).names
+        names = pq.read_schema(local_copy(f)).names
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise unreadable_scores(f, exc) from None
     check_score_columns(names, f)
@@ -96,7 +97,7 @@ def read_columns(f: Path, columns: list[str]) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(f, columns=columns)
+        return pq.read_table(local_copy(f), columns=columns)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise unreadable_scores(f, exc) from None
 
@@ -109,7 +110,7 @@ def clip_rows_of(files: ScoreFiles, n: int) -> tuple[Path, int]:
     if not npy.is_file():
         raise UserError(f"CLIP embeddings not found: {npy} (written by 'imagenet-plus score')")
     try:
-        emb = np.load(npy, mmap_mode="r", allow_pickle=False)
+        emb = np.load(local_copy(npy), mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise unreadable_scores(npy, exc) from None
     shape = emb.shape

@@ -61,6 +61,7 @@ from imagenet_plus.contract import (
 )
 from imagenet_plus.contract.ownership import locked_run
 from imagenet_plus.errors import UserError
+from imagenet_plus.io.storage import location
 from imagenet_plus.pipeline.config import config_to_dict
 from imagenet_plus.pipeline.freshness import StageInputs, is_current, mark_current
 from imagenet_plus.select.config import SelectConfig, Thresholds, load_thresholds
@@ -120,7 +121,7 @@ def stage_inputs(run: str | Path, cfg: SelectConfig) -> StageInputs:
     Raises:
         UserError: the thresholds file is missing or malformed.
     """
-    return _stage_inputs(RunPaths(Path(run)), cfg, load_thresholds(cfg.thresholds))
+    return _stage_inputs(RunPaths(location(run)), cfg, load_thresholds(cfg.thresholds))
 
 
 @locked_run

@@ -227,7 +227,7 @@ def _broken_real(tmp_path: Path) -> Path:
         ({"init_strength": 0.5}, r"'init-strength' needs 'real'"),
         ({"prompt_strategy": "caption"}, r"caption needs 'real'"),
         ({"real": "REAL"}, r"'real' is set but nothing uses it"),
-        ({"real": "hf://datasets/someone/imagenet", "init_strength": 0.5}, r"'real' must be a local folder"),
+        ({"real": "nosuch://datasets/someone/imagenet", "init_strength": 0.5}, r"unknown URL scheme nosuch://"),
         ({"real": "REAL", "init_strength": 0.5, "classes": "THREE"}, r"for 1 of 3 classes: yellow-lemon"),
         ({"real": "BROKEN", "init_strength": 0.5}, r"unreadable image .*green-pear/img_0\.JPEG"),
         ({"real": "REAL", "prompt_strategy": "caption", "captioner": "/no/such/captioner"},

@@ -333,6 +333,21 @@ def test_load_plan_defaults(tmp_path: Path) -> None:
     assert plan.evaluate is None and plan.publish is None
 
 
+def test_storage_options_key_of_a_run_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagenet_plus.io.storage import STORAGE_OPTIONS_ENV, storage_options
+
+    monkeypatch.delenv(STORAGE_OPTIONS_ENV, raising=False)
+    text = 'storage-options: {endpoint_url: "http://127.0.0.1:9"}\n' + MINI
+    load_plan(_cfg(tmp_path, text), tmp_path / "r")  # the key is no generate setting: no unknown-key error
+    assert storage_options() == {"endpoint_url": "http://127.0.0.1:9"}
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, '{"anon": true}')  # --storage-options (kept in the variable) wins
+    load_plan(_cfg(tmp_path, text), tmp_path / "r")
+    assert storage_options() == {"anon": True}
+    monkeypatch.delenv(STORAGE_OPTIONS_ENV)
+    with pytest.raises(UserError, match=r"storage-options: must be a mapping"):
+        load_plan(_cfg(tmp_path, "storage-options: [1, 2]\n" + MINI), tmp_path / "r")
+
+
 # ------------------------------------------------------------------------------------------------
 # The real pipeline (tiny random models), killed in the middle of a stage, then resumed.
 
