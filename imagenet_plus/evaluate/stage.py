@@ -46,6 +46,7 @@ from imagenet_plus.evaluate.images import (
 from imagenet_plus.evaluate.model import build_model, explain_phase, gradcam_target_layer
 from imagenet_plus.evaluate.train import classification_metrics, plot_curves, predict, save_model, train_model
 from imagenet_plus.io.atomic import write_json_atomic
+from imagenet_plus.io.storage import local_input
 from imagenet_plus.pipeline.config import config_to_dict
 
 __all__ = ["EvaluateConfig", "run_evaluate"]
@@ -77,12 +78,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"evaluate output {out} is a file, not a folder")
-    train_set = read_training_set(Path(cfg.train))
-    test_set = read_image_folder(Path(cfg.test), "test")
+    train_set = read_training_set(Path(local_input(cfg.train)))  # URLs are read from local copies (io.storage)
+    test_set = read_image_folder(Path(local_input(cfg.test)), "test")
     match_classes(train_set, test_set, "test")
     real_set = None
     if cfg.finetune:
-        real_set = read_image_folder(Path(cfg.finetune), "finetune")
+        real_set = read_image_folder(Path(local_input(cfg.finetune)), "finetune")
         match_classes(train_set, real_set, "finetune")
     train_classes = train_set.classes
     if len(train_classes) < 2:

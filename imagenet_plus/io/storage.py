@@ -251,6 +251,25 @@ def local_tree(path: str | Location) -> Path:
     return target
 
 
+def local_input(text: str) -> str:
+    """An input given as a path or URL (``--reference``, ``--test``, a release to train on), as a local path: the
+    text itself when local, else the local copy of the object (:func:`local_copy`) or of the folder
+    (:func:`local_tree`).
+
+    Raises:
+        UserError: the URL names nothing (or a bucket or credential error, as one line).
+    """
+    if not is_url(text):
+        return text
+    p = location(text)
+    with remote_errors(p):
+        if p.is_file():
+            return str(local_copy(p))
+        if not p.exists():
+            raise UserError(f"{text} not found")
+    return str(local_tree(p))
+
+
 def _mtime(info: dict[str, Any]) -> float | None:
     """The modification time an fsspec listing gives (s3fs: ``LastModified``; others: ``mtime``), or None."""
     value = info.get("LastModified", info.get("mtime"))

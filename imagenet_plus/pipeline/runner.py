@@ -311,9 +311,9 @@ def _evaluate_defaults(src: ConfigSource, ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate_folders(src: ConfigSource, cfg: Any) -> None:
-    if not Path(cfg.test).is_dir():
+    if not location(cfg.test).is_dir():
         raise ConfigError(f"{src.where('evaluate')}: test folder not found: {cfg.test}")
-    if cfg.finetune and not Path(cfg.finetune).is_dir():
+    if cfg.finetune and not location(cfg.finetune).is_dir():
         raise ConfigError(f"{src.where('evaluate')}: finetune folder not found: {cfg.finetune}")
 
 

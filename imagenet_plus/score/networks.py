@@ -10,6 +10,7 @@ import numpy as np
 
 from imagenet_plus.classes.prompts import class_texts
 from imagenet_plus.contract.scores import DEFAULT_INCEPTION_WEIGHTS, ModelsRecord, SummaryModels
+from imagenet_plus.io.storage import local_input
 from imagenet_plus.models.tiny import TINY_RANDOM
 from imagenet_plus.score.config import ScoreConfig
 from imagenet_plus.score.reference import detect_kind
@@ -76,7 +77,7 @@ def check_inputs(cfg: ScoreConfig) -> None:
     if cfg.classifier != TINY_RANDOM:
         timm_name(cfg.classifier)
     if cfg.reference is not None:
-        detect_kind(Path(cfg.reference))
+        detect_kind(Path(local_input(cfg.reference)))  # a URL is read from a local copy (io.storage)
 
 
 def models_record(cfg: ScoreConfig) -> ModelsRecord:

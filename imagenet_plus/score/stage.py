@@ -52,7 +52,7 @@ from imagenet_plus.contract import (
 from imagenet_plus.contract.ownership import locked_run
 from imagenet_plus.contract.scores import BadShard, ModelsRecord, ScoreSummary
 from imagenet_plus.errors import UserError
-from imagenet_plus.io.storage import location
+from imagenet_plus.io.storage import is_url, local_input, location
 from imagenet_plus.pipeline import freshness
 from imagenet_plus.pipeline.config import config_to_dict
 from imagenet_plus.pipeline.engines import ExecutionConfig, Resources, connect_ray, import_ray, job_share, run_on_ray
@@ -93,7 +93,9 @@ def _generated_stems(paths: RunPaths) -> list[str]:
 
 
 def _reference_id(cfg: ScoreConfig) -> str | None:
-    return None if cfg.reference is None else str(Path(cfg.reference).resolve())
+    if cfg.reference is None:
+        return None
+    return cfg.reference if is_url(cfg.reference) else str(Path(cfg.reference).resolve())
 
 
 def _reference_protocol(cfg: ScoreConfig) -> str | None:
@@ -178,9 +180,10 @@ def _load_reference(cfg: ScoreConfig, models: Scorers, dist: Dist, rdv: FileRend
     if cfg.reference is None:
         return None
     inception = models.inception if not str(cfg.reference).endswith(".npz") else None
+    reference = local_input(cfg.reference)  # a URL is read from a local copy (io.storage)
     if dist.world_size == 1:
-        return load_reference(cfg.reference, inception, cfg.batch_size, show_progress=True)
-    return load_reference_part(cfg.reference, inception, rdv.folder, dist.rank, dist.world_size, cfg.batch_size,
+        return load_reference(reference, inception, cfg.batch_size, show_progress=True)
+    return load_reference_part(reference, inception, rdv.folder, dist.rank, dist.world_size, cfg.batch_size,
                                show_progress=dist.is_main, check=lambda: rdv.check(every=1.0))
 
 

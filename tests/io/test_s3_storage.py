@@ -276,3 +276,41 @@ def test_real_images_at_a_url_index_like_the_local_folder(s3, tmp_path: Path, mo
     first = fingerprint(remote)
     shutil.rmtree(tmp_path / "scratch")  # the copy made again keeps each object's mtime: the same fingerprint
     assert fingerprint(open_real("s3://bucket/real", ["a", "b"])) == first
+
+
+# ------------------------------------------------------------------------------------------------------------
+# other inputs at a URL (--reference, evaluate's --test and --train)
+
+
+def test_inputs_at_a_url_are_read_from_local_copies(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import s3fs
+    from PIL import Image
+
+    from imagenet_plus.errors import UserError
+    from imagenet_plus.io.storage import local_input
+
+    folder = tmp_path / "ref"
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True)
+        Image.new("RGB", (5, 5), "red" if cls == "a" else "blue").save(folder / cls / "0.png")
+    np.savez(tmp_path / "stats.npz", mu=np.arange(3.0), sigma=np.eye(3))
+    fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint)
+    fs.put(f"{folder}/", "bucket/ref/", recursive=True)
+    fs.put_file(str(tmp_path / "stats.npz"), "bucket/stats.npz")
+    monkeypatch.setenv("IMAGENET_PLUS_SCRATCH", str(tmp_path / "scratch"))
+
+    assert local_input(str(folder)) == str(folder)  # a local path is passed on as given
+    copy = Path(local_input("s3://bucket/ref"))
+    assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()) == ["a/0.png", "b/0.png"]
+    assert all((copy / n).read_bytes() == (folder / n).read_bytes() for n in ("a/0.png", "b/0.png"))
+    stats = np.load(local_input("s3://bucket/stats.npz"))
+    assert np.array_equal(stats["sigma"], np.eye(3))
+    with pytest.raises(UserError, match=r"s3://bucket/nothing-here not found"):
+        local_input("s3://bucket/nothing-here")
+
+    from imagenet_plus.score.config import ScoreConfig
+    from imagenet_plus.score.stage import _reference_id
+
+    # the reference's identity in score's freshness rule is the URL, the same on every node (not the copy's path)
+    assert _reference_id(ScoreConfig(reference="s3://bucket/ref")) == "s3://bucket/ref"
