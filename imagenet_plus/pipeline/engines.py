@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagenet_plus.errors import ConfigError, UserError
+from imagenet_plus.io.storage import STORAGE_OPTIONS_ENV
 from imagenet_plus.pipeline.config import field_name, load_config, setting, settings_of
 from imagenet_plus.pipeline.progress import progress_bar
 
@@ -228,6 +229,16 @@ class _ShardWorker:
         return int(self.make(shard))
 
 
+def worker_environment() -> dict[str, str]:
+    """The environment variables a Ray worker gets from the driver: no progress bars (the driver shows one over all
+    shards), and the storage options of ``--storage-options`` or a config's ``storage-options:`` (the workers of a
+    cluster do not share the driver's environment; credentials stay with each node's own environment)."""
+    env = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if os.environ.get(STORAGE_OPTIONS_ENV):
+        env[STORAGE_OPTIONS_ENV] = os.environ[STORAGE_OPTIONS_ENV]
+    return env
+
+
 def run_on_ray(factory: Callable[[], Callable[[int], int]], shards: Sequence[int], sizes: Mapping[int, int],
                resources: Resources, address: str | None, desc: str) -> None:
     """Make ``shards`` on a Ray cluster; return when every one is made.
@@ -261,7 +272,7 @@ def run_on_ray(factory: Callable[[], Callable[[int], int]], shards: Sequence[int
     actor_cls = ray.remote(max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES)(_ShardWorker)
     # progress is the driver's: the workers' own bars (model loading) would only interleave on its stderr
     options = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
-                   runtime_env={"env_vars": {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}})
+                   runtime_env={"env_vars": worker_environment()})
     workers = [actor_cls.options(**options).remote(factory) for _ in range(worker_count(ray, resources, len(shards)))]
     log.info(f"{desc}: {len(shards)} shards on {len(workers)} Ray workers")
     queue = list(shards)[::-1]

@@ -330,3 +330,28 @@ def test_score_on_ray_equals_the_plain_score(tmp_path, ray_cluster):
     assert got is not None and summary is not None and got.num_images == summary.num_images == 6
     _same_scores(on_ray, plain)
     assert read_state(on_ray, "score") is not None
+
+
+@pytest.mark.slow
+def test_ray_workers_write_to_a_bucket_with_the_drivers_storage_options(tmp_path, class_file, ray_cluster, s3,
+                                                                        monkeypatch):
+    """The Ray recipe of docs/cluster.md: ``--engine ray --out s3://…`` against a moto S3 server. The workers were
+    started before the endpoint was known (as on a cluster, they do not share the driver's environment): they reach
+    the bucket through the driver's storage options alone, and write the tars of a plain local run."""
+    import boto3
+
+    from imagenet_plus.io.storage import STORAGE_OPTIONS_ENV
+
+    ray_cluster.hang.touch()  # no worker hangs here (the killed-worker test is the one that needs it)
+    cfg = fake_cfg(class_file)
+    assert run_generate(cfg, tmp_path / "plain", source_factory=noise_factory).done
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps({"endpoint_url": s3.endpoint, "key": "testing",
+                                                        "secret": "testing"}))
+    result = run_generate(cfg, "s3://bucket/ray-run", source_factory=noise_factory,
+                          execution=ExecutionConfig(engine="ray"))
+    assert result.done and result.shards_made == 4
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")  # an independent reader
+    names = sorted(k for k in s3.keys("bucket", "ray-run/generated/") if k.endswith(".tar"))
+    got = {n.rsplit("/", 1)[1]: client.get_object(Bucket="bucket", Key=n)["Body"].read() for n in names}
+    assert got == tars(tmp_path / "plain")
+    assert not [k for k in s3.keys("bucket", "ray-run/") if ".partial" in k]
