@@ -209,7 +209,7 @@ def score_shard(tar: Path, files: ScoreFiles, models: Scorers, cfg: ScoreConfig,
     return n
 
 
-def _shard_count(paths: RunPaths, stem: str) -> int:
+def shard_count(paths: RunPaths, stem: str) -> int:
     """The image count a generated shard's stats JSON gives (0 when unreadable: only the progress bar uses it)."""
     try:
         return ShardStats.read(stats_path(paths.generated / f"{stem}.tar")).count
@@ -309,7 +309,7 @@ def score_own_shards(paths: RunPaths, stems: list[str], models: Scorers, cfg: Sc
     if dist.is_main and share is None:  # only once the networks loaded: a failed start does not pin the models
         models_record(cfg).write(paths.models_json)
     desc = f"score (rank {dist.rank})" if share is None else f"score (job {share[0]} of {share[1]}, rank {dist.rank})"
-    bar = progress_bar(sum(_shard_count(paths, s) for s in mine), desc, enabled=dist.is_main)
+    bar = progress_bar(sum(shard_count(paths, s) for s in mine), desc, enabled=dist.is_main)
     with bar, ThreadPoolExecutor(max_workers=cfg.num_workers) as pool:
         for s in mine:
             rdv.check()

@@ -41,7 +41,6 @@ from imagenet_plus.classes.sets import ClassInfo
 from imagenet_plus.contract import (
     SCORE_COLUMNS,
     RunPaths,
-    ShardStats,
     done_shards,
     generated_done,
     library_versions,
@@ -63,7 +62,7 @@ from imagenet_plus.score.dataset_pass import GENERATED_SAMPLE_SEED, REFERENCE_SA
 from imagenet_plus.score.files import read_scores, save_npy_atomic, scores_problem
 from imagenet_plus.score.networks import Scorers, check_inputs, models_record, summary_models
 from imagenet_plus.score.reference import PROTOCOL, ReferenceParts, load_reference, load_reference_part
-from imagenet_plus.score.shards import ShardScorer, score_own_shards, score_shard
+from imagenet_plus.score.shards import ShardScorer, score_own_shards, score_shard, shard_count
 
 __all__ = ["GENERATED_SAMPLE_SEED", "METRIC_SAMPLES", "REFERENCE_SAMPLE_SEED", "SCORE_COLUMNS", "STAGE", "ScoreConfig",
            "Scorers", "is_finished", "load_score_config", "read_scores", "run_dataset_pass", "run_score",
@@ -233,7 +232,7 @@ def _score_on_ray(paths: RunPaths, cfg: ScoreConfig, stems: list[str], classes: 
     todo = [i for i, s in enumerate(stems) if scores_problem(paths, s) is not None]
     gpus = 1.0 if connect_ray(execution.ray_address).cluster_resources().get("GPU", 0) > 0 else 0.0
     run_on_ray(functools.partial(ShardScorer, str(paths.root), cfg, stems, classes), todo,
-               {i: _shard_size(paths, stems[i]) for i in todo}, Resources(num_cpus=1, num_gpus=gpus),
+               {i: shard_count(paths, stems[i]) for i in todo}, Resources(num_cpus=1, num_gpus=gpus),
                execution.ray_address, "score (ray)")
     dist = init_dist()
     models = scorers or Scorers(cfg, dist.device, [ClassInfo.from_dict(c) for c in classes])
@@ -244,14 +243,6 @@ def _score_on_ray(paths: RunPaths, cfg: ScoreConfig, stems: list[str], classes: 
     freshness.mark_current(paths, inputs, {"images_scored": summary.num_images,
                                            "shards_skipped": len(summary.bad_shards)})
     return summary
-
-
-def _shard_size(paths: RunPaths, stem: str) -> int:
-    """Samples of a generated shard by its stats (0 when unreadable: for the progress bar only)."""
-    try:
-        return ShardStats.read(stats_path(paths.generated / f"{stem}.tar")).count
-    except UserError:
-        return 0
 
 
 def run_score(run: str | Path, cfg: ScoreConfig, scorers: Scorers | None = None,
