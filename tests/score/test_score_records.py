@@ -204,7 +204,7 @@ def test_score_flags_reach_the_config(tmp_path: Path, monkeypatch):
     from imagenet_plus.cli import app
 
     seen = []
-    monkeypatch.setattr(score_stage, "run_score", lambda run, cfg: seen.append(cfg))
+    monkeypatch.setattr(score_stage, "run_score", lambda run, cfg, execution=None: seen.append(cfg))
     result = CliRunner().invoke(app, ["score", str(tmp_path), "--clip-model", "tiny-random", "--batch-size", "7",
                                       "--skip-bad-shards", "--metric-samples", "100"])
     assert result.exit_code == 0, result.output
