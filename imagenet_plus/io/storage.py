@@ -135,7 +135,12 @@ def location(text: str | os.PathLike[str] | Location, options: dict[str, Any] | 
         raise UserError(f"{text} needs the {scheme}:// filesystem, which is not installed: {how}") from None
     from upath import UPath
 
-    path = UPath(text, **{**storage_options(), **(options or {})})
+    if not text[match.end():].split("/", 1)[0] and scheme != "memory":  # s3:// or s3:///run: no bucket
+        raise UserError(f"{text} names no bucket: give one, e.g. {scheme}://bucket/run")
+    try:
+        path = UPath(text, **{**storage_options(), **(options or {})})
+    except (ValueError, TypeError) as exc:  # fsspec's own check of the URL ("bucket/container missing", …)
+        raise UserError(f"{text} is not a usable {scheme}:// URL: {exc}") from None
     _check_bucket(path)
     return path
 

@@ -107,6 +107,14 @@ def test_an_unknown_url_scheme_is_one_line(monkeypatch: pytest.MonkeyPatch, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.csv"]
 
 
+@pytest.mark.parametrize("url", ["s3://", "s3:///run"])
+def test_a_url_without_a_bucket_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                            tmp_path: Path, url: str) -> None:
+    code, err = main_in_process(monkeypatch, capsys, *generate_args(url, class_file(tmp_path)))
+    one_line_error(code, err, url, "names no bucket")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.csv"]
+
+
 def test_s3_without_s3fs_names_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                          tmp_path: Path) -> None:
     import importlib
