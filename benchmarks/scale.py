@@ -80,6 +80,7 @@ def fabricate(root: Path, classes: int, images: int, shard_size: int, clip_dim: 
     import pyarrow.parquet as pq
 
     from imagenet_plus.contract import RunPaths, RunRecord, make_key, score_table, shard_name, write_run_yaml
+    from imagenet_plus.generate.plan import initial_segment
     from imagenet_plus.io.atomic import atomic_file, write_json_atomic
     from imagenet_plus.io.tar import PartialTarWriter
 
@@ -92,8 +93,9 @@ def fabricate(root: Path, classes: int, images: int, shard_size: int, clip_dim: 
     paths.classes_json.write_text(json.dumps(records), encoding="utf-8")
     config = {"classes": "fabricated", "images_per_class": per_class, "model": "fabricated", "steps": 1,
               "guidance": 0.0, "resolution": 16, "seed": 0, "shard_size": shard_size, "image_format": "jpg"}
+    # the plan generate would record (run.yaml's plan is checked on read): every class, per_class images each
     write_run_yaml(paths, RunRecord(config=config, config_hash="scale-benchmark", versions={}, num_classes=classes,
-                                    num_images=images, segments=()))
+                                    num_images=classes * per_class, segments=(initial_segment(classes, per_class),)))
     rng = np.random.default_rng(0)
     jpegs = _tiny_jpegs(64)
     plan = [(c, i) for c in range(classes) for i in range(per_class)][:images]
@@ -161,8 +163,10 @@ def run_stage(stage: str, run: Path) -> None:
         paths = run_paths(run)
         summary = run_dataset_pass(run, reference).to_dict()
         summary.update(shards=[p.name[: -len(".parquet")] for p in paths.scored_parquets()], bad_shards=[],
-                       models={"clip": "fabricated", "inception_weights": "fabricated", "classifier": None},
-                       reference=None if reference is None else reference.describe())
+                       models={"clip": "fabricated", "inception_weights": "fabricated", "classifier": "fabricated",
+                               "nsfw_detector": "fabricated", "inception_weights_id": "fabricated"},
+                       reference=None if reference is None else reference.describe(), reference_arg=None, config={},
+                       versions={})
         write_json_atomic(paths.summary_json, summary)
     elif stage == "select":
         from imagenet_plus.contract import read_run_yaml, run_paths
