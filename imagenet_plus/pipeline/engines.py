@@ -229,6 +229,13 @@ class _ShardWorker:
         return int(self.make(shard))
 
 
+def _last_line(text: str) -> str:
+    """The message of the exception at the end of a Ray error's text (``module.Error: message`` → ``message``)."""
+    line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), text)
+    head, sep, rest = line.partition(": ")
+    return rest if sep and "." in head and " " not in head else line
+
+
 def worker_environment() -> dict[str, str]:
     """The environment variables a Ray worker gets from the driver: no progress bars (the driver shows one over all
     shards), and the storage options of ``--storage-options`` or a config's ``storage-options:`` (the workers of a
@@ -296,7 +303,12 @@ def run_on_ray(factory: Callable[[], Callable[[int], int]], shards: Sequence[int
                     cause = exc.as_instanceof_cause()
                     message = getattr(cause, "message", None) or str(cause).splitlines()[-1]
                     raise UserError(f"shard {shard}: {message}") from None
-                except (RayActorError, WorkerCrashedError) as exc:
+                except RayActorError as exc:
+                    if getattr(exc, "actor_init_failed", False):  # the worker's set-up raised: retrying cannot help
+                        raise UserError(f"a Ray worker could not start: {_last_line(str(exc))}") from None
+                    raise UserError(f"shard {shard}: its Ray worker died {RAY_RETRIES + 1} times "
+                                    f"({type(exc).__name__}); run the same command again") from None
+                except WorkerCrashedError as exc:
                     raise UserError(f"shard {shard}: its Ray worker died {RAY_RETRIES + 1} times "
                                     f"({type(exc).__name__}); run the same command again") from None
                 bar.update(sizes.get(shard, 0))

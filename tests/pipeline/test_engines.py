@@ -355,3 +355,19 @@ def test_ray_workers_write_to_a_bucket_with_the_drivers_storage_options(tmp_path
     got = {n.rsplit("/", 1)[1]: client.get_object(Bucket="bucket", Key=n)["Body"].read() for n in names}
     assert got == tars(tmp_path / "plain")
     assert not [k for k in s3.keys("bucket", "ray-run/") if ".partial" in k]
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_reach_the_bucket_is_one_line(tmp_path, class_file, ray_cluster, s3, monkeypatch):
+    """The driver has credentials (the moto fixture's environment), the workers do not (they were started before it,
+    as nodes configured without them): the run stops with one line giving the worker's own error, not a retry loop
+    ending in "worker died"."""
+    from imagenet_plus.io.storage import STORAGE_OPTIONS_ENV
+
+    ray_cluster.hang.touch()
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps({"endpoint_url": s3.endpoint}))
+    with pytest.raises(UserError, match=r"^a Ray worker could not start: .*credentials") as info:
+        run_generate(fake_cfg(class_file), "s3://bucket/no-creds-run", source_factory=noise_factory,
+                     execution=ExecutionConfig(engine="ray"))
+    assert "\n" not in info.value.message
+    assert not [k for k in s3.keys("bucket", "no-creds-run/generated/") if k.endswith(".tar")]
