@@ -150,3 +150,16 @@ def s3():
     with s3_server() as server:
         server.make_bucket("bucket")
         yield server
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted ``generate`` (subprocess, fake model, the safety tests' arguments): what every interrupted or
+    refused-then-resumed run of those tests must equal. Read only."""
+    from safety_helpers import class_file, fake_cli, generate_args
+
+    folder = tmp_path_factory.mktemp("reference")
+    run = folder / "run"
+    proc = fake_cli(*generate_args(run, class_file(folder)))
+    assert proc.returncode == 0, proc.stderr
+    return run

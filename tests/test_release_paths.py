@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli_in_process, only_error_line
 from release_fixtures import make_release
 
 from imagenet_plus.contract import INFO_NAME
@@ -38,20 +38,9 @@ def rel(built: Path, tmp_path: Path) -> Path:
 
 
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """The console entry point in-process: (exit status, its one ``error:`` line)."""
-    from imagenet_plus.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["imagenet-plus", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return code, lines[0][len("error: "):]
+    """The console entry point in-process: (exit status, its one ``error:`` line without ``error: ``)."""
+    code, out, err = cli_in_process(args, monkeypatch, capsys)
+    return code, only_error_line(out, err)[len("error: "):]
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -35,16 +35,6 @@ from imagenet_plus.generate import planned_keys
 from imagenet_plus.select import SelectConfig, run_select
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted ``generate`` (subprocess, fake model): what every resumed run must equal."""
-    folder = tmp_path_factory.mktemp("reference")
-    run = folder / "run"
-    proc = fake_cli(*generate_args(run, class_file(folder)))
-    assert proc.returncode == 0, proc.stderr
-    return run
-
-
 def _keys(run: Path) -> list[str]:
     return sorted({m.split(".")[0] for members in tar_digests(run / "generated").values() for m in members})
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli_in_process
 from PIL import Image
 
 from imagenet_plus.classes.sets import read_classes_json, resolve_classes
@@ -30,15 +30,7 @@ LONG = "a" * 300
 
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """The console entry point in-process: (exit status, stderr)."""
-    from imagenet_plus.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["imagenet-plus", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
+    code, out, err = cli_in_process(args, monkeypatch, capsys)
     assert "Traceback" not in out + err
     return code, err
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli_in_process
 
 from imagenet_plus.classes import wordnet as wnmod
 from imagenet_plus.classes import wordnet_index as wnindex
@@ -16,21 +17,7 @@ from imagenet_plus.classes.sets import ClassInfo, read_classes_json, resolve_cla
 from imagenet_plus.contract import make_key
 from imagenet_plus.errors import UserError
 
-
-def run_main(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str, str]:
-    """Run the console entry point in-process: (exit status, stdout, stderr)."""
-    from imagenet_plus.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["imagenet-plus", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run_main = cli_in_process  # (exit status, stdout, stderr)
 
 
 @pytest.fixture(scope="module")

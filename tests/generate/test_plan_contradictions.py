@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import cli_in_process, only_error_line
 from PIL import Image
 
 from imagenet_plus.contract import RunPaths, SelectionSummary
@@ -56,19 +56,8 @@ def generate(class_file: Path, run: Path, images_per_class: int, top_up: bool = 
 
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """The console entry point in-process: (exit status, its one ``error:`` line)."""
-    from imagenet_plus.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["imagenet-plus", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return code, lines[0]
+    code, out, err = cli_in_process(args, monkeypatch, capsys)
+    return code, only_error_line(out, err)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:

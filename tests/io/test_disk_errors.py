@@ -45,14 +45,6 @@ from imagenet_plus.io.tar import PartialTarWriter
 from imagenet_plus.select import SelectConfig, run_select
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("reference")
-    proc = fake_cli(*generate_args(folder / "run", class_file(folder)))
-    assert proc.returncode == 0, proc.stderr
-    return folder / "run"
-
-
 @pytest.fixture
 def selected_run(tmp_path: Path) -> Path:
     run = write_fake_run(tmp_path / "run", per_class=8, shard_size=10, size=32)

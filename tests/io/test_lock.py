@@ -101,14 +101,6 @@ def test_a_lock_file_that_cannot_be_created_is_not_an_error(tmp_path: Path, monk
     assert not (tmp_path / LOCK_NAME).exists()
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("reference")
-    proc = fake_cli(*generate_args(folder / "run", class_file(folder)))
-    assert proc.returncode == 0, proc.stderr
-    return folder / "run"
-
-
 @pytest.mark.slow
 def test_two_generate_at_once_the_second_fails_fast(tmp_path: Path, reference_run: Path) -> None:
     run = tmp_path / "run"
