@@ -31,7 +31,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from imagenet_plus.errors import ModelUnavailable, UserError
+from imagenet_plus.errors import ModelUnavailable
+from imagenet_plus.pipeline.config import env_seconds
 
 #: Environment variable: seconds the one network probe may take (default :data:`DEFAULT_PROBE_TIMEOUT`).
 PROBE_TIMEOUT_ENV = "IMAGENET_PLUS_HUB_TIMEOUT"
@@ -45,16 +46,8 @@ def probe_timeout() -> float:
     Raises:
         UserError: the variable is not a positive number.
     """
-    raw = os.environ.get(PROBE_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_PROBE_TIMEOUT
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise UserError(f"{PROBE_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
-    return seconds
+    seconds = env_seconds(PROBE_TIMEOUT_ENV)
+    return DEFAULT_PROBE_TIMEOUT if seconds is None else seconds
 
 
 def hub_endpoint() -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -346,3 +347,21 @@ def split_config_file(path: str | Path | None) -> tuple[dict[str, Any], dict[str
         else:
             top[key] = value
     return top, sections
+
+
+def env_seconds(name: str) -> float | None:
+    """The positive number of seconds the environment variable ``name`` holds, or None when it is unset or blank.
+
+    Raises:
+        UserError: the variable holds anything else (one line naming it and its value).
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:  # also refuses nan
+        raise UserError(f"{name}={raw!r}: expected a positive number of seconds")
+    return seconds

@@ -23,7 +23,6 @@ environment variable; default: torch's own, 10 minutes for NCCL, 30 for gloo), h
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from typing import Any
 
 from imagenet_plus.errors import PeerRankFailed, UserError
 from imagenet_plus.io.storage import location, remove_tree
+from imagenet_plus.pipeline.config import env_seconds
 
 #: Environment variable holding the process-group timeout in seconds.
 PG_TIMEOUT_ENV = "IMAGENET_PLUS_PG_TIMEOUT"
@@ -84,16 +84,8 @@ def process_group_timeout() -> Any:
     """
     from datetime import timedelta
 
-    raw = os.environ.get(PG_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise UserError(f"{PG_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
-    return timedelta(seconds=seconds)
+    seconds = env_seconds(PG_TIMEOUT_ENV)
+    return None if seconds is None else timedelta(seconds=seconds)
 
 
 def init_dist() -> Dist:

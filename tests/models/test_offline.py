@@ -226,3 +226,17 @@ def test_publish_checks_the_token_before_reading_the_release(tmp_path: Path) -> 
         run_publish(rel, PublishConfig(repo_id="user/name"))
     with pytest.raises(UserError, match="train-00000.tar"):  # a dry run needs no token: the shard is read
         run_publish(rel, PublishConfig(repo_id="user/name", dry_run=True))
+
+
+def test_hub_timeout_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagenet_plus.errors import UserError
+    from imagenet_plus.models.hub import DEFAULT_PROBE_TIMEOUT, probe_timeout
+
+    monkeypatch.delenv("IMAGENET_PLUS_HUB_TIMEOUT", raising=False)
+    assert probe_timeout() == DEFAULT_PROBE_TIMEOUT
+    monkeypatch.setenv("IMAGENET_PLUS_HUB_TIMEOUT", "0.5")
+    assert probe_timeout() == 0.5
+    for bad in ("soon", "0", "-1", "nan"):
+        monkeypatch.setenv("IMAGENET_PLUS_HUB_TIMEOUT", bad)
+        with pytest.raises(UserError, match=f"IMAGENET_PLUS_HUB_TIMEOUT='{bad}': expected a positive number"):
+            probe_timeout()
